@@ -1,0 +1,1 @@
+//! End-to-end tests of whole flows live in `tests/`; this library is empty.
