@@ -1,1 +1,20 @@
-//! placeholder
+//! Steward's supervision tree and run logic: the root, a supervisor per tenant, a run actor per
+//! active run and per-tenant adapter actors for the LLM, ServiceNow and Slack; the run journal
+//! and its fold; the Cedar policy gate; the one retry owner; approval decisions.
+
+pub mod approvals;
+pub mod connectors;
+pub mod journal;
+pub mod policy;
+pub mod retry;
+pub mod root;
+pub mod run;
+pub mod settings;
+pub mod tenant;
+pub mod tenant_runtime;
+
+pub use approvals::{Clicker, DecisionOutcome};
+pub use journal::{RunState, Step, Verdict, states};
+pub use policy::PolicyGate;
+pub use root::{ResumeGate, SingleNode, Steward, StewardOptions};
+pub use settings::{TenantSettings, secret_names};

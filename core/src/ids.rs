@@ -66,13 +66,23 @@ impl TenantId {
         let ok = !slug.is_empty()
             && slug.len() <= 63
             && !slug.starts_with('-')
-            && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok { Ok(Self(s.to_owned())) } else { Err(IdError::BadTenant) }
+            && slug
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(IdError::BadTenant)
+        }
     }
 
     /// The region this tenant is pinned to.
     pub fn region(&self) -> Region {
-        if self.0.starts_with("eu-") { Region::Eu } else { Region::Us }
+        if self.0.starts_with("eu-") {
+            Region::Eu
+        } else {
+            Region::Us
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -163,8 +173,13 @@ impl SourceName {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok { Ok(Self(s.to_owned())) } else { Err(IdError::BadSource) }
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(IdError::BadSource)
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -199,7 +214,9 @@ mod tests {
     fn tenant_ids_name_their_region() {
         assert_eq!(TenantId::parse("eu-acme").unwrap().region(), Region::Eu);
         assert_eq!(TenantId::parse("us-a-1").unwrap().region(), Region::Us);
-        for bad in ["acme", "xx-acme", "us-", "us--a", "us-ACME", "us-a b", "", "us-é"] {
+        for bad in [
+            "acme", "xx-acme", "us-", "us--a", "us-ACME", "us-a b", "", "us-é",
+        ] {
             assert_eq!(TenantId::parse(bad), Err(IdError::BadTenant), "{bad}");
         }
         assert!(TenantId::parse(&format!("us-{}", "a".repeat(64))).is_err());

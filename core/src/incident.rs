@@ -18,8 +18,10 @@ impl IncidentRef {
     /// Validates a sys_id (32 lowercase hex digits) or an incident number (letters then digits,
     /// at most 40 characters), so that nothing odd reaches a ServiceNow query.
     pub fn sys_id(s: &str) -> Option<Self> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self::SysId(s.to_owned()))
+        (s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self::SysId(s.to_owned()))
     }
 
     pub fn number(s: &str) -> Option<Self> {
@@ -78,7 +80,14 @@ mod tests {
         assert!(IncidentRef::sys_id("A9E30C7DC61122760116894DE7BCC7BD").is_none());
         assert!(IncidentRef::sys_id("a9e30c7d^ORnumber=1").is_none());
         assert!(IncidentRef::number("INC0010001").is_some());
-        for bad in ["INC", "0010001", "INC001x", "inc001", "INC001^ORactive=true", ""] {
+        for bad in [
+            "INC",
+            "0010001",
+            "INC001x",
+            "inc001",
+            "INC001^ORactive=true",
+            "",
+        ] {
             assert!(IncidentRef::number(bad).is_none(), "{bad}");
         }
     }

@@ -1,1 +1,8 @@
-//! placeholder
+//! The `steward` binary's library: configuration, boot and shutdown, the operator commands and
+//! the demo with its local stand-ins for ServiceNow, Slack and an LLM provider.
+
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod standins;

@@ -1,0 +1,817 @@
+//! The run actor: one per active run. It folds its journal, does the next step, records it, and
+//! goes on until the run waits for a person (then it stops: the run is passivated, its state on
+//! disk) or ends.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use steward_adapters::llm::TriageRequest;
+use steward_adapters::slack::{self, ApprovalView, DeniedField};
+use steward_core::{Diff, DiffEntry, Incident, RunId};
+use steward_persistence::{AuditDraft, NewApproval, StepWrite, StoreError};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::connectors::{LlmMsg, ServiceNowMsg, SlackMsg};
+use crate::journal::{Next, RunState, Step, Verdict, states};
+use crate::policy::{FieldRequest, Outcome};
+use crate::retry::{CallError, call, retrying};
+use crate::tenant_runtime::SharedRuntime;
+
+/// Fields ServiceNow treats as journals: writing appends an entry, reading returns "".
+pub const JOURNAL_FIELDS: &[&str] = &["work_notes", "comments"];
+
+/// Stands in the work note for the approver's name until someone approves.
+pub const APPROVER_PLACEHOLDER: &str = "{approver}";
+
+/// Messages to a run actor.
+#[derive(Debug)]
+pub enum RunMsg {
+    /// Do the next step.
+    Advance,
+    /// Something was recorded from outside (a decision): read the journal again, then go on.
+    Reload,
+}
+
+/// The actor. Its arguments name the run; the shared tenant runtime does the rest.
+pub struct RunActor;
+
+pub struct RunArgs {
+    pub run_id: RunId,
+    pub runtime: SharedRuntime,
+}
+
+pub struct RunActorState {
+    run_id: RunId,
+    runtime: SharedRuntime,
+    source: String,
+    run: RunState,
+}
+
+impl Actor for RunActor {
+    type Msg = RunMsg;
+    type State = RunActorState;
+    type Arguments = RunArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Loading happens on the first message, so that a store error is a handled failure of
+        // this run (restarted by the supervisor), not a failed spawn.
+        myself.cast(RunMsg::Reload)?;
+        Ok(RunActorState {
+            run_id: args.run_id,
+            runtime: args.runtime,
+            source: String::new(),
+            run: RunState::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span =
+            info_span!("run", run.id = %state.run_id, tenant = %state.runtime.scope.tenant());
+        async {
+            if let RunMsg::Reload = msg {
+                state.reload().await?;
+            }
+            let next = state.run.next();
+            debug!(?next, "run step");
+            match next {
+                Next::AwaitApproval | Next::Done => myself.stop(None),
+                _ => {
+                    state.step(next).await?;
+                    myself.cast(RunMsg::Advance)?;
+                }
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A step that cannot go on, with the reason recorded on the run.
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<CallError<E>> for Fail {
+    fn from(e: CallError<E>) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+impl RunActorState {
+    async fn reload(&mut self) -> Result<(), StoreError> {
+        let rt = &self.runtime;
+        let run = rt.store.run(&rt.scope, self.run_id).await?;
+        let Some(run) = run else {
+            return Err(StoreError::NotFound(format!("run {}", self.run_id)));
+        };
+        self.source = run
+            .source
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "api".into());
+        let steps = rt.store.steps(&rt.scope, self.run_id).await?;
+        let mut journal = Vec::with_capacity(steps.len());
+        for record in steps {
+            let step: Step = serde_json::from_value(record.body)
+                .map_err(|e| StoreError::Corrupt(format!("step {}: {e}", record.seq)))?;
+            journal.push(step);
+        }
+        self.run = RunState::fold(&journal);
+        Ok(())
+    }
+
+    /// Does one step and records its outcome.
+    async fn step(&mut self, next: Next) -> Result<(), ActorProcessingErr> {
+        let outcome = match next {
+            Next::Fetch => self.fetch().await,
+            Next::Triage => self.triage().await,
+            Next::Decide => self.decide(),
+            Next::RequestApproval => return self.request_approval().await,
+            Next::Write => self.write().await,
+            Next::Confirm => self.confirm().await,
+            Next::Verify => self.verify().await,
+            Next::Close => return self.close().await,
+            Next::AwaitApproval | Next::Done => return Ok(()),
+        };
+        match outcome {
+            Ok(step) => self.record(step, None).await?,
+            Err(Fail(reason)) => self.finish(states::FAILED, &reason).await?,
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self) -> Result<Step, Fail> {
+        let rt = &self.runtime;
+        let reference = self
+            .run
+            .incident_ref
+            .clone()
+            .ok_or(Fail("run has no incident".into()))?;
+        let sn = rt.connectors().servicenow;
+        let (result, _) = retrying(&rt.retry, || {
+            call(&sn, rt.retry.call_timeout, |r| {
+                ServiceNowMsg::Get(reference.clone(), r)
+            })
+        })
+        .await;
+        let incident = result.map_err(|e| Fail(format!("reading the incident failed: {e}")))?;
+        Ok(Step::IncidentFetched { incident })
+    }
+
+    async fn triage(&self) -> Result<Step, Fail> {
+        let rt = &self.runtime;
+        let incident = self.incident()?.clone();
+        let allowed_fields = self.allowed_fields(&incident);
+        let request = TriageRequest {
+            incident,
+            allowed_fields,
+        };
+        let llm = rt.connectors().llm;
+        let (result, attempts) = retrying(&rt.retry, || {
+            call(&llm, rt.retry.call_timeout, |r| {
+                LlmMsg::Triage(request.clone(), r)
+            })
+        })
+        .await;
+        let reply = result.map_err(|e| {
+            Fail(format!(
+                "triage failed after {attempts} attempt(s), no proposal: {e}"
+            ))
+        })?;
+        Ok(Step::Triaged {
+            proposal: reply.proposal,
+            provenance: reply.provenance,
+            attempts,
+        })
+    }
+
+    /// Fields the policy may allow on this record, told to the model as a hint only.
+    fn allowed_fields(&self, incident: &Incident) -> Vec<String> {
+        let mut names: Vec<&str> = incident.fields.keys().map(String::as_str).collect();
+        names.extend(JOURNAL_FIELDS);
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter(|f| {
+                let d = self
+                    .runtime
+                    .policy
+                    .decide(&self.field_request(incident, f, ""));
+                d.outcome != Outcome::Denied
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn field_request<'a>(
+        &'a self,
+        incident: &'a Incident,
+        field: &'a str,
+        value: &'a str,
+    ) -> FieldRequest<'a> {
+        FieldRequest {
+            tenant: self.runtime.scope.tenant().as_str(),
+            run_id: "run",
+            source: &self.source,
+            table: "incident",
+            field,
+            old_value: incident.field(field),
+            value,
+        }
+    }
+
+    /// The policy gate: a decision per proposed field, and the diff of what it allows.
+    fn decide(&self) -> Result<Step, Fail> {
+        let incident = self.incident()?;
+        let proposal = self
+            .run
+            .proposal
+            .as_ref()
+            .ok_or(Fail("no proposal".into()))?;
+        let mut decisions = Vec::new();
+        let mut entries = Vec::new();
+        let mut needs_approval = false;
+        let mut model_note = None;
+        for change in &proposal.changes {
+            let d = self.runtime.policy.decide(&self.field_request(
+                incident,
+                &change.field,
+                &change.value,
+            ));
+            let is_journal = JOURNAL_FIELDS.contains(&change.field.as_str());
+            if d.outcome != Outcome::Denied {
+                if change.field == "work_notes" {
+                    model_note = Some(change.value.clone());
+                } else if is_journal || incident.field(&change.field) != change.value {
+                    needs_approval |= d.outcome == Outcome::WithApproval;
+                    entries.push(DiffEntry {
+                        field: change.field.clone(),
+                        old: if is_journal {
+                            String::new()
+                        } else {
+                            d.old_value.clone()
+                        },
+                        new: change.value.clone(),
+                    });
+                }
+            }
+            decisions.push(d);
+        }
+        if entries.is_empty() && model_note.is_none() {
+            let every_denied = !decisions.is_empty();
+            return Ok(self.finished_step(
+                if every_denied {
+                    states::DENIED
+                } else {
+                    states::COMPLETED
+                },
+                if every_denied {
+                    "every proposed change was denied by policy; nothing was posted or written"
+                } else {
+                    "the model proposed no change"
+                },
+            ));
+        }
+        // Steward's own work note goes through the same policy as any other field.
+        let note_decision = self.runtime.policy.decide(&self.field_request(
+            incident,
+            "work_notes",
+            "Steward work note",
+        ));
+        if note_decision.outcome != Outcome::Denied {
+            needs_approval |= note_decision.outcome == Outcome::WithApproval;
+            let note = work_note(
+                &self.run_id,
+                &proposal.summary,
+                &entries,
+                model_note.as_deref(),
+            );
+            entries.push(DiffEntry {
+                field: "work_notes".into(),
+                old: String::new(),
+                new: note,
+            });
+        }
+        let diff = Diff {
+            table: "incident".into(),
+            sys_id: incident.sys_id.clone(),
+            record_version: incident.version().to_owned(),
+            entries,
+        };
+        Ok(Step::PolicyDecided {
+            decisions,
+            diff_hash: diff.hash(),
+            diff,
+            needs_approval,
+            approval_id: needs_approval.then(steward_core::ApprovalId::new),
+            summary: proposal.summary.clone(),
+        })
+    }
+
+    async fn request_approval(&mut self) -> Result<(), ActorProcessingErr> {
+        let rt = self.runtime.clone();
+        let Some(approval_id) = self.run.approval_id else {
+            return Ok(self
+                .finish(states::FAILED, "approval needed but no approval id")
+                .await?);
+        };
+        let parts = self.view_parts();
+        let approval = approval_id.to_string();
+        let owned = parts.view(&approval);
+        let (text, blocks) = slack::approval_message(&owned.as_view());
+        let channel = rt.settings.slack.approval_channel.clone();
+        let slack_ref = rt.connectors().slack;
+        let (result, _) = retrying(&rt.retry, || {
+            call(&slack_ref, rt.retry.call_timeout, |reply| SlackMsg::Post {
+                channel: channel.clone(),
+                text: text.clone(),
+                blocks: blocks.clone(),
+                reply,
+            })
+        })
+        .await;
+        match result {
+            Ok(posted) => {
+                rt.store
+                    .set_approval_message(&rt.scope, approval_id, &posted.channel, &posted.ts)
+                    .await?;
+                let step = Step::ApprovalRequested {
+                    approval_id,
+                    channel: posted.channel,
+                    ts: posted.ts,
+                };
+                self.record(step, None).await?;
+            }
+            Err(e) => {
+                self.finish(
+                    states::FAILED,
+                    &format!("posting the approval request failed: {e}"),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the record still holds the values the approver saw, records the intent, writes.
+    async fn write(&self) -> Result<Step, Fail> {
+        let diff = self.diff()?;
+        let current = self.get_current(diff).await?;
+        let stale: Vec<String> = diff
+            .entries
+            .iter()
+            .filter(|e| !JOURNAL_FIELDS.contains(&e.field.as_str()))
+            .filter(|e| current.field(&e.field) != e.old)
+            .map(|e| {
+                format!(
+                    "{} is now {:?}, not {:?}",
+                    e.field,
+                    current.field(&e.field),
+                    e.old
+                )
+            })
+            .collect();
+        if !stale.is_empty() {
+            let reason = format!("the record changed since approval: {}", stale.join("; "));
+            return Ok(self.finished_step(states::STALE, &reason));
+        }
+        let marker = run_marker(&self.run_id);
+        // The intent is recorded first; the `PATCH` is the next step (Confirm), so a crash
+        // between the two is resolved by reading the record back.
+        Ok(Step::WriteIntended {
+            diff_hash: diff.hash(),
+            marker,
+        })
+    }
+
+    /// After the intent: learn whether the write already happened; write if it did not.
+    async fn confirm(&self) -> Result<Step, Fail> {
+        let diff = self.diff()?;
+        let current = self.get_current(diff).await?;
+        if self.already_written(diff, &current).await? {
+            return Ok(Step::Written {
+                after: current,
+                recovered: true,
+            });
+        }
+        let body = self.patch_body(diff);
+        let rt = &self.runtime;
+        let sn = rt.connectors().servicenow;
+        let sys_id = diff.sys_id.clone();
+        let (result, _) = retrying(&rt.retry, || {
+            call(&sn, rt.retry.call_timeout, |r| {
+                ServiceNowMsg::Patch(sys_id.clone(), body.clone(), r)
+            })
+        })
+        .await;
+        let after = result.map_err(|e| Fail(format!("writing to ServiceNow failed: {e}")))?;
+        Ok(Step::Written {
+            after,
+            recovered: false,
+        })
+    }
+
+    async fn already_written(&self, diff: &Diff, current: &Incident) -> Result<bool, Fail> {
+        let fields_hold = diff
+            .entries
+            .iter()
+            .filter(|e| !JOURNAL_FIELDS.contains(&e.field.as_str()))
+            .all(|e| current.field(&e.field) == e.new);
+        if !fields_hold {
+            return Ok(false);
+        }
+        let has_note = diff.entries.iter().any(|e| e.field == "work_notes");
+        if !has_note {
+            // Without a note, matching values are all the evidence there is.
+            return Ok(!diff.entries.is_empty());
+        }
+        self.journal_has_marker(&diff.sys_id).await
+    }
+
+    async fn journal_has_marker(&self, sys_id: &str) -> Result<bool, Fail> {
+        let rt = &self.runtime;
+        let marker = self
+            .run
+            .write_marker
+            .clone()
+            .unwrap_or_else(|| run_marker(&self.run_id));
+        let sn = rt.connectors().servicenow;
+        let (result, _) = retrying(&rt.retry, || {
+            call(&sn, rt.retry.call_timeout, |reply| {
+                ServiceNowMsg::JournalContains {
+                    sys_id: sys_id.to_owned(),
+                    element: "work_notes".into(),
+                    marker: marker.clone(),
+                    reply,
+                }
+            })
+        })
+        .await;
+        result.map_err(|e| Fail(format!("reading the work-note journal failed: {e}")))
+    }
+
+    /// Reads the record back and lists any field that does not hold what was written.
+    async fn verify(&self) -> Result<Step, Fail> {
+        let diff = self.diff()?;
+        let current = self.get_current(diff).await?;
+        let mut mismatches: Vec<String> = diff
+            .entries
+            .iter()
+            .filter(|e| !JOURNAL_FIELDS.contains(&e.field.as_str()))
+            .filter(|e| current.field(&e.field) != e.new)
+            .map(|e| {
+                format!(
+                    "{} reads {:?}, wrote {:?}",
+                    e.field,
+                    current.field(&e.field),
+                    e.new
+                )
+            })
+            .collect();
+        if diff.entries.iter().any(|e| e.field == "work_notes")
+            && !self.journal_has_marker(&diff.sys_id).await?
+        {
+            mismatches.push("the work note is not in the journal".into());
+        }
+        Ok(Step::Verified { mismatches })
+    }
+
+    /// Ends the run: updates the Slack message if there is one, then records the end.
+    async fn close(&mut self) -> Result<(), ActorProcessingErr> {
+        let (state, reason) = match (&self.run.verdict, &self.run.verified) {
+            (Some((Verdict::Reject, _, name)), _) => (
+                states::REJECTED,
+                format!("rejected by {name}; nothing was written"),
+            ),
+            (_, Some(m)) if m.is_empty() => (states::COMPLETED, "written and confirmed".to_owned()),
+            (_, Some(m)) => (
+                states::FAILED,
+                format!("written, but the read-back differs: {}", m.join("; ")),
+            ),
+            _ => (
+                states::FAILED,
+                "the run reached its end without a write".to_owned(),
+            ),
+        };
+        Ok(self.finish(state, &reason).await?)
+    }
+
+    /// Records the run's end, first telling the approver in Slack if a message was posted.
+    async fn finish(&mut self, state: &str, reason: &str) -> Result<(), StoreError> {
+        if let Some((channel, ts)) = self.run.message.clone() {
+            self.update_message(state, reason, &channel, &ts).await;
+        }
+        let step = self.finished_step(state, reason);
+        self.record(step, Some(reason)).await
+    }
+
+    fn finished_step(&self, state: &str, reason: &str) -> Step {
+        Step::Finished {
+            state: state.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    async fn update_message(&self, state: &str, reason: &str, channel: &str, ts: &str) {
+        let rt = &self.runtime;
+        let by = self
+            .run
+            .verdict
+            .as_ref()
+            .map(|v| v.2.clone())
+            .unwrap_or_default();
+        let outcome = match state {
+            states::COMPLETED => slack::Outcome::Written { by: &by },
+            states::REJECTED => slack::Outcome::Rejected { by: &by },
+            states::STALE => slack::Outcome::Stale { reason },
+            states::EXPIRED => slack::Outcome::Expired,
+            _ => slack::Outcome::Failed { reason },
+        };
+        let parts = self.view_parts();
+        let approval_id = self
+            .run
+            .approval_id
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let owned = parts.view(&approval_id);
+        let (text, blocks) = slack::outcome_message(&owned.as_view(), &outcome);
+        let slack_ref = rt.connectors().slack;
+        let (result, _) = retrying(&rt.retry, || {
+            call(&slack_ref, rt.retry.call_timeout, |reply| {
+                SlackMsg::Update {
+                    channel: channel.to_owned(),
+                    ts: ts.to_owned(),
+                    text: text.clone(),
+                    blocks: blocks.clone(),
+                    reply,
+                }
+            })
+        })
+        .await;
+        if let Err(error) = result {
+            warn!(%error, "Updating the Slack message with the outcome failed.");
+        }
+    }
+
+    /// Appends a step (and its audit entry), then folds it into the state. A conflict means
+    /// something was recorded from outside (a decision): read the journal again.
+    async fn record(&mut self, step: Step, error: Option<&str>) -> Result<(), StoreError> {
+        let mut next = self.run.clone();
+        next.apply(&step);
+        let body = serde_json::to_value(&step).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let new_approval = match &step {
+            Step::PolicyDecided {
+                approval_id: Some(id),
+                diff,
+                diff_hash,
+                decisions,
+                ..
+            } => Some(NewApproval {
+                id: *id,
+                diff_hash: diff_hash.clone(),
+                record_version: diff.record_version.clone(),
+                policy: json!(decisions),
+            }),
+            _ => None,
+        };
+        let write = StepWrite {
+            run_id: self.run_id,
+            expected_seq: self.run.steps,
+            kind: step.kind().to_owned(),
+            audit: vec![audit_for(&self.run_id, self.run.steps, &step, &body)],
+            body,
+            new_state: next.stored_state().to_owned(),
+            last_error: error.map(str::to_owned),
+            new_approval,
+        };
+        match self
+            .runtime
+            .store
+            .append_step(&self.runtime.scope, write)
+            .await
+        {
+            Ok(()) => {
+                self.run = next;
+                Ok(())
+            }
+            Err(StoreError::Conflict(why)) => {
+                debug!(%why, "journal moved underneath the run; reloading");
+                self.reload().await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_current(&self, diff: &Diff) -> Result<Incident, Fail> {
+        let rt = &self.runtime;
+        let sn = rt.connectors().servicenow;
+        let reference = steward_core::IncidentRef::SysId(diff.sys_id.clone());
+        let (result, _) = retrying(&rt.retry, || {
+            call(&sn, rt.retry.call_timeout, |r| {
+                ServiceNowMsg::Get(reference.clone(), r)
+            })
+        })
+        .await;
+        result.map_err(|e| Fail(format!("reading the record back failed: {e}")))
+    }
+
+    fn patch_body(&self, diff: &Diff) -> serde_json::Map<String, serde_json::Value> {
+        let approver = self
+            .run
+            .verdict
+            .as_ref()
+            .map(|(_, id, name)| format!("{name} (Slack {id})"))
+            .unwrap_or_else(|| "policy (no approval required)".into());
+        let mut body = diff.patch_body();
+        if let Some(serde_json::Value::String(note)) = body.get_mut("work_notes") {
+            *note = note.replace(APPROVER_PLACEHOLDER, &approver);
+        }
+        body
+    }
+
+    fn incident(&self) -> Result<&Incident, Fail> {
+        self.run
+            .incident
+            .as_ref()
+            .ok_or(Fail("the incident was not read".into()))
+    }
+
+    fn diff(&self) -> Result<&Diff, Fail> {
+        self.run
+            .diff
+            .as_ref()
+            .ok_or(Fail("no diff was decided".into()))
+    }
+
+    fn view_parts(&self) -> ViewParts {
+        let incident = self.run.incident.clone();
+        let denied = self
+            .run
+            .decisions
+            .iter()
+            .filter(|d| d.outcome == Outcome::Denied)
+            .map(|d| (d.field.clone(), d.value.clone(), d.reason.clone()))
+            .collect();
+        let entries = self
+            .run
+            .diff
+            .as_ref()
+            .map(|d| d.entries.clone())
+            .unwrap_or_default();
+        let work_note = entries
+            .iter()
+            .find(|e| e.field == "work_notes")
+            .map(|e| e.new.clone())
+            .unwrap_or_default();
+        ViewParts {
+            run_id: self.run_id.to_string(),
+            number: incident
+                .as_ref()
+                .map(|i| i.number.clone())
+                .unwrap_or_default(),
+            title: incident
+                .as_ref()
+                .map(|i| i.field("short_description").to_owned())
+                .unwrap_or_default(),
+            url: incident
+                .as_ref()
+                .map(|i| self.runtime.incident_url(&i.sys_id)),
+            summary: self.run.summary.clone().unwrap_or_default(),
+            entries,
+            denied,
+            work_note,
+        }
+    }
+}
+
+/// Owned pieces of the approval message, borrowed into an [`ApprovalView`].
+struct ViewParts {
+    run_id: String,
+    number: String,
+    title: String,
+    url: Option<String>,
+    summary: String,
+    entries: Vec<DiffEntry>,
+    denied: Vec<(String, String, String)>,
+    work_note: String,
+}
+
+impl ViewParts {
+    fn view<'a>(&'a self, approval_id: &'a str) -> ApprovalViewOwned<'a> {
+        ApprovalViewOwned {
+            denied: self
+                .denied
+                .iter()
+                .map(|(field, value, reason)| DeniedField {
+                    field,
+                    value,
+                    reason,
+                })
+                .collect(),
+            parts: self,
+            approval_id,
+        }
+    }
+}
+
+struct ApprovalViewOwned<'a> {
+    denied: Vec<DeniedField<'a>>,
+    parts: &'a ViewParts,
+    approval_id: &'a str,
+}
+
+impl<'a> ApprovalViewOwned<'a> {
+    fn as_view(&'a self) -> ApprovalView<'a> {
+        ApprovalView {
+            approval_id: self.approval_id,
+            run_id: &self.parts.run_id,
+            incident_number: &self.parts.number,
+            incident_title: &self.parts.title,
+            summary: &self.parts.summary,
+            entries: &self.parts.entries,
+            denied: &self.denied,
+            work_note: &self.parts.work_note,
+            incident_url: self.parts.url.as_deref(),
+        }
+    }
+}
+
+/// The marker that identifies this run's work note in the record's journal.
+pub fn run_marker(run_id: &RunId) -> String {
+    format!("[steward run {run_id}]")
+}
+
+/// The work note Steward appends: what changed, why, and who approved it.
+pub fn work_note(
+    run_id: &RunId,
+    summary: &str,
+    entries: &[DiffEntry],
+    model_note: Option<&str>,
+) -> String {
+    let mut note = format!(
+        "{} Change approved by {APPROVER_PLACEHOLDER}.\n",
+        run_marker(run_id)
+    );
+    for e in entries {
+        let old = if e.old.is_empty() { "(empty)" } else { &e.old };
+        note.push_str(&format!("- {}: {} -> {}\n", e.field, old, e.new));
+    }
+    note.push_str(&format!(
+        "Triage summary (proposed by the model): {summary}"
+    ));
+    if let Some(extra) = model_note {
+        note.push_str(&format!("\nNote proposed by the model: {extra}"));
+    }
+    note
+}
+
+/// The audit entry for a step: digests and small facts, never the content itself.
+fn audit_for(run_id: &RunId, seq: u32, step: &Step, body: &serde_json::Value) -> AuditDraft {
+    let digest = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+    let mut facts = json!({ "seq": seq, "step_sha256": digest });
+    let actor = match step {
+        Step::ApprovalDecided { by, .. } => format!("slack:{by}"),
+        _ => "steward".to_owned(),
+    };
+    match step {
+        Step::Triaged {
+            provenance,
+            attempts,
+            ..
+        } => {
+            facts["provider"] = json!(provenance.provider);
+            facts["model"] = json!(provenance.model_reported);
+            facts["prompt_version"] = json!(provenance.prompt_version);
+            facts["attempts"] = json!(attempts);
+        }
+        Step::PolicyDecided {
+            decisions,
+            diff_hash,
+            ..
+        } => {
+            facts["diff_sha256"] = json!(diff_hash);
+            facts["decisions"] =
+                json!(decisions
+                .iter()
+                .map(|d| json!({"field": d.field, "outcome": d.outcome, "policies": d.policies}))
+                .collect::<Vec<_>>());
+        }
+        Step::ApprovalDecided { verdict, .. } => facts["verdict"] = json!(verdict),
+        Step::Finished { state, .. } => facts["state"] = json!(state),
+        _ => {}
+    }
+    AuditDraft {
+        kind: format!("run.{}", step.kind()),
+        run_id: Some(*run_id),
+        actor,
+        body: facts,
+    }
+}

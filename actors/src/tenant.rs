@@ -1,0 +1,398 @@
+//! The tenant supervisor: started on a tenant's first use, it owns that tenant's adapter actors
+//! and its run actors. A run actor that fails is restarted from its journal within a restart
+//! budget; when the budget is spent the run is marked failed and the supervisor goes on. An
+//! adapter actor that fails is started again on its own.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use steward_adapters::http::{HttpSettings, client};
+use steward_adapters::llm::{Anthropic, LlmProvider, LlmSettings, OpenAiCompatible};
+use steward_adapters::servicenow::{ServiceNowAuth, ServiceNowClient};
+use steward_adapters::slack::SlackClient;
+use steward_core::{RunId, TenantId};
+use steward_persistence::{AuditDraft, Authenticator, MasterKey, StepWrite, Store, TenantScope};
+use tracing::{error, warn};
+
+use crate::connectors::{Connectors, LlmActor, ServiceNowActor, SlackActor};
+use crate::journal::{Step, states};
+use crate::policy::PolicyGate;
+use crate::retry::RetryPolicy;
+use crate::run::{RunActor, RunArgs, RunMsg};
+use crate::settings::{TenantSettings, secret_names};
+use crate::tenant_runtime::{SharedRuntime, TenantRuntime};
+
+/// How many times a run may crash in `restart_window` before it is failed.
+#[derive(Debug, Clone)]
+pub struct RestartBudget {
+    pub max_restarts: usize,
+    pub window: Duration,
+    pub backoff: Duration,
+}
+
+impl Default for RestartBudget {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a tenant supervisor needs to start.
+pub struct TenantInit {
+    pub tenant: TenantId,
+    pub store: Store,
+    pub master_key: Arc<MasterKey>,
+    pub http: HttpSettings,
+    pub retry: RetryPolicy,
+    pub budget: RestartBudget,
+}
+
+/// Messages to a tenant supervisor.
+pub enum TenantMsg {
+    /// Start the run's actor if it is not running, or tell it to read its journal again.
+    Wake(RunId),
+    /// The shared runtime, for callers that act for this tenant (approval decisions).
+    Runtime(RpcReplyPort<SharedRuntime>),
+    /// Live actors: runs with their restart counts.
+    Inspect(RpcReplyPort<TenantView>),
+}
+
+/// A snapshot of a tenant's live actors.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantView {
+    pub tenant: String,
+    pub runs: Vec<String>,
+    pub restarts: HashMap<String, usize>,
+}
+
+pub struct TenantSupervisor;
+
+pub struct TenantState {
+    init: TenantInit,
+    runtime: SharedRuntime,
+    runs: HashMap<RunId, ActorRef<RunMsg>>,
+    cells: HashMap<ActorId, RunId>,
+    restarts: HashMap<RunId, VecDeque<Instant>>,
+    adapters: HashMap<ActorId, &'static str>,
+}
+
+impl Actor for TenantSupervisor {
+    type Msg = TenantMsg;
+    type State = TenantState;
+    type Arguments = TenantInit;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        init: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let scope = TenantScope::assume(init.tenant.clone(), Authenticator::RunResume);
+        let record = init
+            .store
+            .tenant(&scope)
+            .await?
+            .ok_or_else(|| format!("tenant {} is not configured", init.tenant))?;
+        let settings: TenantSettings = serde_json::from_value(record.settings)
+            .map_err(|e| format!("tenant {} settings are invalid: {e}", init.tenant))?;
+        let policy = PolicyGate::new(settings.policy.as_deref())?;
+        let clients = Clients::build(&init, &scope, &settings).await?;
+        let mut adapters = HashMap::new();
+        let connectors = clients.spawn(&myself, &mut adapters).await?;
+        let runtime = Arc::new(TenantRuntime::new(
+            init.store.clone(),
+            scope,
+            settings,
+            policy,
+            init.retry.clone(),
+            connectors,
+        ));
+        Ok(TenantState {
+            init,
+            runtime,
+            runs: HashMap::new(),
+            cells: HashMap::new(),
+            restarts: HashMap::new(),
+            adapters,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TenantMsg::Wake(run_id) => state.wake(&myself, run_id).await,
+            TenantMsg::Runtime(reply) => {
+                let _ = reply.send(state.runtime.clone());
+            }
+            TenantMsg::Inspect(reply) => {
+                let _ = reply.send(TenantView {
+                    tenant: state.init.tenant.to_string(),
+                    runs: state.runs.keys().map(ToString::to_string).collect(),
+                    restarts: state
+                        .restarts
+                        .iter()
+                        .map(|(id, times)| (id.to_string(), times.len()))
+                        .collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some(run_id) = state.cells.remove(&cell.get_id()) {
+                    state.runs.remove(&run_id);
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                state.failed(&myself, cell, error.to_string()).await;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl TenantState {
+    async fn wake(&mut self, myself: &ActorRef<TenantMsg>, run_id: RunId) {
+        if let Some(run) = self.runs.get(&run_id)
+            && run.cast(RunMsg::Reload).is_ok()
+        {
+            return;
+        }
+        let args = RunArgs {
+            run_id,
+            runtime: self.runtime.clone(),
+        };
+        match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
+            Ok((run, _)) => {
+                self.cells.insert(run.get_id(), run_id);
+                self.runs.insert(run_id, run);
+            }
+            Err(e) => error!(run.id = %run_id, error = %e, "Starting a run actor failed."),
+        }
+    }
+
+    async fn failed(&mut self, myself: &ActorRef<TenantMsg>, cell: ActorCell, error: String) {
+        if let Some(kind) = self.adapters.remove(&cell.get_id()) {
+            warn!(adapter = kind, %error, "An adapter actor failed; starting it again.");
+            self.restart_adapters(myself).await;
+            return;
+        }
+        let Some(run_id) = self.cells.remove(&cell.get_id()) else {
+            return;
+        };
+        self.runs.remove(&run_id);
+        let now = Instant::now();
+        let budget = self.init.budget.clone();
+        let times = self.restarts.entry(run_id).or_default();
+        times.retain(|t| now.duration_since(*t) < budget.window);
+        times.push_back(now);
+        let attempt = times.len();
+        self.record_crash(run_id, attempt, &error).await;
+        if attempt > budget.max_restarts {
+            self.fail_run(run_id, &error, attempt).await;
+            return;
+        }
+        let backoff = budget
+            .backoff
+            .saturating_mul(1 << (attempt - 1).min(6) as u32);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let _ = me.cast(TenantMsg::Wake(run_id));
+        });
+    }
+
+    async fn record_crash(&self, run_id: RunId, attempt: usize, error: &str) {
+        let draft = AuditDraft {
+            kind: "run.crashed".into(),
+            run_id: Some(run_id),
+            actor: "steward".into(),
+            body: json!({ "attempt": attempt, "error": truncate(error, 2000) }),
+        };
+        if let Err(e) = self
+            .runtime
+            .store
+            .append_audit(&self.runtime.scope, draft)
+            .await
+        {
+            error!(run.id = %run_id, error = %e, "Recording a run crash failed.");
+        }
+    }
+
+    async fn fail_run(&self, run_id: RunId, error: &str, attempts: usize) {
+        let rt = &self.runtime;
+        let reason = format!(
+            "crashed {attempts} times; restart budget spent: {}",
+            truncate(error, 500)
+        );
+        let steps = match rt.store.run(&rt.scope, run_id).await {
+            Ok(Some(run)) => run.steps,
+            _ => return,
+        };
+        let step = Step::Finished {
+            state: states::FAILED.into(),
+            reason: reason.clone(),
+        };
+        let write = StepWrite {
+            run_id,
+            expected_seq: steps,
+            kind: step.kind().into(),
+            body: serde_json::to_value(&step).unwrap_or_default(),
+            new_state: states::FAILED.into(),
+            last_error: Some(reason),
+            audit: vec![],
+            new_approval: None,
+        };
+        if let Err(e) = rt.store.append_step(&rt.scope, write).await {
+            error!(run.id = %run_id, error = %e, "Marking a run failed after its crashes failed.");
+        }
+    }
+
+    async fn restart_adapters(&mut self, myself: &ActorRef<TenantMsg>) {
+        let scope = self.runtime.scope.clone();
+        let result = match Clients::build(&self.init, &scope, &self.runtime.settings).await {
+            Ok(clients) => clients.spawn(myself, &mut self.adapters).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(connectors) => self.runtime.set_connectors(connectors),
+            Err(e) => error!(error = %e, "Restarting the adapter actors failed."),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// The tenant's outside-world clients, built from settings and sealed secrets.
+struct Clients {
+    llm: Arc<dyn LlmProvider>,
+    servicenow: Arc<ServiceNowClient>,
+    slack: Arc<SlackClient>,
+}
+
+impl Clients {
+    async fn build(
+        init: &TenantInit,
+        scope: &TenantScope,
+        settings: &TenantSettings,
+    ) -> Result<Self, ActorProcessingErr> {
+        let http = client(&init.http)?;
+        let secret = |name: &'static str| {
+            let store = init.store.clone();
+            let key = init.master_key.clone();
+            let scope = scope.clone();
+            async move {
+                store
+                    .secret(&scope, &key, name)
+                    .await?
+                    .ok_or_else(|| format!("secret `{name}` is not set for this tenant").into())
+            }
+        };
+        let llm_settings = LlmSettings {
+            base_url: settings.llm.base_url.parse()?,
+            model: settings.llm.model.clone(),
+            api_key: secret_result(secret(secret_names::LLM_API_KEY).await)?,
+            temperature: settings.llm.temperature,
+            max_tokens: settings.llm.max_tokens,
+        };
+        let llm: Arc<dyn LlmProvider> = match settings.llm.provider.as_str() {
+            "openai" => Arc::new(OpenAiCompatible::new(llm_settings, http.clone())),
+            "anthropic" => Arc::new(Anthropic::new(llm_settings, http.clone())),
+            other => return Err(format!("unknown LLM provider `{other}`").into()),
+        };
+        let sn = &settings.servicenow;
+        let client_secret = secret_result(secret(secret_names::SERVICENOW_CLIENT_SECRET).await)?;
+        let auth = match sn.grant.as_str() {
+            "password" => ServiceNowAuth::Password {
+                client_id: sn.client_id.clone(),
+                client_secret,
+                username: sn
+                    .username
+                    .clone()
+                    .ok_or("the password grant needs a username")?,
+                password: secret_result(secret(secret_names::SERVICENOW_PASSWORD).await)?,
+            },
+            "refresh_token" => ServiceNowAuth::RefreshToken {
+                client_id: sn.client_id.clone(),
+                client_secret,
+                refresh_token: secret_result(secret(secret_names::SERVICENOW_REFRESH_TOKEN).await)?,
+            },
+            "client_credentials" => ServiceNowAuth::ClientCredentials {
+                client_id: sn.client_id.clone(),
+                client_secret,
+            },
+            other => return Err(format!("unknown ServiceNow grant `{other}`").into()),
+        };
+        let servicenow = Arc::new(ServiceNowClient::new(
+            sn.instance_url.parse()?,
+            auth,
+            http.clone(),
+        ));
+        let bot_token = secret_result(secret(secret_names::SLACK_BOT_TOKEN).await)?;
+        let slack = Arc::new(SlackClient::new(
+            settings.slack.api_base.parse()?,
+            bot_token,
+            http,
+        ));
+        Ok(Self {
+            llm,
+            servicenow,
+            slack,
+        })
+    }
+
+    async fn spawn(
+        self,
+        supervisor: &ActorRef<TenantMsg>,
+        adapters: &mut HashMap<ActorId, &'static str>,
+    ) -> Result<Connectors, ActorProcessingErr> {
+        let cell = supervisor.get_cell();
+        let (llm, _) = Actor::spawn_linked(None, LlmActor, self.llm, cell.clone()).await?;
+        let (servicenow, _) =
+            Actor::spawn_linked(None, ServiceNowActor, self.servicenow, cell.clone()).await?;
+        let (slack, _) = Actor::spawn_linked(None, SlackActor, self.slack, cell).await?;
+        adapters.insert(llm.get_id(), "llm");
+        adapters.insert(servicenow.get_id(), "servicenow");
+        adapters.insert(slack.get_id(), "slack");
+        Ok(Connectors {
+            llm,
+            servicenow,
+            slack,
+        })
+    }
+}
+
+fn secret_result(
+    r: Result<SecretString, ActorProcessingErr>,
+) -> Result<SecretString, ActorProcessingErr> {
+    r.and_then(|s| {
+        if s.expose_secret().is_empty() {
+            Err("a secret is set but empty".into())
+        } else {
+            Ok(s)
+        }
+    })
+}

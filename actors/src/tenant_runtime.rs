@@ -1,0 +1,75 @@
+//! Everything a tenant's runs share: the store scope, settings, policy gate and adapter actors.
+
+use std::sync::{Arc, RwLock};
+
+use steward_persistence::{Store, TenantScope};
+
+use crate::connectors::Connectors;
+use crate::policy::PolicyGate;
+use crate::retry::RetryPolicy;
+use crate::settings::TenantSettings;
+
+/// A tenant's shared context, built by its supervisor when it starts.
+pub struct TenantRuntime {
+    pub store: Store,
+    pub scope: TenantScope,
+    pub settings: TenantSettings,
+    pub policy: PolicyGate,
+    pub retry: RetryPolicy,
+    /// Base URL of the ServiceNow instance, for links in messages.
+    pub servicenow_url: String,
+    connectors: RwLock<Connectors>,
+}
+
+impl TenantRuntime {
+    pub fn new(
+        store: Store,
+        scope: TenantScope,
+        settings: TenantSettings,
+        policy: PolicyGate,
+        retry: RetryPolicy,
+        connectors: Connectors,
+    ) -> Self {
+        let servicenow_url = settings
+            .servicenow
+            .instance_url
+            .trim_end_matches('/')
+            .to_owned();
+        Self {
+            store,
+            scope,
+            settings,
+            policy,
+            retry,
+            servicenow_url,
+            connectors: RwLock::new(connectors),
+        }
+    }
+
+    /// The adapter actors as they are now (an adapter that restarted has a new reference).
+    pub fn connectors(&self) -> Connectors {
+        self.connectors
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the adapter references after a restart.
+    pub fn set_connectors(&self, connectors: Connectors) {
+        *self
+            .connectors
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = connectors;
+    }
+
+    /// A link to the incident in the ServiceNow UI.
+    pub fn incident_url(&self, sys_id: &str) -> String {
+        format!(
+            "{}/nav_to.do?uri=incident.do%3Fsys_id%3D{sys_id}",
+            self.servicenow_url
+        )
+    }
+}
+
+/// Shared handle.
+pub type SharedRuntime = Arc<TenantRuntime>;

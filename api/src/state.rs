@@ -1,0 +1,36 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use steward_actors::Steward;
+use steward_persistence::{MasterKey, Store};
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest webhook body accepted; larger is `413`.
+    pub webhook_body_bytes: usize,
+    /// Largest Slack interaction body accepted.
+    pub slack_body_bytes: usize,
+    /// Largest JSON body on the runs API.
+    pub api_body_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            webhook_body_bytes: 256 * 1024,
+            slack_body_bytes: 64 * 1024,
+            api_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Shared handler state.
+#[derive(Clone)]
+pub struct AppState {
+    pub steward: Steward,
+    pub store: Store,
+    pub master_key: Arc<MasterKey>,
+    pub limits: ApiLimits,
+}

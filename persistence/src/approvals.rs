@@ -1,0 +1,256 @@
+//! Approvals: a request for a person to approve one exact diff. An approval is decided at most
+//! once; the decision and the run's decision step commit together.
+
+use serde::Serialize;
+use sqlx::FromRow;
+use steward_core::{ApprovalId, RunId};
+
+use crate::codec::{self, MAX_DOCUMENT_BYTES};
+use crate::store::WriteTx;
+use crate::{StepWrite, Store, StoreError, TenantScope};
+
+/// An approval request opened by a run step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewApproval {
+    pub id: ApprovalId,
+    /// Hash of the diff and of the old values it was computed against (1–128 bytes).
+    pub diff_hash: String,
+    /// The record version (`sys_mod_count`) the diff was computed against (at most 64 bytes).
+    pub record_version: String,
+    /// The policy decision the approval is bound to.
+    pub policy: serde_json::Value,
+}
+
+/// An approval as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApprovalRecord {
+    pub id: ApprovalId,
+    pub run_id: RunId,
+    pub diff_hash: String,
+    pub record_version: String,
+    pub policy: serde_json::Value,
+    /// `pending`, `approved`, `rejected` or `expired`.
+    pub status: String,
+    /// Slack channel of the approval message, once posted.
+    pub channel: Option<String>,
+    /// Slack timestamp of the approval message, once posted.
+    pub message_ts: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// A person's answer to an approval request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+/// What `decide_approval` did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DecideOutcome {
+    /// This call decided the approval (the record as decided) and appended the step.
+    Decided(ApprovalRecord),
+    /// It was decided (or expired) before; nothing was written.
+    AlreadyDecided(ApprovalRecord),
+    /// No such approval in the scope's tenant.
+    NotFound,
+}
+
+#[derive(FromRow)]
+struct ApprovalRow {
+    id: String,
+    run_id: String,
+    diff_hash: String,
+    record_version: String,
+    policy: String,
+    status: String,
+    channel: Option<String>,
+    message_ts: Option<String>,
+    decided_by: Option<String>,
+    decided_at: Option<i64>,
+    created_at: i64,
+}
+
+impl TryFrom<ApprovalRow> for ApprovalRecord {
+    type Error = StoreError;
+    fn try_from(row: ApprovalRow) -> Result<Self, StoreError> {
+        Ok(ApprovalRecord {
+            id: codec::approval_id(&row.id)?,
+            run_id: codec::run_id(&row.run_id)?,
+            diff_hash: row.diff_hash,
+            record_version: row.record_version,
+            policy: codec::from_json(&row.policy, "approval policy")?,
+            status: row.status,
+            channel: row.channel,
+            message_ts: row.message_ts,
+            decided_by: row.decided_by,
+            decided_at: row.decided_at,
+            created_at: row.created_at,
+        })
+    }
+}
+
+const APPROVAL_SELECT: &str = "SELECT id, run_id, diff_hash, record_version, policy, status, \
+     channel, message_ts, decided_by, decided_at, created_at FROM approvals \
+     WHERE tenant_id = $1 AND id = $2";
+
+impl Store {
+    /// Records where the approval's Slack message is. Posting again (after a restart, say)
+    /// replaces the previous location. NotFound if the approval is not the scope's tenant's.
+    pub async fn set_approval_message(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+        channel: &str,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        codec::check_text(channel, "slack channel", 64)?;
+        codec::check_text(ts, "slack message ts", 64)?;
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE approvals SET channel = $1, message_ts = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(channel)
+        .bind(ts)
+        .bind(scope.id())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("approval {id}")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The scope's tenant's approval, or None.
+    pub async fn approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row: Option<ApprovalRow> = sqlx::query_as(APPROVAL_SELECT)
+            .bind(scope.id())
+            .bind(id.to_string())
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(ApprovalRecord::try_from).transpose()
+    }
+
+    /// Decides a pending approval and appends the run's decision step (same rules as
+    /// `append_step`; the step must be for the approval's run) in one transaction. Of any
+    /// number of concurrent calls exactly one gets `Decided`. If the step cannot be appended
+    /// (Conflict, NotFound, Invalid) the decision is rolled back and the error returned.
+    pub async fn decide_approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+        decision: Decision,
+        by: &str,
+        step: StepWrite,
+    ) -> Result<DecideOutcome, StoreError> {
+        codec::check_text(by, "approver", 256)?;
+        let status = match decision {
+            Decision::Approve => "approved",
+            Decision::Reject => "rejected",
+        };
+        self.close_approval(scope, id, status, Some(by), &step)
+            .await
+    }
+
+    /// Marks a pending approval expired (no one decided in time) and appends the run's step,
+    /// with the same atomicity and outcomes as [`Store::decide_approval`]; `decided_by` stays
+    /// empty and `decided_at` is the expiry time.
+    pub async fn expire_approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+        step: StepWrite,
+    ) -> Result<DecideOutcome, StoreError> {
+        self.close_approval(scope, id, "expired", None, &step).await
+    }
+
+    async fn close_approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+        status: &str,
+        by: Option<&str>,
+        step: &StepWrite,
+    ) -> Result<DecideOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3 \
+             WHERE tenant_id = $4 AND id = $5 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(by)
+        .bind(self.now())
+        .bind(scope.id())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let record = approval_in(&mut tx, scope, id).await?;
+        let Some(record) = record else {
+            return Ok(DecideOutcome::NotFound);
+        };
+        if done.rows_affected() == 0 {
+            return Ok(DecideOutcome::AlreadyDecided(record));
+        }
+
+        if step.run_id != record.run_id {
+            return Err(StoreError::Invalid(format!(
+                "approval {id} belongs to run {}, not to run {}",
+                record.run_id, step.run_id
+            )));
+        }
+        self.append_step_in(&mut tx, scope, step).await?;
+        tx.commit().await?;
+        Ok(DecideOutcome::Decided(record))
+    }
+
+    /// Inserts a pending approval for `run` inside a step's transaction.
+    pub(crate) async fn insert_approval(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        run: RunId,
+        approval: &NewApproval,
+    ) -> Result<(), StoreError> {
+        codec::check_text(&approval.diff_hash, "diff hash", 128)?;
+        codec::check_len(&approval.record_version, "record version", 64)?;
+        let policy = codec::json_text(&approval.policy, "approval policy", MAX_DOCUMENT_BYTES)?;
+        sqlx::query(
+            "INSERT INTO approvals (tenant_id, id, run_id, diff_hash, record_version, policy, \
+             status, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
+        )
+        .bind(scope.id())
+        .bind(approval.id.to_string())
+        .bind(run.to_string())
+        .bind(&approval.diff_hash)
+        .bind(&approval.record_version)
+        .bind(policy)
+        .bind(self.now())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            codec::conflict_on_duplicate(e, || format!("approval {} already exists", approval.id))
+        })?;
+        Ok(())
+    }
+}
+
+async fn approval_in(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+    id: ApprovalId,
+) -> Result<Option<ApprovalRecord>, StoreError> {
+    let row: Option<ApprovalRow> = sqlx::query_as(APPROVAL_SELECT)
+        .bind(scope.id())
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(ApprovalRecord::try_from).transpose()
+}

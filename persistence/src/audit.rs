@@ -1,0 +1,476 @@
+//! The audit log: per tenant, an append-only chain in which every entry commits by hash to the
+//! one before it, over exactly the bytes stored. Appends happen inside the write transaction of
+//! the change they describe; the single writer serializes them, so `seq` has no gaps.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::FromRow;
+use steward_core::{RunId, TenantId};
+
+use crate::codec::{self, MAX_DOCUMENT_BYTES};
+use crate::store::WriteTx;
+use crate::{Store, StoreError, TenantScope};
+
+/// The `prev_hash` of a tenant's first entry: 64 zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Domain tag that starts every entry hash.
+const HASH_DOMAIN: &[u8] = b"steward-audit-v1";
+
+/// The most entries one `audit_entries` call returns; also `verify_audit`'s page size.
+const PAGE: u32 = 1000;
+
+/// An audit entry before it is appended: the store adds tenant, seq, time and hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditDraft {
+    /// What happened, for example `run.created` (1–128 printable bytes).
+    pub kind: String,
+    /// The run it concerns, if any.
+    pub run_id: Option<RunId>,
+    /// Who caused it: a user, a token label, `steward` (1–256 printable bytes).
+    pub actor: String,
+    /// Details; digests of content rather than content. Stored as compact JSON, at most 1 MiB.
+    pub body: serde_json::Value,
+}
+
+/// One stored audit entry, exactly as hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub tenant: TenantId,
+    /// Position in the tenant's chain, from 1.
+    pub seq: u64,
+    /// Append time, Unix ms.
+    pub at: i64,
+    pub kind: String,
+    pub run_id: Option<RunId>,
+    pub actor: String,
+    /// The exact stored JSON text.
+    pub body: String,
+    /// The previous entry's hash, or [`GENESIS_HASH`] for seq 1.
+    pub prev_hash: String,
+    /// [`entry_hash`] of this entry.
+    pub hash: String,
+}
+
+/// Where and why a chain stopped verifying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("audit chain breaks at seq {seq}: {reason}")]
+pub struct ChainBreak {
+    /// The first entry that does not verify.
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// The outcome of verifying a tenant's whole chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Entries that verified, from seq 1 up to (not including) the first bad one.
+    pub entries: u64,
+    /// Hash of the last entry that verified; [`GENESIS_HASH`] for an empty chain.
+    pub head_hash: String,
+    /// The first entry that does not verify, if any.
+    pub first_bad: Option<ChainBreak>,
+}
+
+/// The hash an entry must carry: lowercase hex of SHA-256 over the bytes `steward-audit-v1`
+/// followed by each field as an 8-byte big-endian length and its UTF-8 bytes, in this order:
+/// tenant, seq (decimal), at (decimal), kind, run_id (hyphenated, or empty), actor, body,
+/// prev_hash.
+pub fn entry_hash(e: &AuditEntry) -> String {
+    let run_id = e.run_id.map(|r| r.to_string()).unwrap_or_default();
+    let (seq, at) = (e.seq.to_string(), e.at.to_string());
+    let fields: [&[u8]; 8] = [
+        e.tenant.as_str().as_bytes(),
+        seq.as_bytes(),
+        at.as_bytes(),
+        e.kind.as_bytes(),
+        run_id.as_bytes(),
+        e.actor.as_bytes(),
+        e.body.as_bytes(),
+        e.prev_hash.as_bytes(),
+    ];
+    hash_fields(&fields)
+}
+
+fn hash_fields(fields: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(HASH_DOMAIN);
+    for field in fields {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Verifies consecutive entries of one tenant's chain whose first entry should follow a head
+/// of `expected_prev`; returns the new head hash. From [`GENESIS_HASH`] the first entry must
+/// be seq 1; otherwise the first seq is taken as given and each later one must follow it by 1.
+pub fn verify_entries<'a>(
+    entries: impl IntoIterator<Item = &'a AuditEntry>,
+    expected_prev: &str,
+) -> Result<String, ChainBreak> {
+    let first_seq = (expected_prev == GENESIS_HASH).then_some(1);
+    let mut cursor = ChainCursor::new(expected_prev, first_seq);
+    for entry in entries {
+        cursor.check(entry)?;
+    }
+    Ok(cursor.head)
+}
+
+/// The running state of a chain check.
+struct ChainCursor {
+    head: String,
+    next_seq: Option<u64>,
+    tenant: Option<TenantId>,
+}
+
+impl ChainCursor {
+    fn new(head: &str, next_seq: Option<u64>) -> Self {
+        Self {
+            head: head.to_owned(),
+            next_seq,
+            tenant: None,
+        }
+    }
+
+    fn check(&mut self, e: &AuditEntry) -> Result<(), ChainBreak> {
+        let bad = |reason: String| ChainBreak { seq: e.seq, reason };
+        if let Some(want) = self.next_seq.filter(|want| *want != e.seq) {
+            return Err(bad(format!(
+                "expected seq {want}; an entry is missing or moved"
+            )));
+        }
+        if let Some(t) = self.tenant.as_ref().filter(|t| **t != e.tenant) {
+            return Err(bad(format!(
+                "entry belongs to tenant {}, the chain to {t}",
+                e.tenant
+            )));
+        }
+        if e.prev_hash != self.head {
+            return Err(bad(
+                "prev_hash does not match the hash of the entry before".into()
+            ));
+        }
+        if entry_hash(e) != e.hash {
+            return Err(bad("stored hash does not match the entry's contents".into()));
+        }
+        self.head.clone_from(&e.hash);
+        self.next_seq = e.seq.checked_add(1);
+        self.tenant.get_or_insert_with(|| e.tenant.clone());
+        Ok(())
+    }
+}
+
+#[derive(FromRow)]
+struct AuditRow {
+    tenant_id: String,
+    seq: i64,
+    at: i64,
+    kind: String,
+    run_id: Option<String>,
+    actor: String,
+    body: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+    fn try_from(row: AuditRow) -> Result<Self, StoreError> {
+        Ok(AuditEntry {
+            tenant: codec::tenant_id(&row.tenant_id)?,
+            seq: codec::to_u64(row.seq, "audit seq")?,
+            at: row.at,
+            kind: row.kind,
+            run_id: row.run_id.as_deref().map(codec::run_id).transpose()?,
+            actor: row.actor,
+            body: row.body,
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+        })
+    }
+}
+
+impl Store {
+    /// Appends one entry to the scope's tenant's chain in its own transaction; returns its seq.
+    pub async fn append_audit(
+        &self,
+        scope: &TenantScope,
+        draft: AuditDraft,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_tenant_write(scope).await?;
+        let seq = self.append_audit_in(&mut tx, scope, &draft).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Up to `limit` (at most 1000) entries of the scope's tenant with seq above `after_seq`,
+    /// in seq order. Start with `after_seq = 0`.
+    pub async fn audit_entries(
+        &self,
+        scope: &TenantScope,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_rows(scope, after_seq, limit)
+            .await?
+            .into_iter()
+            .map(AuditEntry::try_from)
+            .collect()
+    }
+
+    /// Verifies the scope's tenant's whole chain from seq 1, a page of 1000 at a time. A row
+    /// that does not even decode (a run id that is not a UUID, say) is reported as the break.
+    pub async fn verify_audit(&self, scope: &TenantScope) -> Result<VerifyReport, StoreError> {
+        let mut cursor = ChainCursor::new(GENESIS_HASH, Some(1));
+        let mut verified = 0u64;
+        let mut after = 0u64;
+        loop {
+            let rows = self.audit_rows(scope, after, PAGE).await?;
+            let last_page = rows.len() < PAGE as usize;
+            for row in rows {
+                let seq = u64::try_from(row.seq).unwrap_or(0);
+                let checked = AuditEntry::try_from(row)
+                    .map_err(|e| ChainBreak {
+                        seq,
+                        reason: e.to_string(),
+                    })
+                    .and_then(|entry| cursor.check(&entry));
+                if let Err(first_bad) = checked {
+                    return Ok(report(verified, cursor.head, Some(first_bad)));
+                }
+                verified += 1;
+                after = seq;
+            }
+            if last_page {
+                return Ok(report(verified, cursor.head, None));
+            }
+        }
+    }
+
+    async fn audit_rows(
+        &self,
+        scope: &TenantScope,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash FROM audit_log \
+             WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(scope.id())
+        .bind(codec::to_i64(after_seq, "after_seq")?)
+        .bind(i64::from(limit.min(PAGE)))
+        .fetch_all(self.reader())
+        .await?)
+    }
+
+    /// Appends `draft` to the scope's tenant's chain inside `tx`; returns its seq.
+    pub(crate) async fn append_audit_in(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        draft: &AuditDraft,
+    ) -> Result<u64, StoreError> {
+        codec::check_text(&draft.kind, "audit kind", 128)?;
+        codec::check_text(&draft.actor, "audit actor", 256)?;
+        let body = codec::json_text(&draft.body, "audit body", MAX_DOCUMENT_BYTES)?;
+        let head: Option<(i64, String)> = sqlx::query_as(
+            "SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(scope.id())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let (last_seq, prev_hash) = match head {
+            Some((seq, hash)) => (codec::to_u64(seq, "audit seq")?, hash),
+            None => (0, GENESIS_HASH.to_owned()),
+        };
+
+        let mut entry = AuditEntry {
+            tenant: scope.tenant().clone(),
+            seq: last_seq + 1,
+            at: self.now(),
+            kind: draft.kind.clone(),
+            run_id: draft.run_id,
+            actor: draft.actor.clone(),
+            body,
+            prev_hash,
+            hash: String::new(),
+        };
+        entry.hash = entry_hash(&entry);
+        insert_entry(tx, &entry).await?;
+        Ok(entry.seq)
+    }
+}
+
+async fn insert_entry(tx: &mut WriteTx, e: &AuditEntry) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(e.tenant.as_str())
+    .bind(codec::to_i64(e.seq, "audit seq")?)
+    .bind(e.at)
+    .bind(&e.kind)
+    .bind(e.run_id.map(|r| r.to_string()))
+    .bind(&e.actor)
+    .bind(&e.body)
+    .bind(&e.prev_hash)
+    .bind(&e.hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn report(entries: u64, head_hash: String, first_bad: Option<ChainBreak>) -> VerifyReport {
+    VerifyReport {
+        entries,
+        head_hash,
+        first_bad,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn chain(tenant: &str, bodies: &[String]) -> Vec<AuditEntry> {
+        let tenant = TenantId::parse(tenant).unwrap();
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut out = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let mut e = AuditEntry {
+                tenant: tenant.clone(),
+                seq: i as u64 + 1,
+                at: 1_700_000_000_000 + i as i64,
+                kind: "run.step".into(),
+                run_id: (i % 2 == 0).then(RunId::new),
+                actor: "steward".into(),
+                body: body.clone(),
+                prev_hash: prev.clone(),
+                hash: String::new(),
+            };
+            e.hash = entry_hash(&e);
+            prev.clone_from(&e.hash);
+            out.push(e);
+        }
+        out
+    }
+
+    fn bodies(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!(r#"{{"i":{i}}}"#)).collect()
+    }
+
+    #[test]
+    fn the_genesis_hash_is_64_zeros() {
+        assert_eq!(GENESIS_HASH.len(), 64);
+        assert!(GENESIS_HASH.bytes().all(|b| b == b'0'));
+    }
+
+    #[test]
+    fn entry_hashes_length_prefix_every_field() {
+        let e = &chain("us-acme", &bodies(1))[0];
+        let run = e.run_id.unwrap().to_string();
+        let mut manual = Sha256::new();
+        manual.update(b"steward-audit-v1");
+        for field in [
+            "us-acme",
+            "1",
+            "1700000000000",
+            "run.step",
+            &run,
+            "steward",
+            r#"{"i":0}"#,
+            GENESIS_HASH,
+        ] {
+            manual.update((field.len() as u64).to_be_bytes());
+            manual.update(field.as_bytes());
+        }
+        assert_eq!(entry_hash(e), hex::encode(manual.finalize()));
+
+        // Moving bytes between neighbouring fields changes the hash.
+        let mut shifted = e.clone();
+        shifted.kind = "run.ste".into();
+        shifted.actor = "psteward".into();
+        assert_ne!(entry_hash(&shifted), entry_hash(e));
+    }
+
+    #[test]
+    fn a_chain_verifies_from_genesis_and_from_a_midpoint() {
+        let entries = chain("us-acme", &bodies(5));
+        assert_eq!(
+            verify_entries(&entries, GENESIS_HASH).unwrap(),
+            entries[4].hash
+        );
+        assert_eq!(
+            verify_entries(&entries[2..], &entries[1].hash).unwrap(),
+            entries[4].hash
+        );
+        assert_eq!(verify_entries([], GENESIS_HASH).unwrap(), GENESIS_HASH);
+    }
+
+    #[test]
+    fn a_chain_that_does_not_start_at_one_is_refused_from_genesis() {
+        let entries = chain("us-acme", &bodies(3));
+        assert_eq!(
+            verify_entries(&entries[1..], GENESIS_HASH).unwrap_err().seq,
+            2
+        );
+    }
+
+    #[test]
+    fn entries_of_another_tenant_break_the_chain() {
+        let mut entries = chain("us-acme", &bodies(3));
+        let other = chain("eu-beta", &bodies(3));
+        entries[2] = other[2].clone();
+        assert_eq!(verify_entries(&entries, GENESIS_HASH).unwrap_err().seq, 3);
+    }
+
+    #[test]
+    fn deleting_or_swapping_entries_is_caught() {
+        let entries = chain("us-acme", &bodies(5));
+        let mut deleted = entries.clone();
+        deleted.remove(2);
+        assert_eq!(verify_entries(&deleted, GENESIS_HASH).unwrap_err().seq, 4);
+        let mut swapped = entries;
+        swapped.swap(1, 2);
+        assert_eq!(verify_entries(&swapped, GENESIS_HASH).unwrap_err().seq, 3);
+    }
+
+    fn tamper(e: &mut AuditEntry, field: usize) {
+        match field {
+            0 => e.body.push(' '),
+            1 => e.kind.push('x'),
+            2 => e.at += 1,
+            3 => e.actor.push('x'),
+            4 => {
+                e.run_id = if e.run_id.is_some() {
+                    None
+                } else {
+                    Some(RunId::new())
+                }
+            }
+            5 => e.prev_hash = "f".repeat(64),
+            6 => e.hash = "f".repeat(64),
+            _ => e.seq += 1,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn tampering_with_any_field_is_caught_at_that_entry(
+            n in 1usize..40,
+            pick in any::<prop::sample::Index>(),
+            field in 0usize..8,
+        ) {
+            let mut entries = chain("us-acme", &bodies(n));
+            let at = pick.index(n);
+            tamper(&mut entries[at], field);
+            let err = verify_entries(&entries, GENESIS_HASH).unwrap_err();
+            let want = if field == 7 { entries[at].seq } else { at as u64 + 1 };
+            prop_assert_eq!(err.seq, want);
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Intake: a new run, its first step, its first audit entry and the delivery that caused it,
+//! committed together, so a delivery seen once is seen forever (until purged) and a retry or a
+//! replay names the existing run instead of starting another.
+
+use steward_core::{IncidentRef, RunId, SourceName};
+
+use crate::codec::{self, MAX_DOCUMENT_BYTES};
+use crate::runs::{check_state, insert_step, step_columns};
+use crate::store::WriteTx;
+use crate::{AuditDraft, Store, StoreError, TenantScope};
+
+/// The longest delivery id accepted.
+const MAX_DELIVERY_ID_BYTES: usize = 256;
+
+/// A run to create.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    pub id: RunId,
+    /// The webhook source that delivered the trigger, if any.
+    pub source: Option<SourceName>,
+    /// The sender's delivery id (1–256 printable bytes), unique per tenant and source. A run
+    /// with no source may still carry one (an API idempotency key, say); it is then unique
+    /// among the tenant's source-less runs.
+    pub delivery_id: Option<String>,
+    pub incident: IncidentRef,
+    /// The trigger as received, at most 1 MiB as JSON.
+    pub trigger: serde_json::Value,
+    pub state: String,
+    /// Step 0: (kind, body).
+    pub first_step: (String, serde_json::Value),
+    pub audit: AuditDraft,
+}
+
+/// What intake did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntakeOutcome {
+    /// A new run.
+    Created(RunId),
+    /// The delivery was seen before; this is the run it created. Nothing was written.
+    Duplicate(RunId),
+}
+
+/// The `deliveries.source` key of a run without a source. Source names are never empty.
+const NO_SOURCE: &str = "";
+
+impl Store {
+    /// Records a new run in one transaction: the delivery (if any), the run, step 0 and the
+    /// audit entry. A delivery id already recorded for the tenant and source yields
+    /// `Duplicate` with the original run's id and writes nothing.
+    pub async fn record_intake(
+        &self,
+        scope: &TenantScope,
+        run: NewRun,
+    ) -> Result<IntakeOutcome, StoreError> {
+        check_state(&run.state)?;
+        let (incident_by, incident_value) = codec::incident_columns(&run.incident)?;
+        let trigger = codec::json_text(&run.trigger, "run trigger", MAX_DOCUMENT_BYTES)?;
+        let step_body = step_columns(&run.first_step.0, &run.first_step.1)?;
+        if let Some(id) = &run.delivery_id {
+            codec::check_text(id, "delivery id", MAX_DELIVERY_ID_BYTES)?;
+        }
+        let now = self.now();
+
+        let mut tx = self.begin_tenant_write(scope).await?;
+        if let Some(existing) = self.claim_delivery(&mut tx, scope, &run, now).await? {
+            return Ok(IntakeOutcome::Duplicate(existing));
+        }
+        sqlx::query(
+            "INSERT INTO runs (tenant_id, id, source, delivery_id, incident_by, incident_value, \
+             trigger_body, state, steps, last_error, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, NULL, $9, $9)",
+        )
+        .bind(scope.id())
+        .bind(run.id.to_string())
+        .bind(run.source.as_ref().map(SourceName::as_str))
+        .bind(&run.delivery_id)
+        .bind(incident_by)
+        .bind(incident_value)
+        .bind(trigger)
+        .bind(&run.state)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            codec::conflict_on_duplicate(e, || format!("run {} already exists", run.id))
+        })?;
+        insert_step(
+            &mut tx,
+            scope,
+            run.id,
+            0,
+            &run.first_step.0,
+            &step_body,
+            now,
+        )
+        .await?;
+        self.append_audit_in(&mut tx, scope, &run.audit).await?;
+        tx.commit().await?;
+        Ok(IntakeOutcome::Created(run.id))
+    }
+
+    /// Deletes delivery records received more than `older_than_millis` ago (by the store's
+    /// clock), across all tenants; returns how many. The runs stay. Keep the window well past
+    /// every sender's retry schedule (days, not minutes): a delivery retried after its record
+    /// is purged starts a new run. Platform level.
+    pub async fn purge_deliveries(&self, older_than_millis: i64) -> Result<u64, StoreError> {
+        if older_than_millis < 0 {
+            return Err(StoreError::Invalid(
+                "the purge window must not be negative".into(),
+            ));
+        }
+        let cutoff = self.now().saturating_sub(older_than_millis);
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if done.rows_affected() > 0 {
+            tracing::info!(purged = done.rows_affected(), "purged old delivery records");
+        }
+        Ok(done.rows_affected())
+    }
+
+    /// Records the run's delivery; returns the existing run's id if it was already recorded.
+    async fn claim_delivery(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        run: &NewRun,
+        now: i64,
+    ) -> Result<Option<RunId>, StoreError> {
+        let Some(delivery_id) = &run.delivery_id else {
+            return Ok(None);
+        };
+        let source = run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str);
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries (tenant_id, source, delivery_id, run_id, received_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, source, delivery_id) DO NOTHING",
+        )
+        .bind(scope.id())
+        .bind(source)
+        .bind(delivery_id)
+        .bind(run.id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(None);
+        }
+        let existing: String = sqlx::query_scalar(
+            "SELECT run_id FROM deliveries \
+             WHERE tenant_id = $1 AND source = $2 AND delivery_id = $3",
+        )
+        .bind(scope.id())
+        .bind(source)
+        .bind(delivery_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        codec::run_id(&existing).map(Some)
+    }
+}

@@ -1,0 +1,331 @@
+//! Runs and their journals. A run's journal is a gap-free sequence of steps; a step is written
+//! only if the writer saw the journal at the length it expects (optimistic concurrency), in the
+//! same transaction as the run's new state, any approval it opens and its audit entries.
+
+use serde::Serialize;
+use sqlx::FromRow;
+use steward_core::{IncidentRef, RunId, SourceName, TenantId};
+
+use crate::approvals::NewApproval;
+use crate::codec::{self, MAX_DOCUMENT_BYTES};
+use crate::store::WriteTx;
+use crate::{AuditDraft, Store, StoreError, TenantScope};
+
+/// The most runs one `list_runs` call returns.
+const MAX_LIST: u32 = 200;
+
+/// One step of a run's journal.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// Position in the journal, from 0.
+    pub seq: u32,
+    pub kind: String,
+    pub body: serde_json::Value,
+    /// When it was recorded, Unix ms.
+    pub at: i64,
+}
+
+/// A run as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub tenant: TenantId,
+    pub source: Option<SourceName>,
+    pub delivery_id: Option<String>,
+    /// The record this run may touch, taken from the trigger.
+    pub incident: IncidentRef,
+    pub trigger: serde_json::Value,
+    pub state: String,
+    /// Journal length: the seq the next step must carry.
+    pub steps: u32,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A step to append, with everything that must commit with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepWrite {
+    pub run_id: RunId,
+    /// The journal length the writer last saw; the step gets this seq.
+    pub expected_seq: u32,
+    /// Step kind (1–128 printable bytes).
+    pub kind: String,
+    /// Step body, at most 1 MiB as JSON.
+    pub body: serde_json::Value,
+    /// The run's state after this step.
+    pub new_state: String,
+    /// Replaces the run's last error (None clears it).
+    pub last_error: Option<String>,
+    /// Audit entries appended, in order, in the same transaction.
+    pub audit: Vec<AuditDraft>,
+    /// An approval request this step opens.
+    pub new_approval: Option<NewApproval>,
+}
+
+#[derive(FromRow)]
+pub(crate) struct RunRow {
+    tenant_id: String,
+    id: String,
+    source: Option<String>,
+    delivery_id: Option<String>,
+    incident_by: String,
+    incident_value: String,
+    trigger_body: String,
+    state: String,
+    steps: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const RUN_COLUMNS: &str = "tenant_id, id, source, delivery_id, incident_by, incident_value, \
+                           trigger_body, state, steps, last_error, created_at, updated_at";
+
+impl TryFrom<RunRow> for RunRecord {
+    type Error = StoreError;
+    fn try_from(row: RunRow) -> Result<Self, StoreError> {
+        Ok(RunRecord {
+            id: codec::run_id(&row.id)?,
+            tenant: codec::tenant_id(&row.tenant_id)?,
+            source: row.source.as_deref().map(codec::source_name).transpose()?,
+            delivery_id: row.delivery_id,
+            incident: codec::incident(&row.incident_by, &row.incident_value)?,
+            trigger: codec::from_json(&row.trigger_body, "run trigger")?,
+            state: row.state,
+            steps: codec::to_u32(row.steps, "run step count")?,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct StepRow {
+    seq: i64,
+    kind: String,
+    body: String,
+    at: i64,
+}
+
+impl TryFrom<StepRow> for StepRecord {
+    type Error = StoreError;
+    fn try_from(row: StepRow) -> Result<Self, StoreError> {
+        Ok(StepRecord {
+            seq: codec::to_u32(row.seq, "step seq")?,
+            kind: row.kind,
+            body: codec::from_json(&row.body, "step body")?,
+            at: row.at,
+        })
+    }
+}
+
+/// Checks a run state name (1–64 printable bytes).
+pub(crate) fn check_state(state: &str) -> Result<(), StoreError> {
+    codec::check_text(state, "run state", 64)
+}
+
+/// Checks a step kind (1–128 printable bytes) and encodes its body.
+pub(crate) fn step_columns(kind: &str, body: &serde_json::Value) -> Result<String, StoreError> {
+    codec::check_text(kind, "step kind", 128)?;
+    codec::json_text(body, "step body", MAX_DOCUMENT_BYTES)
+}
+
+/// Inserts journal row `seq` of a run.
+pub(crate) async fn insert_step(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+    run: RunId,
+    seq: u32,
+    kind: &str,
+    body: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(scope.id())
+    .bind(run.to_string())
+    .bind(i64::from(seq))
+    .bind(kind)
+    .bind(body)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| codec::conflict_on_duplicate(e, || format!("run {run} already has step {seq}")))?;
+    Ok(())
+}
+
+impl Store {
+    /// The scope's tenant's run, or None (also for another tenant's run).
+    pub async fn run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND id = $2");
+        let row: Option<RunRow> = sqlx::query_as(&sql)
+            .bind(scope.id())
+            .bind(id.to_string())
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(RunRecord::try_from).transpose()
+    }
+
+    /// The run's journal in seq order; empty for an unknown run or another tenant's.
+    pub async fn steps(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+    ) -> Result<Vec<StepRecord>, StoreError> {
+        let rows: Vec<StepRow> = sqlx::query_as(
+            "SELECT seq, kind, body, at FROM run_steps WHERE tenant_id = $1 AND run_id = $2 \
+             ORDER BY seq",
+        )
+        .bind(scope.id())
+        .bind(id.to_string())
+        .fetch_all(self.reader())
+        .await?;
+        rows.into_iter().map(StepRecord::try_from).collect()
+    }
+
+    /// The scope's tenant's runs, newest first, at most `limit` (capped at 200). Pass the last
+    /// id of a page as `before` to get the next, older page.
+    pub async fn list_runs(
+        &self,
+        scope: &TenantScope,
+        limit: u32,
+        before: Option<RunId>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let limit = i64::from(limit.min(MAX_LIST));
+        let rows: Vec<RunRow> = match before {
+            None => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2"
+                );
+                sqlx::query_as(&sql)
+                    .bind(scope.id())
+                    .bind(limit)
+                    .fetch_all(self.reader())
+                    .await?
+            }
+            Some(before) => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND id < $2 \
+                     ORDER BY id DESC LIMIT $3"
+                );
+                sqlx::query_as(&sql)
+                    .bind(scope.id())
+                    .bind(before.to_string())
+                    .bind(limit)
+                    .fetch_all(self.reader())
+                    .await?
+            }
+        };
+        rows.into_iter().map(RunRecord::try_from).collect()
+    }
+
+    /// Appends a step in one transaction: journal row `expected_seq`, the run's new state,
+    /// step count, last error and update time, the approval it opens and its audit entries.
+    /// NotFound if the run is not the scope's tenant's; Conflict if the journal is not at
+    /// `expected_seq` (another writer got there first) or the approval id exists.
+    pub async fn append_step(
+        &self,
+        scope: &TenantScope,
+        step: StepWrite,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.append_step_in(&mut tx, scope, &step).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every run, of every tenant, whose state is not one of `terminal_states`, oldest first
+    /// within each tenant: what must be resumed on boot. Platform level.
+    pub async fn unfinished_runs(
+        &self,
+        terminal_states: &[&str],
+    ) -> Result<Vec<(TenantId, RunId, String)>, StoreError> {
+        let placeholders: Vec<String> = (1..=terminal_states.len())
+            .map(|i| format!("${i}"))
+            .collect();
+        let filter = if placeholders.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE state NOT IN ({})", placeholders.join(", "))
+        };
+        let sql = format!("SELECT tenant_id, id, state FROM runs{filter} ORDER BY tenant_id, id");
+        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+        for state in terminal_states {
+            query = query.bind(*state);
+        }
+        let rows = query.fetch_all(self.reader()).await?;
+        rows.into_iter()
+            .map(|(tenant, id, state)| Ok((codec::tenant_id(&tenant)?, codec::run_id(&id)?, state)))
+            .collect()
+    }
+
+    /// [`Store::append_step`] inside a caller's transaction.
+    pub(crate) async fn append_step_in(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        step: &StepWrite,
+    ) -> Result<(), StoreError> {
+        check_state(&step.new_state)?;
+        if let Some(err) = &step.last_error {
+            codec::check_len(err, "last error", 16 * 1024)?;
+        }
+        let body = step_columns(&step.kind, &step.body)?;
+        let now = self.now();
+
+        // The journal must be exactly as long as the writer expects.
+        let steps: Option<i64> =
+            sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
+                .bind(scope.id())
+                .bind(step.run_id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+        let steps = steps.ok_or_else(|| StoreError::NotFound(format!("run {}", step.run_id)))?;
+        if steps != i64::from(step.expected_seq) {
+            return Err(StoreError::Conflict(format!(
+                "run {} has {steps} steps; the write expected {}",
+                step.run_id, step.expected_seq
+            )));
+        }
+
+        insert_step(
+            tx,
+            scope,
+            step.run_id,
+            step.expected_seq,
+            &step.kind,
+            &body,
+            now,
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE runs SET state = $1, steps = $2, last_error = $3, updated_at = $4 \
+             WHERE tenant_id = $5 AND id = $6",
+        )
+        .bind(&step.new_state)
+        .bind(steps + 1)
+        .bind(&step.last_error)
+        .bind(now)
+        .bind(scope.id())
+        .bind(step.run_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+
+        if let Some(approval) = &step.new_approval {
+            self.insert_approval(tx, scope, step.run_id, approval)
+                .await?;
+        }
+        for draft in &step.audit {
+            self.append_audit_in(tx, scope, draft).await?;
+        }
+        Ok(())
+    }
+}

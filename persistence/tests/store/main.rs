@@ -1,0 +1,12 @@
+//! The store's behaviour through its public API. Every test opens its own database file in a
+//! temporary directory.
+
+mod approvals;
+mod audit;
+mod intake;
+mod isolation;
+mod runs;
+mod support;
+mod tenants;
+mod tokens;
+mod vault;

@@ -1,0 +1,307 @@
+//! Boot and shutdown: open the store, check the master key, apply declared tenants, start the
+//! actor system, resume unfinished runs, and serve the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use steward_actors::settings::{TenantSettings, secret_names};
+use steward_actors::{SingleNode, Steward, StewardOptions};
+use steward_adapters::http::HttpSettings;
+use steward_api::{ApiLimits, AppState};
+use steward_core::{Clock, SourceName, SystemClock, TenantId};
+use steward_persistence::{
+    Authenticator, MasterKey, Store, StoreOptions, TenantRecord, TenantScope, WebhookSource,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+/// A tenant to apply at boot: settings and the secret values to seal.
+pub struct TenantSpec {
+    pub id: TenantId,
+    pub name: String,
+    pub settings: TenantSettings,
+    pub secrets: Vec<(String, SecretString)>,
+    pub sources: Vec<(WebhookSource, SecretString)>,
+    pub api_token: Option<SecretString>,
+}
+
+/// Everything `start` needs.
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub synchronous_full: bool,
+    pub master_key: MasterKey,
+    pub tenants: Vec<TenantSpec>,
+    pub http: HttpSettings,
+    pub delivery_retention: Duration,
+    pub clock: Arc<dyn Clock>,
+    pub actors: StewardOptions,
+}
+
+impl ServeOptions {
+    /// Defaults for a database file and a key; no tenants.
+    pub fn new(database: PathBuf, master_key: MasterKey) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database,
+            synchronous_full: true,
+            master_key,
+            tenants: vec![],
+            http: HttpSettings::default(),
+            delivery_retention: Duration::from_secs(7 * 24 * 3600),
+            clock: Arc::new(SystemClock),
+            actors: StewardOptions::default(),
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub steward: Steward,
+    pub store: Store,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    purge: JoinHandle<()>,
+}
+
+impl Server {
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests, stops the actor system.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+        self.purge.abort();
+        self.steward.stop();
+        self.store.close().await;
+    }
+
+    /// Serves until the task ends (it ends on shutdown or a listener error).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("server task")??;
+        Ok(())
+    }
+}
+
+/// Installs the one TLS crypto provider for the whole binary (ring, used by reqwest and sqlx).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Boots Steward.
+pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
+    install_crypto_provider();
+    let mut store_opts = StoreOptions::new(&opts.database);
+    store_opts.synchronous_full = opts.synchronous_full;
+    store_opts.clock = opts.clock.clone();
+    let store = Store::open(store_opts)
+        .await
+        .with_context(|| format!("opening the database {}", opts.database.display()))?;
+    store
+        .check_master_key(&opts.master_key)
+        .await
+        .context("checking the master key")?;
+    for tenant in &opts.tenants {
+        apply_tenant(&store, &opts.master_key, tenant)
+            .await
+            .with_context(|| format!("applying tenant {}", tenant.id))?;
+    }
+    let master_key = Arc::new(opts.master_key);
+    let mut actors = opts.actors;
+    actors.http = opts.http;
+    let steward = Steward::start(store.clone(), master_key.clone(), actors)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the actor system: {e}"))?;
+    let woken = steward
+        .resume(&SingleNode)
+        .await
+        .context("resuming unfinished runs")?;
+    let state = AppState {
+        steward: steward.clone(),
+        store: store.clone(),
+        master_key,
+        limits: ApiLimits::default(),
+    };
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, woken, "Steward is serving.");
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = steward_api::router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    let purge = spawn_purge(store.clone(), opts.delivery_retention, opts.clock);
+    Ok(Server {
+        addr,
+        steward,
+        store,
+        shutdown: Some(tx),
+        task,
+        purge,
+    })
+}
+
+/// Forgets delivery ids older than the retention window, hourly.
+fn spawn_purge(store: Store, retention: Duration, clock: Arc<dyn Clock>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let cutoff = clock.now_millis() - retention.as_millis() as i64;
+            if let Err(e) = store.purge_deliveries(cutoff).await {
+                error!(error = %e, "Purging old delivery ids failed.");
+            }
+        }
+    })
+}
+
+/// Writes a declared tenant into the store: settings, sealed secrets, sources, token.
+pub async fn apply_tenant(store: &Store, key: &MasterKey, spec: &TenantSpec) -> anyhow::Result<()> {
+    steward_actors::PolicyGate::new(spec.settings.policy.as_deref())
+        .map_err(|e| anyhow::anyhow!("tenant policy: {e}"))?;
+    let record = TenantRecord {
+        id: spec.id.clone(),
+        name: spec.name.clone(),
+        settings: serde_json::to_value(&spec.settings)?,
+        created_at: store.clock().now_millis(),
+    };
+    store.upsert_tenant(&record).await?;
+    let scope = TenantScope::assume(spec.id.clone(), Authenticator::Config);
+    for (name, value) in &spec.secrets {
+        put_if_changed(store, &scope, key, name, value).await?;
+    }
+    for (source, secret) in &spec.sources {
+        steward_adapters::webhook::WebhookSecret::parse(secrecy::ExposeSecret::expose_secret(
+            secret,
+        ))
+        .map_err(|e| anyhow::anyhow!("source {}: {e}", source.name))?;
+        put_if_changed(store, &scope, key, &source.secret_name, secret).await?;
+        store.upsert_source(&scope, source).await?;
+    }
+    if let Some(token) = &spec.api_token {
+        let known = store
+            .authenticate_token(secrecy::ExposeSecret::expose_secret(token))
+            .await?
+            .is_some_and(|(s, _)| s.tenant() == &spec.id);
+        if !known {
+            let scopes = vec!["runs:read".to_owned(), "runs:write".to_owned()];
+            store
+                .add_api_token(&scope, token, "config", &scopes, None)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Seals a new version only when the value differs, so restarts do not pile up versions.
+async fn put_if_changed(
+    store: &Store,
+    scope: &TenantScope,
+    key: &MasterKey,
+    name: &str,
+    value: &SecretString,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let current = store.secret(scope, key, name).await?;
+    if current.as_ref().map(|c| c.expose_secret()) != Some(value.expose_secret()) {
+        store.put_secret(scope, key, name, value).await?;
+    }
+    Ok(())
+}
+
+/// Builds a tenant spec from the config file's declaration, reading its secrets.
+pub fn tenant_from_config(
+    t: &crate::config::TenantConfig,
+    base: &std::path::Path,
+) -> anyhow::Result<TenantSpec> {
+    let id = TenantId::parse(&t.id).map_err(|e| anyhow::anyhow!("tenant `{}`: {e}", t.id))?;
+    let read = |r: &crate::config::SecretRef| r.read(base).map_err(anyhow::Error::msg);
+    let mut secrets = vec![
+        (
+            secret_names::SERVICENOW_CLIENT_SECRET.to_owned(),
+            read(&t.servicenow.client_secret)?,
+        ),
+        (
+            secret_names::SLACK_BOT_TOKEN.to_owned(),
+            read(&t.slack.bot_token)?,
+        ),
+        (
+            secret_names::SLACK_SIGNING_SECRET.to_owned(),
+            read(&t.slack.signing_secret)?,
+        ),
+        (secret_names::LLM_API_KEY.to_owned(), read(&t.llm.api_key)?),
+    ];
+    if let Some(p) = &t.servicenow.password {
+        secrets.push((secret_names::SERVICENOW_PASSWORD.to_owned(), read(p)?));
+    }
+    if let Some(r) = &t.servicenow.refresh_token {
+        secrets.push((secret_names::SERVICENOW_REFRESH_TOKEN.to_owned(), read(r)?));
+    }
+    let mut sources = Vec::new();
+    for s in &t.sources {
+        let name =
+            SourceName::parse(&s.name).map_err(|e| anyhow::anyhow!("source `{}`: {e}", s.name))?;
+        if s.sys_id_pointers.is_empty() && s.number_pointers.is_empty() {
+            bail!(
+                "source `{}` needs sys_id_pointers or number_pointers",
+                s.name
+            );
+        }
+        for p in s.sys_id_pointers.iter().chain(&s.number_pointers) {
+            if !(p.is_empty() || p.starts_with('/')) {
+                bail!(
+                    "source `{}`: `{p}` is not a JSON pointer (it must start with /)",
+                    s.name
+                );
+            }
+        }
+        let source = WebhookSource {
+            secret_name: secret_names::webhook_source(name.as_str()),
+            name,
+            scheme: "standard-webhooks".into(),
+            sys_id_pointers: s.sys_id_pointers.clone(),
+            number_pointers: s.number_pointers.clone(),
+        };
+        sources.push((source, read(&s.secret)?));
+    }
+    let policy = match &t.policy_file {
+        Some(p) => Some(
+            std::fs::read_to_string(base.join(p))
+                .with_context(|| format!("policy file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let settings = TenantSettings {
+        servicenow: t.servicenow.settings(),
+        slack: t.slack.settings(),
+        llm: t.llm.settings(),
+        policy,
+    };
+    let api_token = t.api_token.as_ref().map(read).transpose()?;
+    Ok(TenantSpec {
+        id,
+        name: t.name.clone(),
+        settings,
+        secrets,
+        sources,
+        api_token,
+    })
+}

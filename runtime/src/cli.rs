@@ -1,0 +1,274 @@
+//! The command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use steward_adapters::http::HttpSettings;
+use steward_adapters::webhook::{TOLERANCE_SECS, WebhookSecret, verify_standard};
+use steward_core::TenantId;
+use steward_persistence::{Authenticator, MasterKey, Store, StoreOptions, TenantScope};
+use tracing_subscriber::EnvFilter;
+
+use crate::boot::{self, ServeOptions};
+use crate::config::{FileConfig, Profile};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "steward",
+    version,
+    about = "Supervised AI workflows for IT operations"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service from a config file and STEWARD_* variables.
+    Serve {
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the whole incident-triage path locally against stand-ins, and print its timeline.
+    Demo {
+        /// Click Reject instead of Approve.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// Run the local stand-ins for ServiceNow, Slack and an LLM provider as a process.
+    Standins {
+        #[arg(long, default_value = "127.0.0.1:18081")]
+        servicenow: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:18082")]
+        slack: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:18083")]
+        llm: std::net::SocketAddr,
+    },
+    /// Webhook tools for operators.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Say which check of a Standard Webhooks delivery passes or fails, and why.
+    Check {
+        /// File holding the `whsec_…` secret.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// A header, as `name: value` (repeat for webhook-id, webhook-timestamp,
+        /// webhook-signature).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// The exact body bytes that were received.
+        #[arg(long)]
+        body_file: PathBuf,
+        /// Judge at this Unix time instead of now.
+        #[arg(long)]
+        at: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify a tenant's hash chain; names the first bad entry if there is one.
+    Verify {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve(config.as_deref()).await,
+        Command::Demo { reject } => crate::demo::run(reject).await,
+        Command::Standins {
+            servicenow,
+            slack,
+            llm,
+        } => {
+            init_logs(false);
+            crate::standins::serve_forever(Default::default(), servicenow, slack, llm).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhooks {
+            command:
+                WebhooksCommand::Check {
+                    secret_file,
+                    headers,
+                    body_file,
+                    at,
+                },
+        } => webhooks_check(&secret_file, &headers, &body_file, at),
+        Command::Audit {
+            command: AuditCommand::Verify { tenant, config },
+        } => audit_verify(&tenant, config.as_deref()).await,
+    }
+}
+
+/// JSON logs to stderr, filtered by `STEWARD_LOG` (default `info`).
+pub fn init_logs(json: bool) {
+    let filter = EnvFilter::try_from_env("STEWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}
+
+async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    init_logs(true);
+    let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
+    config.check().map_err(anyhow::Error::msg)?;
+    let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
+    let master_key = master_key(&config, base)?;
+    let mut opts = ServeOptions::new(config.database.clone(), master_key);
+    opts.listen = config.listen;
+    opts.delivery_retention =
+        Duration::from_secs(u64::from(config.delivery_retention_days) * 86_400);
+    opts.http = HttpSettings {
+        https_only: !config.allow_plain_http,
+        ..HttpSettings::default()
+    };
+    for t in &config.tenants {
+        let spec = boot::tenant_from_config(t, base)?;
+        if spec.id.region() != config.region {
+            anyhow::bail!(
+                "tenant {} is homed in region {}, but this deployment serves {}",
+                spec.id,
+                spec.id.region(),
+                config.region
+            );
+        }
+        opts.tenants.push(spec);
+    }
+    let server = boot::start(opts).await?;
+    let wait = server.wait();
+    tokio::select! {
+        result = wait => result?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("Shutting down."),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn master_key(config: &FileConfig, base: &Path) -> anyhow::Result<MasterKey> {
+    match &config.master_key {
+        Some(r) => {
+            let value = r.read(base).map_err(anyhow::Error::msg)?;
+            let key = MasterKey::parse(secrecy::ExposeSecret::expose_secret(&value))?;
+            if key.is_dev() && config.profile != Profile::Dev {
+                anyhow::bail!("the dev master key is refused outside the dev profile");
+            }
+            Ok(key)
+        }
+        None if config.profile == Profile::Dev => Ok(MasterKey::dev()),
+        None => anyhow::bail!("a master key is required outside the dev profile"),
+    }
+}
+
+fn webhooks_check(
+    secret_file: &Path,
+    headers: &[String],
+    body_file: &Path,
+    at: Option<i64>,
+) -> anyhow::Result<ExitCode> {
+    let secret = std::fs::read_to_string(secret_file)
+        .with_context(|| format!("reading {}", secret_file.display()))?;
+    let body =
+        std::fs::read(body_file).with_context(|| format!("reading {}", body_file.display()))?;
+    let mut id = None;
+    let mut ts = None;
+    let mut sig = None;
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("header `{h}` is not `name: value`"))?;
+        let value = value.trim().to_owned();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "webhook-id" => id = Some(value),
+            "webhook-timestamp" => ts = Some(value),
+            "webhook-signature" => sig = Some(value),
+            other => println!("ignored header: {other}"),
+        }
+    }
+    let now = at.unwrap_or_else(|| steward_core::Clock::now_secs(&steward_core::SystemClock));
+    println!("judged at:  {now} (tolerance ±{TOLERANCE_SECS} s)");
+    println!("body:       {} bytes", body.len());
+    let key = match WebhookSecret::parse(secret.trim()) {
+        Ok(k) => {
+            println!("secret:     ok (whsec_ key decoded)");
+            k
+        }
+        Err(e) => {
+            println!("secret:     FAIL: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match verify_standard(
+        &key,
+        id.as_deref(),
+        ts.as_deref(),
+        sig.as_deref(),
+        &body,
+        now,
+    ) {
+        Ok(d) => {
+            println!("headers:    ok");
+            println!("timestamp:  ok ({} s from now)", now - d.timestamp);
+            println!("signature:  ok (a v1 signature matches)");
+            println!("result:     PASS: delivery {} verifies", d.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let stage = if e.is_timestamp_problem() {
+                "timestamp"
+            } else {
+                "signature"
+            };
+            println!("{stage:<11} FAIL [{}]: {e}", e.reason_code());
+            println!("result:     FAIL: the delivery would be refused with 401");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn audit_verify(tenant: &str, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
+    let tenant = TenantId::parse(tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::open(StoreOptions::new(&config.database)).await?;
+    let scope = TenantScope::assume(tenant.clone(), Authenticator::Operator);
+    let report = store.verify_audit(&scope).await?;
+    println!("tenant:   {tenant}");
+    println!("entries:  {}", report.entries);
+    println!("head:     {}", report.head_hash);
+    match report.first_bad {
+        None => {
+            println!("result:   PASS: the chain verifies");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(b) => {
+            println!(
+                "result:   FAIL: first bad entry is seq {}: {}",
+                b.seq, b.reason
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
