@@ -115,6 +115,35 @@ impl Step {
     }
 }
 
+/// The write that ends a run from outside its actor (a spent restart budget, a tenant that
+/// cannot start), with its audit entry.
+pub fn finished_write(
+    run_id: steward_core::RunId,
+    expected_seq: u32,
+    state: &str,
+    reason: &str,
+) -> steward_persistence::StepWrite {
+    let step = Step::Finished {
+        state: state.to_owned(),
+        reason: reason.to_owned(),
+    };
+    steward_persistence::StepWrite {
+        run_id,
+        expected_seq,
+        kind: step.kind().into(),
+        body: serde_json::json!({ "kind": "finished", "state": state, "reason": reason }),
+        new_state: state.to_owned(),
+        last_error: Some(reason.to_owned()),
+        audit: vec![steward_persistence::AuditDraft {
+            kind: "run.finished".into(),
+            run_id: Some(run_id),
+            actor: "steward".into(),
+            body: serde_json::json!({ "seq": expected_seq, "state": state }),
+        }],
+        new_approval: None,
+    }
+}
+
 /// The fold of a run's journal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunState {

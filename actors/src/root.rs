@@ -9,10 +9,10 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use steward_adapters::http::HttpSettings;
 use steward_core::{RunId, TenantId};
-use steward_persistence::{Authenticator, MasterKey, StepWrite, Store, StoreError, TenantScope};
+use steward_persistence::{Authenticator, MasterKey, Store, StoreError, TenantScope};
 use tracing::{error, info};
 
-use crate::journal::{Step, states};
+use crate::journal::{finished_write, states};
 use crate::retry::RetryPolicy;
 use crate::tenant::{RestartBudget, TenantInit, TenantMsg, TenantSupervisor, TenantView};
 use crate::tenant_runtime::SharedRuntime;
@@ -259,24 +259,10 @@ async fn fail_unstarted(
     if states::is_terminal(&run.state) {
         return Ok(());
     }
-    let step = Step::Finished {
-        state: states::FAILED.into(),
-        reason: reason.to_owned(),
-    };
     store
         .append_step(
             scope,
-            StepWrite {
-                run_id,
-                expected_seq: run.steps,
-                kind: step.kind().into(),
-                body: serde_json::to_value(&step)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                new_state: states::FAILED.into(),
-                last_error: Some(reason.to_owned()),
-                audit: vec![],
-                new_approval: None,
-            },
+            finished_write(run_id, run.steps, states::FAILED, reason),
         )
         .await
 }

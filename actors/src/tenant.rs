@@ -17,11 +17,11 @@ use steward_adapters::llm::{Anthropic, LlmProvider, LlmSettings, OpenAiCompatibl
 use steward_adapters::servicenow::{ServiceNowAuth, ServiceNowClient};
 use steward_adapters::slack::SlackClient;
 use steward_core::{RunId, TenantId};
-use steward_persistence::{AuditDraft, Authenticator, MasterKey, StepWrite, Store, TenantScope};
+use steward_persistence::{AuditDraft, Authenticator, MasterKey, Store, TenantScope};
 use tracing::{error, warn};
 
 use crate::connectors::{Connectors, LlmActor, ServiceNowActor, SlackActor};
-use crate::journal::{Step, states};
+use crate::journal::{finished_write, states};
 use crate::policy::PolicyGate;
 use crate::retry::RetryPolicy;
 use crate::run::{RunActor, RunArgs, RunMsg};
@@ -250,26 +250,23 @@ impl TenantState {
             Ok(Some(run)) => run.steps,
             _ => return,
         };
-        let step = Step::Finished {
-            state: states::FAILED.into(),
-            reason: reason.clone(),
-        };
-        let write = StepWrite {
-            run_id,
-            expected_seq: steps,
-            kind: step.kind().into(),
-            body: serde_json::to_value(&step).unwrap_or_default(),
-            new_state: states::FAILED.into(),
-            last_error: Some(reason),
-            audit: vec![],
-            new_approval: None,
-        };
+        let write = finished_write(run_id, steps, states::FAILED, &reason);
         if let Err(e) = rt.store.append_step(&rt.scope, write).await {
             error!(run.id = %run_id, error = %e, "Marking a run failed after its crashes failed.");
         }
     }
 
     async fn restart_adapters(&mut self, myself: &ActorRef<TenantMsg>) {
+        // One adapter failed; replace all three so the runtime holds one consistent set.
+        let old = self.runtime.connectors();
+        for cell in [
+            old.llm.get_cell(),
+            old.servicenow.get_cell(),
+            old.slack.get_cell(),
+        ] {
+            self.adapters.remove(&cell.get_id());
+            cell.stop(Some("replaced after an adapter failure".into()));
+        }
         let scope = self.runtime.scope.clone();
         let result = match Clients::build(&self.init, &scope, &self.runtime.settings).await {
             Ok(clients) => clients.spawn(myself, &mut self.adapters).await,

@@ -64,7 +64,11 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            StoreError::Invalid(why) => Self::BadRequest(why),
+            StoreError::NotFound(_) => Self::NotFound,
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 

@@ -315,6 +315,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_parses() {
+        let c: FileConfig =
+            toml::from_str(include_str!("../../deploy/steward.example.toml")).unwrap();
+        assert_eq!(c.tenants.len(), 1);
+        c.check().unwrap();
+    }
+
+    #[test]
     fn unknown_keys_and_bad_profiles_are_refused() {
         assert!(toml::from_str::<FileConfig>("colour = 1").is_err());
         let mut c: FileConfig = toml::from_str("").unwrap();

@@ -266,7 +266,11 @@ impl Standins {
 
         // Serve.
         let tasks = [
-            ServerTask::spawn("servicenow", sn_listener, servicenow::router(servicenow.clone())),
+            ServerTask::spawn(
+                "servicenow",
+                sn_listener,
+                servicenow::router(servicenow.clone()),
+            ),
             ServerTask::spawn("slack", slack_listener, slack::router(slack.clone())),
             ServerTask::spawn("llm", llm_listener, llm::router(llm.clone())),
         ];
@@ -374,11 +378,19 @@ impl Standins {
             id: user_id,
             name: user_name,
         };
-        let reply = self
+        Ok(self
             .slack
             .click(interactions_url, message, action_id, user)
-            .await?;
-        Ok(reply)
+            .await?)
+    }
+
+    /// The URL line `serve_forever` prints.
+    fn url_line(&self) -> Value {
+        json!({
+            "servicenow": self.servicenow_url(),
+            "slack_api": self.slack_api_url(),
+            "llm": self.llm_base_url(),
+        })
     }
 }
 
@@ -415,17 +427,4 @@ pub async fn serve_forever(
         .await
         .context("could not listen for ctrl-c")?;
     Ok(())
-}
-
-// === impl Standins ===
-
-impl Standins {
-    /// The URL line `serve_forever` prints.
-    fn url_line(&self) -> Value {
-        json!({
-            "servicenow": self.servicenow_url(),
-            "slack_api": self.slack_api_url(),
-            "llm": self.llm_base_url(),
-        })
-    }
 }

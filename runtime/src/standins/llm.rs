@@ -176,7 +176,9 @@ async fn models(State(llm): State<Arc<Llm>>, headers: HeaderMap) -> Result<Json<
     llm.authorize(&headers)?;
     let data: Vec<Value> = MODELS
         .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 1_722_814_719, "owned_by": "system"}))
+        .map(|id| {
+            json!({"id": id, "object": "model", "created": 1_722_814_719, "owned_by": "system"})
+        })
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
@@ -250,7 +252,10 @@ fn completion(script: &LlmScript, request: &Map<String, Value>, fingerprint: &st
     let (content, finish_reason) = truncate(content, limit);
     let prompt_tokens = prompt_tokens(request);
     let completion_tokens = tokens(content.as_deref().or(refusal.as_deref()).unwrap_or(""));
-    let model = request.get("model").and_then(Value::as_str).unwrap_or_default();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     json!({
         "id": format!("chatcmpl-{}", support::random_alnum(29)),
         "object": "chat.completion",
@@ -258,7 +263,12 @@ fn completion(script: &LlmScript, request: &Map<String, Value>, fingerprint: &st
         "model": reported_model(model),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content, "refusal": refusal, "annotations": []},
+            "message": {
+                "role": "assistant",
+                "content": content,
+                "refusal": refusal,
+                "annotations": [],
+            },
             "logprobs": null,
             "finish_reason": finish_reason,
         }],

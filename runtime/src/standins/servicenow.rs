@@ -468,7 +468,11 @@ impl ServiceNow {
         let total = rows.len();
         let page = rows.into_iter().skip(params.offset).take(params.limit);
         let rendered = page
-            .map(|row| params.render.row(row, table == Table::Incident, &self.base_url))
+            .map(|row| {
+                params
+                    .render
+                    .row(row, table == Table::Incident, &self.base_url)
+            })
             .collect();
         (total, rendered)
     }

@@ -234,15 +234,20 @@ async fn response_url(
 ) -> Response {
     let body = match support::read_body(body) {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => return (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large").into_response(),
-        Err(BodyError::Unreadable) => return (StatusCode::BAD_REQUEST, "invalid_payload").into_response(),
+        Err(BodyError::TooLarge) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large").into_response();
+        }
+        Err(BodyError::Unreadable) => {
+            return (StatusCode::BAD_REQUEST, "invalid_payload").into_response();
+        }
     };
     let Ok(payload @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "invalid_payload").into_response();
     };
-    match slack.record_response(&token, payload) {
-        true => Json(json!({"ok": true})).into_response(),
-        false => (StatusCode::NOT_FOUND, "no_service").into_response(),
+    if slack.record_response(&token, payload) {
+        Json(json!({"ok": true})).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no_service").into_response()
     }
 }
 
@@ -274,8 +279,12 @@ async fn control_click(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match click_from_control(&slack, body).await {
-        Ok((status, body)) => Json(json!({"ok": true, "status": status, "body": body})).into_response(),
-        Err((status, error)) => (status, Json(json!({"ok": false, "error": error}))).into_response(),
+        Ok((status, body)) => {
+            Json(json!({"ok": true, "status": status, "body": body})).into_response()
+        }
+        Err((status, error)) => {
+            (status, Json(json!({"ok": false, "error": error}))).into_response()
+        }
     }
 }
 
@@ -290,8 +299,12 @@ async fn click_from_control(
         };
         (status, error.to_string())
     })?;
-    let request: ClickRequest = serde_json::from_slice(&body)
-        .map_err(|error| (StatusCode::BAD_REQUEST, format!("invalid click request: {error}")))?;
+    let request: ClickRequest = serde_json::from_slice(&body).map_err(|error| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("invalid click request: {error}"),
+        )
+    })?;
     let message = slack.message(&request.ts).ok_or_else(|| {
         let error = ClickError::NoSuchMessage(request.ts.clone());
         (error.status(), error.to_string())
@@ -301,9 +314,14 @@ async fn click_from_control(
         name: &request.user_name,
     };
     slack
-        .click(&request.interactions_url, &message, &request.action_id, user)
+        .click(
+            &request.interactions_url,
+            &message,
+            &request.action_id,
+            user,
+        )
         .await
-        .map_err(|error| (error.status(), error.to_string()))
+        .map_err(|error| (error.status(), format!("{:#}", anyhow::Error::from(error))))
 }
 
 /// What a post or update carries.
@@ -367,7 +385,11 @@ impl Slack {
     /// bot token.
     fn authorize(&self, headers: &HeaderMap, args: &Args) -> Result<(), SlackError> {
         let token = if headers.contains_key(header::AUTHORIZATION) {
-            Some(support::bearer_token(headers).ok_or(SlackError::InvalidAuth)?.to_owned())
+            Some(
+                support::bearer_token(headers)
+                    .ok_or(SlackError::InvalidAuth)?
+                    .to_owned(),
+            )
         } else if args.form {
             args.non_empty("token")?
         } else {
@@ -411,7 +433,8 @@ impl Slack {
         let channel = workspace.resolve_channel(args.non_empty("channel")?, false)?;
         let ts = args.non_empty("ts")?.ok_or(SlackError::MessageNotFound)?;
         let content = Content::read(args)?;
-        let message = (workspace.messages.iter_mut())
+        let message = (workspace.messages)
+            .iter_mut()
             .find(|message| message.channel == channel && message.ts == ts)
             .ok_or(SlackError::MessageNotFound)?;
         if content.is_empty() {
@@ -597,7 +620,11 @@ fn message_json(message: &SlackMessage) -> Value {
         "text": message.text,
         "ts": message.ts,
     });
-    if message.blocks.as_array().is_some_and(|blocks| !blocks.is_empty()) {
+    if message
+        .blocks
+        .as_array()
+        .is_some_and(|blocks| !blocks.is_empty())
+    {
         json["blocks"] = message.blocks.clone();
     }
     json

@@ -69,7 +69,9 @@ pub(super) async fn bind_loopback(addr: SocketAddr) -> anyhow::Result<(TcpListen
 /// Locks a mutex, carrying on with the data if a panicking holder poisoned it: every critical
 /// section leaves the state consistent.
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Seconds since the Unix epoch.
@@ -226,7 +228,10 @@ mod tests {
     fn random_identifiers_have_the_requested_shape() {
         let hex = random_hex(16);
         assert_eq!(hex.len(), 32);
-        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_ne!(random_hex(16), hex);
         assert!(random_alnum(29).bytes().all(|b| b.is_ascii_alphanumeric()));
         let digits = random_digits(12);
@@ -269,7 +274,9 @@ mod tests {
 
     #[tokio::test]
     async fn non_loopback_addresses_are_refused() {
-        let error = bind_loopback("0.0.0.0:0".parse().unwrap()).await.unwrap_err();
+        let error = bind_loopback("0.0.0.0:0".parse().unwrap())
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("loopback"), "{error}");
         assert!(bind_loopback("127.0.0.1:0".parse().unwrap()).await.is_ok());
     }

@@ -74,7 +74,11 @@ async fn every_server_reports_the_shared_counts() {
             .json()
             .await
             .unwrap();
-        assert_eq!(state["counts"], serde_json::to_value(expected).unwrap(), "{base}");
+        assert_eq!(
+            state["counts"],
+            serde_json::to_value(expected).unwrap(),
+            "{base}"
+        );
     }
 }
 
@@ -82,7 +86,10 @@ async fn every_server_reports_the_shared_counts() {
 async fn dropping_the_standins_stops_the_servers() {
     let standins = Standins::start(StandinSettings::default()).await.unwrap();
     let url = format!("{}/_standin/state", standins.servicenow_url());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     assert!(http.get(&url).send().await.is_ok());
     drop(standins);
     let mut refused = false;
@@ -122,14 +129,19 @@ fn default_settings_are_realistic() {
     };
     assert!(proposal["summary"].is_string() && proposal["category"].is_string());
     let changes = proposal["changes"].as_array().unwrap();
-    assert!(changes.iter().all(|c| c["field"].is_string() && c["value"].is_string()));
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["field"].is_string() && c["value"].is_string())
+    );
 }
 
 #[test]
 fn settings_deserialize_over_the_defaults() {
-    let settings: StandinSettings =
-        serde_json::from_value(json!({"token_lifetime_secs": 5, "llm_reply": {"kind": "raw_content", "value": "oops"}}))
-            .unwrap();
+    let settings: StandinSettings = serde_json::from_value(
+        json!({"token_lifetime_secs": 5, "llm_reply": {"kind": "raw_content", "value": "oops"}}),
+    )
+    .unwrap();
     assert_eq!(settings.token_lifetime_secs, 5);
     assert_eq!(settings.llm_reply, LlmScript::RawContent("oops".into()));
     assert_eq!(settings.sn_username, StandinSettings::default().sn_username);
@@ -138,7 +150,11 @@ fn settings_deserialize_over_the_defaults() {
 #[test]
 fn scripts_serialize_with_a_kind_tag() {
     let script = LlmScript::Refusal("no".into());
-    assert_eq!(serde_json::to_value(&script).unwrap(), json!({"kind": "refusal", "value": "no"}));
-    let script: LlmScript = serde_json::from_value(json!({"kind": "proposal", "value": {"a": 1}})).unwrap();
+    assert_eq!(
+        serde_json::to_value(&script).unwrap(),
+        json!({"kind": "refusal", "value": "no"})
+    );
+    let script: LlmScript =
+        serde_json::from_value(json!({"kind": "proposal", "value": {"a": 1}})).unwrap();
     assert_eq!(script, LlmScript::Proposal(json!({"a": 1})));
 }

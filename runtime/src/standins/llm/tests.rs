@@ -24,7 +24,10 @@ fn request(model: &str) -> Value {
             {"role": "system", "content": "You triage incidents. Reply with JSON only."},
             {"role": "user", "content": [{"type": "text", "text": "INC0010001: checkout 502s"}]},
         ],
-        "response_format": {"type": "json_schema", "json_schema": {"name": "triage", "strict": true, "schema": {}}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "triage", "strict": true, "schema": {}},
+        },
     })
 }
 
@@ -46,7 +49,12 @@ async fn complete_ok(standins: &Standins, body: &Value) -> Value {
     let key = StandinSettings::default().llm_api_key;
     let (status, headers, reply) = complete(standins, &key, body.to_string().into_bytes()).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
-    assert!(headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(
+        headers["x-request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
     reply
 }
 
@@ -63,16 +71,25 @@ async fn proposals_come_back_as_json_content_in_the_completion_shape() {
     assert_eq!(reply["object"], "chat.completion");
     assert!(reply["created"].as_u64().unwrap() > 1_700_000_000);
     assert_eq!(reply["model"], "gpt-4o-2024-08-06");
-    assert!(reply["system_fingerprint"].as_str().unwrap().starts_with("fp_"));
+    assert!(
+        reply["system_fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("fp_")
+    );
     let choice = &reply["choices"][0];
     assert_eq!(choice["index"], 0);
     assert_eq!(choice["finish_reason"], "stop");
     assert_eq!(choice["message"]["role"], "assistant");
     assert_eq!(choice["message"]["refusal"], Value::Null);
-    let content: Value = serde_json::from_str(choice["message"]["content"].as_str().unwrap()).unwrap();
+    let content: Value =
+        serde_json::from_str(choice["message"]["content"].as_str().unwrap()).unwrap();
     assert_eq!(content, proposal());
     let usage = &reply["usage"];
-    let (prompt, completion) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
     assert!(prompt > 0 && completion > 0);
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
 
@@ -84,7 +101,10 @@ async fn proposals_come_back_as_json_content_in_the_completion_shape() {
 async fn raw_content_is_returned_verbatim() {
     let standins = start_with(LlmScript::RawContent("Sure! {\"summary\": ".into())).await;
     let reply = complete_ok(&standins, &request("gpt-4o-mini")).await;
-    assert_eq!(reply["choices"][0]["message"]["content"], "Sure! {\"summary\": ");
+    assert_eq!(
+        reply["choices"][0]["message"]["content"],
+        "Sure! {\"summary\": "
+    );
     assert_eq!(reply["model"], "gpt-4o-mini-2024-08-06");
 }
 
@@ -120,15 +140,32 @@ async fn the_script_can_be_changed_in_process_and_over_http() {
     let base = standins.llm_base_url().trim_end_matches("v1/").to_owned();
     let http = reqwest::Client::new();
     let script = json!({"kind": "refusal", "value": "no"});
-    let response = http.put(format!("{base}_standin/llm_reply")).json(&script).send().await.unwrap();
+    let response = http
+        .put(format!("{base}_standin/llm_reply"))
+        .json(&script)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let reply = complete_ok(&standins, &request("gpt-4o")).await;
     assert_eq!(reply["choices"][0]["message"]["refusal"], "no");
 
     let bad = json!({"kind": "shout", "value": 1});
-    let response = http.put(format!("{base}_standin/llm_reply")).json(&bad).send().await.unwrap();
+    let response = http
+        .put(format!("{base}_standin/llm_reply"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let state: Value = http.get(format!("{base}_standin/state")).send().await.unwrap().json().await.unwrap();
+    let state: Value = http
+        .get(format!("{base}_standin/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(state["script"], script);
     assert_eq!(state["requests"].as_array().unwrap().len(), 2);
     assert_eq!(state["counts"]["llm_calls"], 2);
@@ -145,8 +182,14 @@ async fn wrong_or_missing_keys_get_openais_401_envelope() {
     assert_eq!(reply["error"]["code"], "invalid_api_key");
     assert_eq!(reply["error"]["param"], Value::Null);
     let message = reply["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("Incorrect API key provided: sk-"), "{message}");
-    assert!(message.contains("1234") && !message.contains(wrong), "{message}");
+    assert!(
+        message.starts_with("Incorrect API key provided: sk-"),
+        "{message}"
+    );
+    assert!(
+        message.contains("1234") && !message.contains(wrong),
+        "{message}"
+    );
 
     let response = reqwest::Client::new()
         .post(format!("{}chat/completions", standins.llm_base_url()))
@@ -173,13 +216,48 @@ async fn malformed_and_oversized_requests_get_openai_errors() {
     let mut numeric_model = request("gpt-4o");
     numeric_model["model"] = json!(4);
     let cases: [(Vec<u8>, StatusCode, Value, Value); 7] = [
-        (b"{\"model\":".to_vec(), StatusCode::BAD_REQUEST, Value::Null, Value::Null),
-        (b"[]".to_vec(), StatusCode::BAD_REQUEST, Value::Null, Value::Null),
-        (no_model.to_string().into(), StatusCode::BAD_REQUEST, json!("model"), json!("missing_required_parameter")),
-        (empty.to_string().into(), StatusCode::BAD_REQUEST, json!("messages"), json!("empty_array")),
-        (streaming.to_string().into(), StatusCode::BAD_REQUEST, json!("stream"), json!("unsupported_value")),
-        (numeric_model.to_string().into(), StatusCode::BAD_REQUEST, json!("model"), json!("invalid_type")),
-        (vec![b' '; BODY_LIMIT + 1], StatusCode::PAYLOAD_TOO_LARGE, Value::Null, Value::Null),
+        (
+            b"{\"model\":".to_vec(),
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            Value::Null,
+        ),
+        (
+            b"[]".to_vec(),
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            Value::Null,
+        ),
+        (
+            no_model.to_string().into(),
+            StatusCode::BAD_REQUEST,
+            json!("model"),
+            json!("missing_required_parameter"),
+        ),
+        (
+            empty.to_string().into(),
+            StatusCode::BAD_REQUEST,
+            json!("messages"),
+            json!("empty_array"),
+        ),
+        (
+            streaming.to_string().into(),
+            StatusCode::BAD_REQUEST,
+            json!("stream"),
+            json!("unsupported_value"),
+        ),
+        (
+            numeric_model.to_string().into(),
+            StatusCode::BAD_REQUEST,
+            json!("model"),
+            json!("invalid_type"),
+        ),
+        (
+            vec![b' '; BODY_LIMIT + 1],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Value::Null,
+            Value::Null,
+        ),
     ];
     for (body, status, param, code) in cases {
         let (got, _, reply) = complete(&standins, &key, body).await;
@@ -196,14 +274,26 @@ async fn models_are_listed_and_unknown_urls_get_the_envelope() {
     let standins = start_with(LlmScript::Proposal(proposal())).await;
     let key = StandinSettings::default().llm_api_key;
     let http = reqwest::Client::new();
-    let response = http.get(format!("{}models", standins.llm_base_url())).bearer_auth(&key).send().await.unwrap();
+    let response = http
+        .get(format!("{}models", standins.llm_base_url()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     let models: Value = response.json().await.unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["object"], "model");
-    let response = http.post(format!("{}chat/completion", standins.llm_base_url())).send().await.unwrap();
+    let response = http
+        .post(format!("{}chat/completion", standins.llm_base_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let reply: Value = response.json().await.unwrap();
-    assert_eq!(reply["error"]["message"], "Invalid URL (POST /v1/chat/completion)");
+    assert_eq!(
+        reply["error"]["message"],
+        "Invalid URL (POST /v1/chat/completion)"
+    );
 }
 
 #[test]

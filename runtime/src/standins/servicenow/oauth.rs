@@ -107,9 +107,10 @@ impl IntoResponse for OAuthError {
                 StatusCode::BAD_REQUEST,
                 oauth_body("unsupported_grant_type", &self),
             ),
-            Self::ContentType | Self::Body(BodyError::Unreadable) => {
-                (StatusCode::BAD_REQUEST, oauth_body("invalid_request", &self))
-            }
+            Self::ContentType | Self::Body(BodyError::Unreadable) => (
+                StatusCode::BAD_REQUEST,
+                oauth_body("invalid_request", &self),
+            ),
             Self::Body(BodyError::TooLarge) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 oauth_body("invalid_request", &self),
@@ -197,10 +198,9 @@ impl ServiceNow {
     /// user; it issues no refresh token.
     fn client_credentials_grant(&self) -> Value {
         let mut state = support::lock(&self.state);
-        let access = state.tokens.issue_access(
-            &self.credentials.username,
-            self.credentials.token_lifetime,
-        );
+        let access = state
+            .tokens
+            .issue_access(&self.credentials.username, self.credentials.token_lifetime);
         self.token_body(&access, None)
     }
 

@@ -99,9 +99,7 @@ impl Condition {
         match self.operator {
             Operator::Equals => value == self.value,
             Operator::NotEquals => value != self.value,
-            Operator::Like => value
-                .to_lowercase()
-                .contains(&self.value.to_lowercase()),
+            Operator::Like => value.to_lowercase().contains(&self.value.to_lowercase()),
             Operator::StartsWith => value.starts_with(&self.value),
         }
     }
@@ -173,8 +171,8 @@ mod tests {
 
     #[test]
     fn conditions_are_anded() {
-        let query = EncodedQuery::parse("element_id=abc^element=work_notes^valueLIKE[RUN-1]")
-            .unwrap();
+        let query =
+            EncodedQuery::parse("element_id=abc^element=work_notes^valueLIKE[RUN-1]").unwrap();
         let hit = row(&[
             ("element_id", "abc"),
             ("element", "work_notes"),
@@ -215,13 +213,22 @@ mod tests {
     #[test]
     fn unsupported_terms_are_refused() {
         let cases = [
-            ("number=1^ORnumber=2", QueryError::Disjunction("ORnumber=2".into())),
-            ("number=1^NQstate=2", QueryError::Disjunction("NQstate=2".into())),
+            (
+                "number=1^ORnumber=2",
+                QueryError::Disjunction("ORnumber=2".into()),
+            ),
+            (
+                "number=1^NQstate=2",
+                QueryError::Disjunction("NQstate=2".into()),
+            ),
             ("=1", QueryError::NoField("=1".into())),
             ("numberIN1,2", QueryError::Operator("numberIN1,2".into())),
             ("number", QueryError::Operator("number".into())),
             ("ORDERBY", QueryError::NoField("ORDERBY".into())),
-            ("ORDERBYDESCa;b", QueryError::NoField("ORDERBYDESCa;b".into())),
+            (
+                "ORDERBYDESCa;b",
+                QueryError::NoField("ORDERBYDESCa;b".into()),
+            ),
             ("Number=1", QueryError::NoField("Number=1".into())),
         ];
         for (query, expected) in cases {

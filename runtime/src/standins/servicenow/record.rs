@@ -160,9 +160,9 @@ pub(super) struct Applied {
 
 /// Applies a PATCH body the way the Table API does: known fields take the new string value,
 /// journal fields append a line, system (`sys_*`) and unknown fields are silently ignored.
-/// Writing `impact` or `urgency` re-derives `priority` (unless the body sets it), and writing
-/// `state` mirrors into `incident_state`. When anything changed, the system fields record the
-/// update. Nothing is applied if any value is an object or array.
+/// No business rules run, so a PATCH changes exactly the fields it names (a real instance may
+/// also re-derive `priority` from `impact` and `urgency`). When anything changed, the system
+/// fields record the update. Nothing is applied if any value is an object or array.
 pub(super) fn apply(
     row: &mut Row,
     changes: &Map<String, Value>,
@@ -174,7 +174,6 @@ pub(super) fn apply(
     for (field, value) in values {
         applied.changed |= apply_one(row, field, value, &mut applied.journal);
     }
-    applied.changed |= derive_dependents(row, changes);
     if applied.changed {
         touch(row, user, now);
     }
@@ -211,39 +210,17 @@ fn apply_one(row: &mut Row, field: &str, value: String, journal: &mut Vec<Journa
     }
 }
 
-fn derive_dependents(row: &mut Row, changes: &Map<String, Value>) -> bool {
-    let mut changed = false;
-    let wrote = |field: &str| changes.contains_key(field);
-    if (wrote("impact") || wrote("urgency")) && !wrote("priority") {
-        changed |= derive_priority(row);
-    }
-    if wrote("state") && !wrote("incident_state") {
-        let state = row.get("state").cloned().unwrap_or_default();
-        changed |= set(row, "incident_state", state);
-    }
-    changed
-}
-
-/// Sets `priority` from `impact` × `urgency` with ServiceNow's default lookup; leaves it alone
-/// when either is outside 1..=3.
-fn derive_priority(row: &mut Row) -> bool {
+/// Sets `priority` from `impact` × `urgency` with ServiceNow's default lookup, as a new record
+/// gets it; leaves it alone when either is outside 1..=3.
+fn derive_priority(row: &mut Row) {
     let level = |field: &str| {
         row.get(field)
             .and_then(|value| value.parse::<u8>().ok())
             .filter(|level| (1..=3).contains(level))
     };
-    match (level("impact"), level("urgency")) {
-        (Some(impact), Some(urgency)) => {
-            let priority = (impact + urgency - 1).min(5);
-            set(row, "priority", priority.to_string())
-        }
-        _ => false,
+    if let (Some(impact), Some(urgency)) = (level("impact"), level("urgency")) {
+        row.insert("priority".into(), (impact + urgency - 1).to_string());
     }
-}
-
-fn set(row: &mut Row, field: &str, value: String) -> bool {
-    let previous = row.insert(field.to_owned(), value.clone());
-    previous.as_deref() != Some(value.as_str())
 }
 
 fn touch(row: &mut Row, user: &str, now: &str) {
@@ -361,7 +338,7 @@ mod tests {
         .unwrap();
         assert!(applied.changed);
         assert_eq!(row["urgency"], "1");
-        assert_eq!(row["priority"], "3");
+        assert_eq!(row["priority"], "5");
         assert!(!row.contains_key("u_made_up"));
         assert_eq!(row["sys_mod_count"], "1");
         assert_eq!(row["sys_updated_by"], "steward");
@@ -393,11 +370,16 @@ mod tests {
     }
 
     #[test]
-    fn state_mirrors_into_incident_state_and_explicit_priority_wins() {
-        let (mut row, _) = seeded(json!({}));
-        let changes = object(json!({"state": "2", "impact": "1", "priority": "4"}));
-        apply(&mut row, &changes, "steward", NOW).unwrap();
-        assert_eq!(row["incident_state"], "2");
+    fn patches_run_no_business_rules() {
+        let (mut row, _) = seeded(json!({"priority": "4"}));
+        apply(
+            &mut row,
+            &object(json!({"state": "2", "impact": "1"})),
+            "steward",
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(row["incident_state"], "1");
         assert_eq!(row["priority"], "4");
     }
 
@@ -405,7 +387,10 @@ mod tests {
     fn structured_values_refuse_the_whole_patch() {
         let (mut row, _) = seeded(json!({}));
         let before = row.clone();
-        for bad in [json!({"urgency": "1", "state": {"value": "2"}}), json!({"state": [1]})] {
+        for bad in [
+            json!({"urgency": "1", "state": {"value": "2"}}),
+            json!({"state": [1]}),
+        ] {
             let error = apply(&mut row, &object(bad), "steward", NOW).unwrap_err();
             assert_eq!(error, InvalidValue("state".into()));
             assert_eq!(row, before);
@@ -431,7 +416,10 @@ mod tests {
             fields: None,
         };
         assert_eq!(raw.row(&row, true, "http://x")["assignment_group"], group);
-        assert_eq!(Render::default().row(&row, false, "http://x")["assignment_group"], group);
+        assert_eq!(
+            Render::default().row(&row, false, "http://x")["assignment_group"],
+            group
+        );
     }
 
     #[test]
@@ -439,7 +427,11 @@ mod tests {
         let (row, _) = seeded(json!({}));
         let render = Render {
             exclude_reference_link: false,
-            fields: Some(vec!["number".into(), "sys_mod_count".into(), "bogus".into()]),
+            fields: Some(vec![
+                "number".into(),
+                "sys_mod_count".into(),
+                "bogus".into(),
+            ]),
         };
         assert_eq!(
             render.row(&row, true, "http://x"),

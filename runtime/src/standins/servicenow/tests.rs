@@ -91,15 +91,22 @@ impl Table {
             .unwrap()
     }
 
-    async fn patch_raw(&self, sys_id: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
-        (self.http.patch(format!("{}/api/now/table/incident/{sys_id}", self.base)))
-            .bearer_auth(&self.token)
-            .header("Accept", "application/json")
-            .header("Content-Type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+    async fn patch_raw(
+        &self,
+        sys_id: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        (self
+            .http
+            .patch(format!("{}/api/now/table/incident/{sys_id}", self.base)))
+        .bearer_auth(&self.token)
+        .header("Accept", "application/json")
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
     }
 }
 
@@ -131,7 +138,8 @@ fn is_servicenow_time(value: &Value) -> bool {
 #[tokio::test]
 async fn password_grant_returns_servicenow_token_shape() {
     let standins = start().await;
-    let (status, body) = token_request(&standins, &password_form(&StandinSettings::default())).await;
+    let (status, body) =
+        token_request(&standins, &password_form(&StandinSettings::default())).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["scope"], "useraccount");
     assert_eq!(body["token_type"], "Bearer");
@@ -167,7 +175,11 @@ async fn wrong_user_or_client_credentials_are_denied() {
     let standins = start().await;
     let settings = StandinSettings::default();
     let denied = json!({"error_description": "access_denied", "error": "server_error"});
-    for (field, wrong) in [("password", "nope"), ("username", "admin"), ("client_secret", "x")] {
+    for (field, wrong) in [
+        ("password", "nope"),
+        ("username", "admin"),
+        ("client_secret", "x"),
+    ] {
         let mut form = password_form(&settings);
         form.iter_mut()
             .filter(|(name, _)| *name == field)
@@ -250,7 +262,12 @@ async fn expired_tokens_are_not_authenticated() {
     .await;
     let sys_id = seed_checkout(&standins);
     let table = Table::new(&standins).await;
-    let (status, body) = json_of(table.get(&format!("/api/now/table/incident/{sys_id}")).await).await;
+    let (status, body) = json_of(
+        table
+            .get(&format!("/api/now/table/incident/{sys_id}"))
+            .await,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body, unauthenticated());
 }
@@ -259,13 +276,18 @@ async fn expired_tokens_are_not_authenticated() {
 async fn missing_or_bad_credentials_get_the_401_envelope() {
     let standins = start().await;
     let sys_id = seed_checkout(&standins);
-    let url = format!("{}/api/now/table/incident/{sys_id}", standins.servicenow_url());
+    let url = format!(
+        "{}/api/now/table/incident/{sys_id}",
+        standins.servicenow_url()
+    );
     let http = reqwest::Client::new();
     let requests = [
         http.get(&url),
         http.get(&url).bearer_auth("forged"),
-        http.get(&url).basic_auth("steward.integration", Some("wrong")),
-        http.get(&url).header("Authorization", "Basic !!!not-base64"),
+        http.get(&url)
+            .basic_auth("steward.integration", Some("wrong")),
+        http.get(&url)
+            .header("Authorization", "Basic !!!not-base64"),
     ];
     for request in requests {
         let (status, body) = json_of(request.send().await.unwrap()).await;
@@ -281,7 +303,10 @@ async fn basic_auth_of_the_integration_user_is_accepted() {
     let settings = StandinSettings::default();
     let sys_id = seed_checkout(&standins);
     let response = reqwest::Client::new()
-        .get(format!("{}/api/now/table/incident/{sys_id}", standins.servicenow_url()))
+        .get(format!(
+            "{}/api/now/table/incident/{sys_id}",
+            standins.servicenow_url()
+        ))
         .basic_auth(&settings.sn_username, Some(&settings.sn_password))
         .send()
         .await
@@ -294,11 +319,22 @@ async fn reads_render_reference_links_unless_excluded() {
     let standins = start().await;
     let sys_id = seed_checkout(&standins);
     let table = Table::new(&standins).await;
-    let (status, body) = json_of(table.get(&format!("/api/now/table/incident/{sys_id}")).await).await;
+    let (status, body) = json_of(
+        table
+            .get(&format!("/api/now/table/incident/{sys_id}"))
+            .await,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let record = &body["result"];
-    let link = format!("{}/api/now/table/sys_user_group/{GROUP}", standins.servicenow_url());
-    assert_eq!(record["assignment_group"], json!({"link": link, "value": GROUP}));
+    let link = format!(
+        "{}/api/now/table/sys_user_group/{GROUP}",
+        standins.servicenow_url()
+    );
+    assert_eq!(
+        record["assignment_group"],
+        json!({"link": link, "value": GROUP})
+    );
     assert_eq!(record["caller_id"], "");
     assert_eq!(record["sys_id"], sys_id);
     assert_eq!(record["number"], "INC0010001");
@@ -314,7 +350,13 @@ async fn reads_render_reference_links_unless_excluded() {
     let path = format!("/api/now/table/incident/{sys_id}?sysparm_exclude_reference_link=true");
     let (_, body) = json_of(table.get(&path).await).await;
     assert_eq!(body["result"]["assignment_group"], GROUP);
-    assert!(body["result"].as_object().unwrap().values().all(Value::is_string));
+    assert!(
+        body["result"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(Value::is_string)
+    );
     assert_eq!(standins.incident(&sys_id).unwrap(), body["result"]);
 }
 
@@ -354,13 +396,21 @@ async fn queries_by_number_and_sys_id_return_a_list_envelope() {
     let (_, body) = json_of(table.get(&path).await).await;
     assert_eq!(body["result"][0]["number"], "INC0010001");
 
-    let response = table.get("/api/now/table/incident?sysparm_query=number=INC9").await;
+    let response = table
+        .get("/api/now/table/incident?sysparm_query=number=INC9")
+        .await;
     assert_eq!(response.headers()["x-total-count"], "0");
     assert_eq!(json_of(response).await.1, json!({"result": []}));
 
     let response = table.get("/api/now/table/incident?sysparm_limit=1").await;
     assert_eq!(response.headers()["x-total-count"], "2");
-    assert_eq!(json_of(response).await.1["result"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        json_of(response).await.1["result"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(standins.counts().table_gets, 4);
 }
 
@@ -389,7 +439,10 @@ async fn field_lists_limit_the_returned_fields() {
     let table = Table::new(&standins).await;
     let path = format!("/api/now/table/incident/{sys_id}?sysparm_fields=number,sys_mod_count,nope");
     let (_, body) = json_of(table.get(&path).await).await;
-    assert_eq!(body, json!({"result": {"number": "INC0010001", "sys_mod_count": "0"}}));
+    assert_eq!(
+        body,
+        json!({"result": {"number": "INC0010001", "sys_mod_count": "0"}})
+    );
 }
 
 #[tokio::test]
@@ -398,14 +451,21 @@ async fn patches_apply_values_and_bump_the_version() {
     let sys_id = seed_checkout(&standins);
     let table = Table::new(&standins).await;
     let path = format!("/api/now/table/incident/{sys_id}?sysparm_exclude_reference_link=true");
-    let changes = json!({"urgency": "1", "state": 2, "assignment_group": GROUP, "u_nonexistent": "x"});
+    let changes =
+        json!({"urgency": "1", "state": 2, "assignment_group": GROUP, "u_nonexistent": "x"});
     let (status, body) = json_of(table.patch(&path, &changes).await).await;
     assert_eq!(status, StatusCode::OK);
     let record = &body["result"];
     assert_eq!(record["urgency"], "1");
     assert_eq!(record["state"], "2");
-    assert_eq!(record["incident_state"], "2");
-    assert_eq!(record["priority"], "2");
+    assert_eq!(
+        record["incident_state"], "1",
+        "no business rule mirrors state"
+    );
+    assert_eq!(
+        record["priority"], "3",
+        "no business rule re-derives priority"
+    );
     assert_eq!(record["assignment_group"], GROUP);
     assert_eq!(record["sys_mod_count"], "1");
     assert_eq!(record["sys_updated_by"], "steward.integration");
@@ -418,7 +478,10 @@ async fn patches_apply_values_and_bump_the_version() {
     let linked = format!("/api/now/table/incident/{sys_id}");
     let (_, body) = json_of(table.patch(&linked, &json!({"urgency": "1"})).await).await;
     assert_eq!(body["result"]["assignment_group"]["value"], GROUP);
-    assert_eq!(body["result"]["sys_mod_count"], "1", "an unchanged write is no update");
+    assert_eq!(
+        body["result"]["sys_mod_count"], "1",
+        "an unchanged write is no update"
+    );
 }
 
 #[tokio::test]
@@ -432,7 +495,9 @@ async fn journal_writes_read_back_empty_and_are_found_in_the_journal_table() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["result"]["work_notes"], "");
     assert_eq!(body["result"]["sys_mod_count"], "1");
-    table.patch(&path, &json!({"comments": "We are on it"})).await;
+    table
+        .patch(&path, &json!({"comments": "We are on it"}))
+        .await;
 
     let journal = standins.journal(&sys_id);
     assert_eq!(journal.len(), 2);
@@ -454,8 +519,13 @@ async fn journal_writes_read_back_empty_and_are_found_in_the_journal_table() {
     assert_eq!(entry["sys_created_by"], "steward.integration");
     assert_eq!(entry["sys_id"].as_str().unwrap().len(), 32);
 
-    let miss = format!("/api/now/table/sys_journal_field?sysparm_query=element_id={sys_id}%5EvalueLIKEother-run");
-    assert_eq!(json_of(table.get(&miss).await).await.1, json!({"result": []}));
+    let miss = format!(
+        "/api/now/table/sys_journal_field?sysparm_query=element_id={sys_id}%5EvalueLIKEother-run"
+    );
+    assert_eq!(
+        json_of(table.get(&miss).await).await.1,
+        json!({"result": []})
+    );
 }
 
 #[tokio::test]
@@ -475,12 +545,36 @@ async fn malformed_patch_bodies_get_servicenow_errors_and_change_nothing() {
     let table = Table::new(&standins).await;
     let before = standins.incident(&sys_id).unwrap();
     let cases: [(&str, Vec<u8>, StatusCode); 6] = [
-        ("application/json", b"{\"urgency\":".to_vec(), StatusCode::BAD_REQUEST),
-        ("application/json", b"[\"urgency\"]".to_vec(), StatusCode::BAD_REQUEST),
-        ("application/json", b"{\"urgency\":{\"value\":\"1\"}}".to_vec(), StatusCode::BAD_REQUEST),
-        ("application/json", vec![0xff, 0xfe, 0x00], StatusCode::BAD_REQUEST),
-        ("text/plain", b"{\"urgency\":\"1\"}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
-        ("application/json", vec![b' '; BODY_LIMIT + 1], StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            "application/json",
+            b"{\"urgency\":".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "application/json",
+            b"[\"urgency\"]".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "application/json",
+            b"{\"urgency\":{\"value\":\"1\"}}".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "application/json",
+            vec![0xff, 0xfe, 0x00],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "text/plain",
+            b"{\"urgency\":\"1\"}".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "application/json",
+            vec![b' '; BODY_LIMIT + 1],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
     ];
     for (content_type, body, expected) in cases {
         let (status, reply) = json_of(table.patch_raw(&sys_id, content_type, body).await).await;
@@ -489,7 +583,11 @@ async fn malformed_patch_bodies_get_servicenow_errors_and_change_nothing() {
         assert!(reply["error"]["message"].is_string());
     }
     assert_eq!(standins.incident(&sys_id).unwrap(), before);
-    assert_eq!(standins.patches().len(), 1, "only the well-formed object with a bad value");
+    assert_eq!(
+        standins.patches().len(),
+        1,
+        "only the well-formed object with a bad value"
+    );
 }
 
 #[tokio::test]
@@ -508,11 +606,20 @@ async fn writes_require_a_json_accept_header() {
     assert_eq!(response.status(), StatusCode::NOT_ACCEPTABLE);
 
     let mut headers = HeaderMap::new();
-    assert_eq!(check_accept(&headers, true), Err(TableError::MissingHeader("Accept")));
+    assert_eq!(
+        check_accept(&headers, true),
+        Err(TableError::MissingHeader("Accept"))
+    );
     assert_eq!(check_accept(&headers, false), Ok(()));
-    headers.insert(header::ACCEPT, "text/html, application/json;q=0.9".parse().unwrap());
+    headers.insert(
+        header::ACCEPT,
+        "text/html, application/json;q=0.9".parse().unwrap(),
+    );
     assert_eq!(check_accept(&headers, true), Ok(()));
-    assert_eq!(check_content_type(&HeaderMap::new()), Err(TableError::MissingHeader("Content-Type")));
+    assert_eq!(
+        check_content_type(&HeaderMap::new()),
+        Err(TableError::MissingHeader("Content-Type"))
+    );
 }
 
 #[tokio::test]
@@ -520,10 +627,23 @@ async fn unknown_paths_and_methods_get_envelopes() {
     let standins = start().await;
     let http = reqwest::Client::new();
     let base = standins.servicenow_url();
-    let (status, body) = json_of(http.get(format!("{base}/api/now/nothing")).send().await.unwrap()).await;
+    let (status, body) = json_of(
+        http.get(format!("{base}/api/now/nothing"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"]["message"], "Requested URI does not represent any resource");
-    let response = http.delete(format!("{base}/api/now/table/incident/x")).send().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "Requested URI does not represent any resource"
+    );
+    let response = http
+        .delete(format!("{base}/api/now/table/incident/x"))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(response).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["status"], "failure");
@@ -544,7 +664,10 @@ async fn the_control_surface_seeds_incidents_and_reports_state() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(seeded["number"], "INC0099999");
     let sys_id = seeded["sys_id"].as_str().unwrap();
-    assert_eq!(standins.incident(sys_id).unwrap()["short_description"], "Disk full");
+    assert_eq!(
+        standins.incident(sys_id).unwrap()["short_description"],
+        "Disk full"
+    );
 
     let response = http
         .post(format!("{base}/_standin/incidents"))
@@ -555,7 +678,13 @@ async fn the_control_surface_seeds_incidents_and_reports_state() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
-    let (_, state) = json_of(http.get(format!("{base}/_standin/state")).send().await.unwrap()).await;
+    let (_, state) = json_of(
+        http.get(format!("{base}/_standin/state"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(state["incidents"][0]["sys_id"], sys_id);
     assert_eq!(state["patches"], json!([]));
     assert_eq!(state["counts"]["oauth"], 0);

@@ -152,7 +152,10 @@ mod tests {
         let args = decode(&headers("application/x-www-form-urlencoded"), body).unwrap();
         assert!(args.form);
         assert_eq!(args.fields["blocks"], json!([{"type": "divider"}]));
-        assert_eq!(args.recorded(), json!({"channel": "C1", "blocks": [{"type": "divider"}]}));
+        assert_eq!(
+            args.recorded(),
+            json!({"channel": "C1", "blocks": [{"type": "divider"}]})
+        );
     }
 
     #[test]
@@ -162,11 +165,27 @@ mod tests {
         let cases: [(&HeaderMap, &[u8], SlackError); 7] = [
             (&json, b"{\"channel\":", SlackError::InvalidJson),
             (&json, b"[1,2]", SlackError::JsonNotObject),
-            (&json, b"{\"blocks\":\"[not json\"}", SlackError::InvalidBlocks),
-            (&json, b"{\"blocks\":{\"type\":\"x\"}}", SlackError::InvalidBlocks),
+            (
+                &json,
+                b"{\"blocks\":\"[not json\"}",
+                SlackError::InvalidBlocks,
+            ),
+            (
+                &json,
+                b"{\"blocks\":{\"type\":\"x\"}}",
+                SlackError::InvalidBlocks,
+            ),
             (&form, b"attachments=%7B%7D", SlackError::InvalidAttachments),
-            (&headers("text/plain"), b"channel=C1", SlackError::InvalidPostType),
-            (&HeaderMap::new(), b"channel=C1", SlackError::InvalidPostType),
+            (
+                &headers("text/plain"),
+                b"channel=C1",
+                SlackError::InvalidPostType,
+            ),
+            (
+                &HeaderMap::new(),
+                b"channel=C1",
+                SlackError::InvalidPostType,
+            ),
         ];
         for (headers, body, expected) in cases {
             assert_eq!(decode(headers, body), Err(expected), "{body:?}");

@@ -87,7 +87,12 @@ pub(super) struct Delivery<'a> {
 
 /// The `block_actions` payload Slack sends for a click on a (non-ephemeral) message.
 pub(super) fn payload(delivery: &Delivery<'_>) -> Value {
-    let Delivery { message, button, user, .. } = delivery;
+    let Delivery {
+        message,
+        button,
+        user,
+        ..
+    } = delivery;
     let mut action = json!({
         "action_id": button.action_id,
         "block_id": button.block_id,

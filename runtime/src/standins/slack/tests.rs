@@ -49,7 +49,8 @@ async fn call(standins: &Standins, method: &str, body: &Value) -> (StatusCode, V
 }
 
 async fn post_approval(standins: &Standins) -> Value {
-    let body = json!({"channel": "C0APPROVAL1", "text": "Approval needed", "blocks": approval_blocks()});
+    let body =
+        json!({"channel": "C0APPROVAL1", "text": "Approval needed", "blocks": approval_blocks()});
     let (status, reply) = call(standins, "chat.postMessage", &body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(reply["ok"], true, "{reply}");
@@ -62,7 +63,10 @@ fn is_slack_ts(ts: &Value) -> bool {
     };
     secs.len() == 10
         && micros.len() == 6
-        && secs.bytes().chain(micros.bytes()).all(|b| b.is_ascii_digit())
+        && secs
+            .bytes()
+            .chain(micros.bytes())
+            .all(|b| b.is_ascii_digit())
 }
 
 #[tokio::test]
@@ -75,7 +79,12 @@ async fn post_message_answers_in_slacks_success_shape() {
     assert_eq!(reply["message"]["type"], "message");
     assert_eq!(reply["message"]["text"], "Approval needed");
     assert_eq!(reply["message"]["blocks"], approval_blocks());
-    assert!(reply["message"]["bot_id"].as_str().unwrap().starts_with('B'));
+    assert!(
+        reply["message"]["bot_id"]
+            .as_str()
+            .unwrap()
+            .starts_with('B')
+    );
     assert!(reply.get("warning").is_none());
 
     let messages = standins.slack_messages();
@@ -133,7 +142,10 @@ async fn json_without_a_charset_is_accepted_with_a_warning() {
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply["ok"], true);
     assert_eq!(reply["warning"], "missing_charset");
-    assert_eq!(reply["response_metadata"]["warnings"], json!(["missing_charset"]));
+    assert_eq!(
+        reply["response_metadata"]["warnings"],
+        json!(["missing_charset"])
+    );
 }
 
 #[tokio::test]
@@ -168,12 +180,27 @@ async fn post_message_needs_a_channel_and_some_content() {
     let cases = [
         (json!({"text": "hi"}), "channel_not_found"),
         (json!({"channel": "", "text": "hi"}), "channel_not_found"),
-        (json!({"channel": "#Not A Name", "text": "hi"}), "channel_not_found"),
+        (
+            json!({"channel": "#Not A Name", "text": "hi"}),
+            "channel_not_found",
+        ),
         (json!({"channel": "C0APPROVAL1"}), "no_text"),
-        (json!({"channel": "C0APPROVAL1", "text": "", "blocks": []}), "no_text"),
-        (json!({"channel": "C0APPROVAL1", "text": ["hi"]}), "invalid_arguments"),
-        (json!({"channel": "C0APPROVAL1", "blocks": [{"text": "x"}]}), "invalid_blocks"),
-        (json!({"channel": "C0APPROVAL1", "text": "x".repeat(40_001)}), "msg_too_long"),
+        (
+            json!({"channel": "C0APPROVAL1", "text": "", "blocks": []}),
+            "no_text",
+        ),
+        (
+            json!({"channel": "C0APPROVAL1", "text": ["hi"]}),
+            "invalid_arguments",
+        ),
+        (
+            json!({"channel": "C0APPROVAL1", "blocks": [{"text": "x"}]}),
+            "invalid_blocks",
+        ),
+        (
+            json!({"channel": "C0APPROVAL1", "text": "x".repeat(40_001)}),
+            "msg_too_long",
+        ),
     ];
     for (body, code) in cases {
         let (status, reply) = call(&standins, "chat.postMessage", &body).await;
@@ -198,11 +225,31 @@ async fn malformed_oversized_and_unknown_calls_get_slack_errors() {
     };
     let json_type = "application/json; charset=utf-8";
     let cases: [(&str, Vec<u8>, StatusCode, &str); 5] = [
-        (json_type, b"{\"channel\":".to_vec(), StatusCode::OK, "invalid_json"),
-        (json_type, b"\"just a string\"".to_vec(), StatusCode::OK, "json_not_object"),
+        (
+            json_type,
+            b"{\"channel\":".to_vec(),
+            StatusCode::OK,
+            "invalid_json",
+        ),
+        (
+            json_type,
+            b"\"just a string\"".to_vec(),
+            StatusCode::OK,
+            "json_not_object",
+        ),
         (json_type, vec![0xc3, 0x28], StatusCode::OK, "invalid_json"),
-        ("text/plain", b"channel=C1&text=hi".to_vec(), StatusCode::OK, "invalid_post_type"),
-        (json_type, vec![b' '; BODY_LIMIT + 1], StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+        (
+            "text/plain",
+            b"channel=C1&text=hi".to_vec(),
+            StatusCode::OK,
+            "invalid_post_type",
+        ),
+        (
+            json_type,
+            vec![b' '; BODY_LIMIT + 1],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+        ),
     ];
     for (content_type, body, status, code) in cases {
         let response = send(content_type, body).await.unwrap();
@@ -211,7 +258,13 @@ async fn malformed_oversized_and_unknown_calls_get_slack_errors() {
         assert_eq!(reply, json!({"ok": false, "error": code}));
     }
     let (status, reply) = call(&standins, "chat.delete", &json!({})).await;
-    assert_eq!((status, reply), (StatusCode::OK, json!({"ok": false, "error": "unknown_method"})));
+    assert_eq!(
+        (status, reply),
+        (
+            StatusCode::OK,
+            json!({"ok": false, "error": "unknown_method"})
+        )
+    );
 }
 
 #[tokio::test]
@@ -244,10 +297,22 @@ async fn update_errors_use_slacks_codes() {
     let posted = post_approval(&standins).await;
     let ts = posted["ts"].clone();
     let cases = [
-        (json!({"channel": "C0APPROVAL1", "ts": "1.000001", "text": "x"}), "message_not_found"),
-        (json!({"channel": "C0OTHERCHAN", "ts": ts, "text": "x"}), "message_not_found"),
-        (json!({"channel": "C0APPROVAL1", "text": "x"}), "message_not_found"),
-        (json!({"channel": "#approvals", "ts": ts, "text": "x"}), "channel_not_found"),
+        (
+            json!({"channel": "C0APPROVAL1", "ts": "1.000001", "text": "x"}),
+            "message_not_found",
+        ),
+        (
+            json!({"channel": "C0OTHERCHAN", "ts": ts, "text": "x"}),
+            "message_not_found",
+        ),
+        (
+            json!({"channel": "C0APPROVAL1", "text": "x"}),
+            "message_not_found",
+        ),
+        (
+            json!({"channel": "#approvals", "ts": ts, "text": "x"}),
+            "channel_not_found",
+        ),
         (json!({"ts": ts, "text": "x"}), "channel_not_found"),
         (json!({"channel": "C0APPROVAL1", "ts": ts}), "no_text"),
     ];
@@ -261,7 +326,8 @@ async fn update_errors_use_slacks_codes() {
 #[tokio::test]
 async fn ephemeral_messages_are_recorded() {
     let standins = start().await;
-    let body = json!({"channel": "C0APPROVAL1", "user": "U0ANA", "text": "You may not approve this"});
+    let body =
+        json!({"channel": "C0APPROVAL1", "user": "U0ANA", "text": "You may not approve this"});
     let (_, reply) = call(&standins, "chat.postEphemeral", &body).await;
     assert_eq!(reply["ok"], true);
     assert!(is_slack_ts(&reply["message_ts"]));
@@ -270,7 +336,12 @@ async fn ephemeral_messages_are_recorded() {
     assert_eq!(ephemerals[0]["user"], "U0ANA");
     assert_eq!(ephemerals[0]["message_ts"], reply["message_ts"]);
 
-    let (_, reply) = call(&standins, "chat.postEphemeral", &json!({"channel": "C0APPROVAL1", "text": "x"})).await;
+    let (_, reply) = call(
+        &standins,
+        "chat.postEphemeral",
+        &json!({"channel": "C0APPROVAL1", "text": "x"}),
+    )
+    .await;
     assert_eq!(reply["error"], "user_not_in_channel");
     assert!(standins.slack_messages().is_empty());
 }
@@ -291,19 +362,30 @@ struct Received {
 }
 
 /// Starts a loopback receiver that records one request and answers 200 "ack".
-async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>, tokio::task::JoinHandle<()>) {
+async fn receiver() -> (
+    String,
+    Arc<Mutex<Vec<Received>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
     let app = axum::Router::new()
         .route(
             "/slack/interactions",
-            post(|State(seen): State<Arc<Mutex<Vec<Received>>>>, headers: HeaderMap, body: String| async move {
-                seen.lock().unwrap().push(Received { headers, body });
-                "ack"
-            }),
+            post(
+                |State(seen): State<Arc<Mutex<Vec<Received>>>>,
+                 headers: HeaderMap,
+                 body: String| async move {
+                    seen.lock().unwrap().push(Received { headers, body });
+                    "ack"
+                },
+            ),
         )
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/slack/interactions", listener.local_addr().unwrap());
+    let url = format!(
+        "http://{}/slack/interactions",
+        listener.local_addr().unwrap()
+    );
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -320,7 +402,9 @@ fn expected_signature(secret: &str, timestamp: &str, body: &str) -> String {
 }
 
 fn decoded_payload(body: &str) -> Value {
-    let fields: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let fields: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
     assert_eq!(fields.len(), 1, "exactly one form field");
     assert_eq!(fields[0].0, "payload");
     serde_json::from_str(&fields[0].1).unwrap()
@@ -328,7 +412,10 @@ fn decoded_payload(body: &str) -> Value {
 
 async fn first_message(standins: &Standins) -> SlackMessage {
     post_approval(standins).await;
-    standins.wait_for_message(Duration::from_secs(1)).await.unwrap()
+    standins
+        .wait_for_message(Duration::from_secs(1))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -378,7 +465,10 @@ async fn clicks_are_signed_block_actions_form_posts() {
     assert_eq!(trigger_parts, 3);
     let response_url = payload["response_url"].as_str().unwrap();
     let slack_base = standins.slack_api_url().trim_end_matches("api/").to_owned();
-    assert!(response_url.starts_with(&format!("{slack_base}actions/")), "{response_url}");
+    assert!(
+        response_url.starts_with(&format!("{slack_base}actions/")),
+        "{response_url}"
+    );
     receiver_task.abort();
 }
 
@@ -387,7 +477,10 @@ async fn response_urls_record_posts_and_refuse_garbage() {
     let standins = start().await;
     let (url, seen, receiver_task) = receiver().await;
     let message = first_message(&standins).await;
-    standins.click(&url, &message, "reject", "U0ANA", "ana").await.unwrap();
+    standins
+        .click(&url, &message, "reject", "U0ANA", "ana")
+        .await
+        .unwrap();
     let payload = decoded_payload(&seen.lock().unwrap()[0].body);
     let response_url = payload["response_url"].as_str().unwrap().to_owned();
     let http = reqwest::Client::new();
@@ -396,9 +489,17 @@ async fn response_urls_record_posts_and_refuse_garbage() {
     let response = http.post(&response_url).json(&reply).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let responses = standins.responses();
-    assert_eq!(responses, vec![json!({"message_ts": message.ts, "channel": message.channel, "body": reply})]);
+    assert_eq!(
+        responses,
+        vec![json!({"message_ts": message.ts, "channel": message.channel, "body": reply})]
+    );
 
-    let garbage = http.post(&response_url).body("not json").send().await.unwrap();
+    let garbage = http
+        .post(&response_url)
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
     let unknown = response_url.rsplit_once('/').unwrap().0.to_owned() + "/unknown-token";
     let unknown = http.post(unknown).json(&reply).send().await.unwrap();
@@ -412,10 +513,16 @@ async fn clicks_refuse_unknown_buttons_and_remote_urls() {
     let standins = start().await;
     let message = first_message(&standins).await;
     let local = "http://127.0.0.1:9/slack/interactions";
-    let error = standins.click(local, &message, "escalate", "U0ANA", "ana").await.unwrap_err();
+    let error = standins
+        .click(local, &message, "escalate", "U0ANA", "ana")
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("escalate"), "{error}");
     let remote = "https://hooks.example.com/slack/interactions";
-    let error = standins.click(remote, &message, "approve", "U0ANA", "ana").await.unwrap_err();
+    let error = standins
+        .click(remote, &message, "approve", "U0ANA", "ana")
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("loopback"), "{error}");
 }
 
@@ -428,7 +535,12 @@ async fn the_control_surface_clicks_and_reports_state() {
     let base = standins.slack_api_url().trim_end_matches("api/").to_owned();
     let click = json!({"interactions_url": url, "ts": message.ts, "action_id": "approve",
                        "user_id": "U0ANA", "user_name": "ana"});
-    let response = http.post(format!("{base}_standin/click")).json(&click).send().await.unwrap();
+    let response = http
+        .post(format!("{base}_standin/click"))
+        .json(&click)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let reply: Value = response.json().await.unwrap();
     assert_eq!(reply, json!({"ok": true, "status": 200, "body": "ack"}));
@@ -436,7 +548,12 @@ async fn the_control_surface_clicks_and_reports_state() {
 
     let mut unknown = click.clone();
     unknown["ts"] = json!("1.000000");
-    let response = http.post(format!("{base}_standin/click")).json(&unknown).send().await.unwrap();
+    let response = http
+        .post(format!("{base}_standin/click"))
+        .json(&unknown)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let response = (http.post(format!("{base}_standin/click")))
         .header("Content-Type", "application/json")
@@ -446,7 +563,14 @@ async fn the_control_surface_clicks_and_reports_state() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
-    let state: Value = http.get(format!("{base}_standin/state")).send().await.unwrap().json().await.unwrap();
+    let state: Value = http
+        .get(format!("{base}_standin/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(state["messages"][0]["ts"], message.ts);
     assert_eq!(state["counts"]["slack_posts"], 1);
     receiver_task.abort();
@@ -455,14 +579,22 @@ async fn the_control_surface_clicks_and_reports_state() {
 #[tokio::test]
 async fn waiting_for_a_message_sees_a_later_post_and_times_out_without_one() {
     let standins = Arc::new(start().await);
-    assert!(standins.wait_for_message(Duration::from_millis(50)).await.is_none());
+    assert!(
+        standins
+            .wait_for_message(Duration::from_millis(50))
+            .await
+            .is_none()
+    );
 
     let poster = standins.clone();
     let post = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         post_approval(&poster).await;
     });
-    let message = standins.wait_for_message(Duration::from_secs(5)).await.unwrap();
+    let message = standins
+        .wait_for_message(Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(message.text, "Approval needed");
     post.await.unwrap();
 }
