@@ -1,5 +1,6 @@
 //! Deciding an approval. One rule for every path that can decide (today: Slack clicks): the
-//! clicker must be one of the tenant's approvers, the approval must still be pending, and the
+//! clicker must be one of the tenant's approvers (or, once the request was escalated, one of its
+//! escalation approvers), the approval must still be pending (not decided, not expired), and the
 //! decision is recorded with a compare-and-set so a double click decides once. Every refusal is
 //! audited and told to the clicker.
 
@@ -108,13 +109,7 @@ async fn decide_in(
     let Some(approval) = rt.store.approval(scope, approval_id).await? else {
         return Ok(DecisionOutcome::Unknown);
     };
-    if !rt
-        .settings
-        .slack
-        .approvers
-        .iter()
-        .any(|a| a == &clicker.user_id)
-    {
+    if !may_decide(rt, scope, approval.run_id, &clicker.user_id).await? {
         return Ok(DecisionOutcome::NotAnApprover);
     }
     let Some(run) = rt.store.run(scope, approval.run_id).await? else {
@@ -160,6 +155,7 @@ async fn decide_in(
                 }),
             }],
             new_approval: None,
+            timers: vec![],
         };
         match rt
             .store
@@ -186,6 +182,30 @@ async fn decide_in(
     Err(StoreError::Conflict(
         "the run's journal kept moving while deciding".into(),
     ))
+}
+
+/// Whether `user` may decide the run's approval: a listed approver always, an escalation
+/// approver once the run's journal records the escalation.
+async fn may_decide(
+    rt: &TenantRuntime,
+    scope: &TenantScope,
+    run_id: RunId,
+    user: &str,
+) -> Result<bool, StoreError> {
+    let slack = &rt.settings.slack;
+    if slack.approvers.iter().any(|a| a == user) {
+        return Ok(true);
+    }
+    if !slack.escalation_approvers.iter().any(|a| a == user) {
+        return Ok(false);
+    }
+    let escalated = Step::ApprovalEscalated {
+        channel: None,
+        ts: None,
+    }
+    .kind();
+    let steps = rt.store.steps(scope, run_id).await?;
+    Ok(steps.iter().any(|s| s.kind == escalated))
 }
 
 /// Tells the clicker, privately, what happened to their click.

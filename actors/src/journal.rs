@@ -22,9 +22,15 @@ pub mod states {
     pub const STALE: &str = "stale";
     pub const FAILED: &str = "failed";
     pub const EXPIRED: &str = "expired";
+    /// Waiting out a rate-limit window; a timer wakes the run when it opens.
+    pub const PARKED: &str = "parked";
+    /// Ended by an operator before it finished.
+    pub const CANCELLED: &str = "cancelled";
 
     /// States a run never leaves.
-    pub const TERMINAL: &[&str] = &[COMPLETED, REJECTED, DENIED, STALE, FAILED, EXPIRED];
+    pub const TERMINAL: &[&str] = &[
+        COMPLETED, REJECTED, DENIED, STALE, FAILED, EXPIRED, CANCELLED,
+    ];
 
     pub fn is_terminal(state: &str) -> bool {
         TERMINAL.contains(&state)
@@ -95,6 +101,32 @@ pub enum Step {
         state: String,
         reason: String,
     },
+    /// The other side refused a call and asked for a wait longer than a step retries for (a
+    /// rate-limit window): the run sleeps until `until` (Unix ms), then does the same step
+    /// again with its retries intact.
+    Parked {
+        until: i64,
+        reason: String,
+    },
+    /// A reminder was posted in the approval request's thread.
+    ReminderSent {
+        ts: String,
+    },
+    /// The request went to the escalation approvers: posted again in `channel` (at `ts`) when
+    /// an escalation channel is set, and from now on they may decide it too.
+    ApprovalEscalated {
+        channel: Option<String>,
+        ts: Option<String>,
+    },
+    /// Nobody decided in time; recorded in the transaction that expires the approval.
+    ApprovalExpired {
+        approval_id: ApprovalId,
+    },
+    /// An operator resumed a failed run: it goes on from the step it failed at.
+    Retried {
+        by: String,
+        reason: String,
+    },
 }
 
 impl Step {
@@ -111,6 +143,11 @@ impl Step {
             Step::Written { .. } => "written",
             Step::Verified { .. } => "verified",
             Step::Finished { .. } => "finished",
+            Step::Parked { .. } => "parked",
+            Step::ReminderSent { .. } => "reminder_sent",
+            Step::ApprovalEscalated { .. } => "approval_escalated",
+            Step::ApprovalExpired { .. } => "approval_expired",
+            Step::Retried { .. } => "retried",
         }
     }
 }
@@ -141,6 +178,7 @@ pub fn finished_write(
             body: serde_json::json!({ "seq": expected_seq, "state": state }),
         }],
         new_approval: None,
+        timers: vec![],
     }
 }
 
@@ -165,6 +203,21 @@ pub struct RunState {
     pub written: Option<Incident>,
     pub verified: Option<Vec<String>>,
     pub finished: Option<(String, String)>,
+    /// Until when (Unix ms) the run is parked; cleared by the next step of any other kind.
+    #[serde(default)]
+    pub parked_until: Option<i64>,
+    /// How many times in a row the run parked without getting further.
+    #[serde(default)]
+    pub parks: u32,
+    #[serde(default)]
+    pub reminded: bool,
+    #[serde(default)]
+    pub escalated: bool,
+    /// The escalation message (channel, ts), when one was posted.
+    #[serde(default)]
+    pub escalation_message: Option<(String, String)>,
+    #[serde(default)]
+    pub expired: bool,
 }
 
 /// What a run must do next.
@@ -180,6 +233,10 @@ pub enum Next {
     Verify,
     Close,
     Done,
+    /// Parked: nothing to do before `until` (Unix ms).
+    Wait {
+        until: i64,
+    },
 }
 
 impl RunState {
@@ -195,6 +252,10 @@ impl RunState {
     /// Applies one step.
     pub fn apply(&mut self, step: &Step) {
         self.steps += 1;
+        if !matches!(step, Step::Parked { .. }) {
+            self.parked_until = None;
+            self.parks = 0;
+        }
         match step {
             Step::Received {
                 incident,
@@ -245,11 +306,36 @@ impl RunState {
             Step::Finished { state, reason } => {
                 self.finished = Some((state.clone(), reason.clone()));
             }
+            Step::Parked { until, .. } => {
+                self.parked_until = Some(*until);
+                self.parks += 1;
+            }
+            Step::ReminderSent { .. } => self.reminded = true,
+            Step::ApprovalEscalated { channel, ts } => {
+                self.escalated = true;
+                self.escalation_message = channel.clone().zip(ts.clone());
+            }
+            Step::ApprovalExpired { .. } => self.expired = true,
+            Step::Retried { .. } => {
+                self.finished = None;
+                // A read-back that differed is read again rather than failed again.
+                if self.verified.as_ref().is_some_and(|m| !m.is_empty()) {
+                    self.verified = None;
+                }
+            }
         }
     }
 
-    /// The next thing to do, from the facts recorded so far.
-    pub fn next(&self) -> Next {
+    /// The next thing to do at `now_millis`, from the facts recorded so far.
+    pub fn next(&self, now_millis: i64) -> Next {
+        match self.parked_until {
+            Some(until) if self.finished.is_none() && now_millis < until => Next::Wait { until },
+            _ => self.next_step(),
+        }
+    }
+
+    /// The next step, whether or not the run is parked.
+    fn next_step(&self) -> Next {
         if self.finished.is_some() {
             return Next::Done;
         }
@@ -263,6 +349,9 @@ impl RunState {
             return Next::Decide;
         }
         if self.needs_approval {
+            if self.expired {
+                return Next::Close;
+            }
             if self.message.is_none() && self.verdict.is_none() {
                 return Next::RequestApproval;
             }
@@ -289,12 +378,15 @@ impl RunState {
         if let Some((state, _)) = &self.finished {
             return state;
         }
-        match self.next() {
+        if self.parked_until.is_some() {
+            return states::PARKED;
+        }
+        match self.next_step() {
             Next::Fetch | Next::Triage => states::TRIAGING,
             Next::Decide | Next::RequestApproval => states::TRIAGING,
             Next::AwaitApproval => states::AWAITING_APPROVAL,
             Next::Write | Next::Confirm | Next::Verify => states::WRITING,
-            Next::Close | Next::Done => states::CLOSING,
+            Next::Close | Next::Done | Next::Wait { .. } => states::CLOSING,
         }
     }
 }
@@ -361,15 +453,15 @@ mod tests {
     #[test]
     fn the_fold_walks_the_flagship_path() {
         let mut journal = vec![received()];
-        assert_eq!(RunState::fold(&journal).next(), Next::Fetch);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Fetch);
         journal.push(Step::IncidentFetched {
             incident: incident(),
         });
-        assert_eq!(RunState::fold(&journal).next(), Next::Triage);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Triage);
         journal.push(triaged());
-        assert_eq!(RunState::fold(&journal).next(), Next::Decide);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Decide);
         journal.push(decided(true));
-        assert_eq!(RunState::fold(&journal).next(), Next::RequestApproval);
+        assert_eq!(RunState::fold(&journal).next(0), Next::RequestApproval);
         let approval_id = ApprovalId::new();
         journal.push(Step::ApprovalRequested {
             approval_id,
@@ -377,7 +469,7 @@ mod tests {
             ts: "1.2".into(),
         });
         let state = RunState::fold(&journal);
-        assert_eq!(state.next(), Next::AwaitApproval);
+        assert_eq!(state.next(0), Next::AwaitApproval);
         assert_eq!(state.stored_state(), states::AWAITING_APPROVAL);
         journal.push(Step::ApprovalDecided {
             approval_id,
@@ -385,25 +477,25 @@ mod tests {
             by: "U1".into(),
             by_name: "ana".into(),
         });
-        assert_eq!(RunState::fold(&journal).next(), Next::Write);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Write);
         journal.push(Step::WriteIntended {
             diff_hash: "h".into(),
             marker: "m".into(),
         });
-        assert_eq!(RunState::fold(&journal).next(), Next::Confirm);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Confirm);
         journal.push(Step::Written {
             after: incident(),
             recovered: false,
         });
-        assert_eq!(RunState::fold(&journal).next(), Next::Verify);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Verify);
         journal.push(Step::Verified { mismatches: vec![] });
-        assert_eq!(RunState::fold(&journal).next(), Next::Close);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Close);
         journal.push(Step::Finished {
             state: states::COMPLETED.into(),
             reason: String::new(),
         });
         let state = RunState::fold(&journal);
-        assert_eq!(state.next(), Next::Done);
+        assert_eq!(state.next(0), Next::Done);
         assert_eq!(state.stored_state(), states::COMPLETED);
     }
 
@@ -423,7 +515,139 @@ mod tests {
                 by_name: "ana".into(),
             },
         ];
-        assert_eq!(RunState::fold(&journal).next(), Next::Close);
+        assert_eq!(RunState::fold(&journal).next(0), Next::Close);
+    }
+
+    fn awaiting() -> (Vec<Step>, ApprovalId) {
+        let approval_id = ApprovalId::new();
+        let journal = vec![
+            received(),
+            Step::IncidentFetched {
+                incident: incident(),
+            },
+            triaged(),
+            decided(true),
+            Step::ApprovalRequested {
+                approval_id,
+                channel: "C1".into(),
+                ts: "1.2".into(),
+            },
+        ];
+        (journal, approval_id)
+    }
+
+    #[test]
+    fn a_parked_run_waits_until_its_window_opens_then_repeats_the_step() {
+        let mut journal = vec![received()];
+        journal.push(Step::Parked {
+            until: 5_000,
+            reason: "rate limited".into(),
+        });
+        let state = RunState::fold(&journal);
+        assert_eq!(state.next(4_999), Next::Wait { until: 5_000 });
+        assert_eq!(state.next(5_000), Next::Fetch, "the same step again");
+        assert_eq!(state.stored_state(), states::PARKED);
+        assert_eq!(state.parks, 1);
+
+        journal.push(Step::Parked {
+            until: 9_000,
+            reason: "rate limited again".into(),
+        });
+        assert_eq!(
+            RunState::fold(&journal).parks,
+            2,
+            "parks in a row are counted"
+        );
+
+        journal.push(Step::IncidentFetched {
+            incident: incident(),
+        });
+        let state = RunState::fold(&journal);
+        assert_eq!(state.parked_until, None, "progress ends the park");
+        assert_eq!(state.parks, 0);
+        assert_eq!(state.next(0), Next::Triage);
+        assert_eq!(state.stored_state(), states::TRIAGING);
+    }
+
+    #[test]
+    fn a_finished_run_is_done_even_if_it_was_parked() {
+        let mut state = RunState::fold(&[received()]);
+        state.parked_until = Some(i64::MAX);
+        state.finished = Some((states::FAILED.into(), "x".into()));
+        assert_eq!(state.next(0), Next::Done);
+    }
+
+    #[test]
+    fn an_expired_approval_closes_the_run_without_a_write() {
+        let (mut journal, approval_id) = awaiting();
+        journal.push(Step::ApprovalExpired { approval_id });
+        let state = RunState::fold(&journal);
+        assert!(state.expired);
+        assert_eq!(state.next(0), Next::Close);
+        assert_eq!(state.stored_state(), states::CLOSING);
+    }
+
+    #[test]
+    fn reminders_and_escalations_keep_the_run_waiting_for_its_approver() {
+        let (mut journal, _) = awaiting();
+        journal.push(Step::ReminderSent { ts: "1.3".into() });
+        journal.push(Step::ApprovalEscalated {
+            channel: Some("C2".into()),
+            ts: Some("2.1".into()),
+        });
+        let state = RunState::fold(&journal);
+        assert!(state.reminded && state.escalated);
+        assert_eq!(state.escalation_message, Some(("C2".into(), "2.1".into())));
+        assert_eq!(state.next(0), Next::AwaitApproval);
+        assert_eq!(state.stored_state(), states::AWAITING_APPROVAL);
+
+        let mut quiet = awaiting().0;
+        quiet.push(Step::ApprovalEscalated {
+            channel: None,
+            ts: None,
+        });
+        let state = RunState::fold(&quiet);
+        assert!(state.escalated);
+        assert_eq!(state.escalation_message, None);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_timers_still_reads() {
+        let mut old = serde_json::to_value(RunState::fold(&[received()])).unwrap();
+        for field in [
+            "parked_until",
+            "parks",
+            "reminded",
+            "escalated",
+            "escalation_message",
+            "expired",
+        ] {
+            old.as_object_mut().unwrap().remove(field);
+        }
+        let state: RunState = serde_json::from_value(old).unwrap();
+        assert_eq!(state.next(0), Next::Fetch);
+    }
+
+    #[test]
+    fn new_steps_round_trip_through_json_with_their_kind() {
+        for step in [
+            Step::Parked {
+                until: 1,
+                reason: "r".into(),
+            },
+            Step::ReminderSent { ts: "1.1".into() },
+            Step::ApprovalEscalated {
+                channel: None,
+                ts: None,
+            },
+            Step::ApprovalExpired {
+                approval_id: ApprovalId::new(),
+            },
+        ] {
+            let json = serde_json::to_value(&step).unwrap();
+            assert_eq!(json["kind"], step.kind());
+            assert_eq!(serde_json::from_value::<Step>(json).unwrap(), step);
+        }
     }
 
     #[test]

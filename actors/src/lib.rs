@@ -4,17 +4,25 @@
 
 pub mod approvals;
 pub mod connectors;
+pub mod crash;
+pub mod inspect;
 pub mod journal;
+pub mod operator;
 pub mod policy;
+pub mod providers;
 pub mod retry;
 pub mod root;
 pub mod run;
 pub mod settings;
 pub mod tenant;
 pub mod tenant_runtime;
+pub mod timers;
 
 pub use approvals::{Clicker, DecisionOutcome};
+pub use inspect::{ActorKind, ActorView, WaitingView};
 pub use journal::{RunState, Step, Verdict, states};
+pub use operator::{OperatorError, OperatorOutcome, OperatorRequest};
 pub use policy::PolicyGate;
+pub use providers::{LlmFactory, LlmProviders};
 pub use root::{ResumeGate, SingleNode, Steward, StewardOptions};
 pub use settings::{TenantSettings, secret_names};

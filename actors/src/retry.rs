@@ -1,6 +1,10 @@
 //! The one retry owner. Adapters make single attempts; a run's step retries a failed call here,
 //! with jittered exponential backoff that honours the provider's `retry-after`, and only for
 //! errors that can succeed on another try. Nothing else in Steward retries an outside call.
+//!
+//! A wait longer than the policy's `max_wait` (an hourly rate limit, say) is not spent in the
+//! step: [`park_until`] names the time to park the run until, and the run sleeps on a durable
+//! timer without spending its attempts.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +15,7 @@ use ractor::{ActorRef, Message, RpcReplyPort};
 use steward_adapters::llm::LlmError;
 use steward_adapters::servicenow::ServiceNowError;
 use steward_adapters::slack::SlackError;
+use steward_core::Clock;
 
 /// An error that knows whether another attempt may succeed.
 pub trait Transient: std::fmt::Display {
@@ -18,6 +23,23 @@ pub trait Transient: std::fmt::Display {
     /// The wait the other side asked for, if any.
     fn retry_after(&self) -> Option<Duration> {
         None
+    }
+    /// The moment (Unix ms) before which the other side said it will refuse again, if it named
+    /// one (a rate-limit window's reset).
+    fn retry_at_millis(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// How long to wait before trying again at `now_millis`: the longer of the `retry-after` and
+/// the time left until the named reset, if the other side gave either.
+pub fn wait_for<E: Transient + ?Sized>(error: &E, now_millis: i64) -> Option<Duration> {
+    let until_reset = error
+        .retry_at_millis()
+        .map(|at| Duration::from_millis(u64::try_from(at.saturating_sub(now_millis)).unwrap_or(0)));
+    match (error.retry_after(), until_reset) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -40,6 +62,15 @@ impl Transient for ServiceNowError {
                 retry_after_secs: Some(s),
                 ..
             } => Some(Duration::from_secs(*s)),
+            _ => None,
+        }
+    }
+    fn retry_at_millis(&self) -> Option<i64> {
+        match self {
+            ServiceNowError::RateLimited {
+                reset_at_secs: Some(s),
+                ..
+            } => Some(s.saturating_mul(1000)),
             _ => None,
         }
     }
@@ -81,6 +112,12 @@ impl<E: Transient> Transient for CallError<E> {
             CallError::Unavailable(_) => None,
         }
     }
+    fn retry_at_millis(&self) -> Option<i64> {
+        match self {
+            CallError::Adapter(e) => e.retry_at_millis(),
+            CallError::Unavailable(_) => None,
+        }
+    }
 }
 
 /// How a step retries.
@@ -90,11 +127,15 @@ pub struct RetryPolicy {
     pub attempts: usize,
     pub min_delay: Duration,
     pub max_delay: Duration,
-    /// A `retry-after` longer than this is not waited for in the step: the step fails and says
-    /// how long the provider asked to wait.
+    /// A wait longer than this (a `retry-after`, a rate-limit reset) is not spent in the step:
+    /// the run parks until then instead.
     pub max_wait: Duration,
     /// How long one call may take before it counts as failed.
     pub call_timeout: Duration,
+    /// The longest wait a run parks for; a step asked to wait longer fails, naming the wait.
+    pub max_park: Duration,
+    /// How many times in a row a run may park without getting further before the step fails.
+    pub max_parks: u32,
 }
 
 impl Default for RetryPolicy {
@@ -105,6 +146,8 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(5),
             max_wait: Duration::from_secs(30),
             call_timeout: Duration::from_secs(60),
+            max_park: Duration::from_secs(6 * 3600),
+            max_parks: 5,
         }
     }
 }
@@ -129,9 +172,14 @@ where
     }
 }
 
-/// Runs `op` until it succeeds, fails with an error that is not transient, or the policy's
-/// attempts are spent. Returns the result and the number of attempts made.
-pub async fn retrying<T, E, F, Fut>(policy: &RetryPolicy, mut op: F) -> (Result<T, E>, u32)
+/// Runs `op` until it succeeds, fails with an error that is not transient or that asks for a
+/// wait beyond `max_wait` (judged by `clock`), or the policy's attempts are spent. Returns the
+/// result and the number of attempts made.
+pub async fn retrying<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    clock: &dyn Clock,
+    mut op: F,
+) -> (Result<T, E>, u32)
 where
     E: Transient,
     F: FnMut() -> Fut,
@@ -149,10 +197,31 @@ where
         op()
     })
     .retry(backoff)
-    .when(|e: &E| e.is_retryable() && e.retry_after().is_none_or(|w| w <= max_wait))
-    .adjust(|e: &E, planned| planned.map(|d| e.retry_after().map_or(d, |w| w.max(d))))
+    .when(|e: &E| e.is_retryable() && wait_for(e, clock.now_millis()).is_none_or(|w| w <= max_wait))
+    .adjust(|e: &E, planned| {
+        planned.map(|d| wait_for(e, clock.now_millis()).map_or(d, |w| w.max(d)))
+    })
     .await;
     (result, attempts.into_inner())
+}
+
+/// When a step that failed with `error` at `now_millis` should be tried again by parking the
+/// run: the error is transient and asks for a wait beyond `max_wait` but within `max_park`.
+/// None means the failure stands.
+pub fn park_until<E: Transient + ?Sized>(
+    policy: &RetryPolicy,
+    error: &E,
+    now_millis: i64,
+) -> Option<i64> {
+    if !error.is_retryable() {
+        return None;
+    }
+    let wait = wait_for(error, now_millis)?;
+    if wait <= policy.max_wait || wait > policy.max_park {
+        return None;
+    }
+    let millis = i64::try_from(wait.as_millis()).ok()?;
+    Some(now_millis.saturating_add(millis))
 }
 
 #[cfg(test)]
@@ -188,9 +257,13 @@ mod tests {
         }
     }
 
+    fn clock() -> steward_core::FixedClock {
+        steward_core::FixedClock::at_secs(1_700_000_000)
+    }
+
     #[tokio::test]
     async fn transient_errors_are_retried_up_to_the_bound() {
-        let (result, attempts) = retrying(&fast(), || async {
+        let (result, attempts) = retrying(&fast(), &clock(), || async {
             Err::<(), _>(Flaky {
                 retryable: true,
                 wait: None,
@@ -203,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_errors_are_not_retried() {
-        let (_, attempts) = retrying(&fast(), || async {
+        let (_, attempts) = retrying(&fast(), &clock(), || async {
             Err::<(), _>(Flaky {
                 retryable: false,
                 wait: None,
@@ -216,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn a_long_retry_after_stops_retrying_at_once() {
         let wait = Some(Duration::from_secs(2400));
-        let (_, attempts) = retrying(&fast(), || async {
+        let (_, attempts) = retrying(&fast(), &clock(), || async {
             Err::<(), _>(Flaky {
                 retryable: true,
                 wait,
@@ -226,10 +299,97 @@ mod tests {
         assert_eq!(attempts, 1);
     }
 
+    fn rate_limited(reset_at_secs: Option<i64>, retry_after_secs: Option<u64>) -> ServiceNowError {
+        ServiceNowError::RateLimited {
+            reset_at_secs,
+            retry_after_secs,
+            limit: Some("1000".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_reset_far_ahead_stops_retrying_at_once() {
+        let clock = clock();
+        let reset = clock.now_secs() + 40 * 60;
+        let (_, attempts) = retrying(&fast(), &clock, || async {
+            Err::<(), _>(rate_limited(Some(reset), None))
+        })
+        .await;
+        assert_eq!(attempts, 1, "no retry is spent on a window 40 minutes away");
+    }
+
+    #[test]
+    fn the_wait_is_the_longer_of_retry_after_and_the_reset() {
+        let now = 1_700_000_000_000;
+        let reset = 1_700_000_000 + 2400;
+        assert_eq!(
+            wait_for(&rate_limited(Some(reset), None), now),
+            Some(Duration::from_secs(2400))
+        );
+        assert_eq!(
+            wait_for(&rate_limited(Some(reset), Some(3000)), now),
+            Some(Duration::from_secs(3000))
+        );
+        assert_eq!(
+            wait_for(&rate_limited(Some(1_600_000_000), None), now),
+            Some(Duration::ZERO),
+            "a reset in the past is no wait"
+        );
+        assert_eq!(wait_for(&rate_limited(None, None), now), None);
+        assert_eq!(
+            wait_for(&rate_limited(Some(i64::MAX), None), now),
+            Some(Duration::from_millis(
+                u64::try_from(i64::MAX - now).unwrap()
+            )),
+            "a hostile reset does not overflow"
+        );
+    }
+
+    #[test]
+    fn a_run_parks_only_for_a_transient_wait_beyond_max_wait_and_within_max_park() {
+        let policy = RetryPolicy::default();
+        let now = 1_700_000_000_000;
+        let reset = 1_700_000_000 + 2400;
+        assert_eq!(
+            park_until(&policy, &rate_limited(Some(reset), None), now),
+            Some(reset * 1000)
+        );
+        let short = Flaky {
+            retryable: true,
+            wait: Some(Duration::from_secs(5)),
+        };
+        assert_eq!(
+            park_until(&policy, &short, now),
+            None,
+            "retried in the step"
+        );
+        let final_error = Flaky {
+            retryable: false,
+            wait: Some(Duration::from_secs(2400)),
+        };
+        assert_eq!(park_until(&policy, &final_error, now), None);
+        let days = Flaky {
+            retryable: true,
+            wait: Some(Duration::from_secs(7 * 24 * 3600)),
+        };
+        assert_eq!(park_until(&policy, &days, now), None, "beyond max_park");
+        let llm = LlmError::RateLimited {
+            retry_after: Some(Duration::from_secs(600)),
+        };
+        assert_eq!(park_until(&policy, &llm, now), Some(now + 600_000));
+        let slack = SlackError::RateLimited {
+            retry_after_secs: Some(900),
+        };
+        assert_eq!(
+            park_until(&policy, &CallError::Adapter(slack), now),
+            Some(now + 900_000)
+        );
+    }
+
     #[tokio::test]
     async fn success_after_a_failure_counts_both_attempts() {
         let mut n = 0;
-        let (result, attempts) = retrying(&fast(), || {
+        let (result, attempts) = retrying(&fast(), &clock(), || {
             n += 1;
             let fail = n == 1;
             async move {

@@ -12,17 +12,39 @@ use steward_core::{RunId, TenantId};
 use steward_persistence::{Authenticator, MasterKey, Store, StoreError, TenantScope};
 use tracing::{error, info};
 
+use crate::inspect::{ActorView, TenantFailures, WAITING_STATES, tree};
 use crate::journal::{finished_write, states};
+use crate::providers::LlmProviders;
 use crate::retry::RetryPolicy;
-use crate::tenant::{RestartBudget, TenantInit, TenantMsg, TenantSupervisor, TenantView};
+use crate::tenant::{RestartBudget, TenantInit, TenantMsg, TenantSupervisor};
 use crate::tenant_runtime::SharedRuntime;
 
 /// Settings of the actor system.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StewardOptions {
     pub http: HttpSettings,
     pub retry: RetryPolicy,
     pub budget: RestartBudget,
+    /// How long a waiting run's actor stays in memory before it stops (30 s by default; zero
+    /// stops it as soon as it waits). A decision or timer after that starts a new actor.
+    pub passivate_after: Duration,
+    /// The longest the timer service sleeps before it looks for due timers again (1 s).
+    pub timer_poll: Duration,
+    /// LLM providers beyond the built-in `openai` and `anthropic`.
+    pub llm_providers: LlmProviders,
+}
+
+impl Default for StewardOptions {
+    fn default() -> Self {
+        Self {
+            http: HttpSettings::default(),
+            retry: RetryPolicy::default(),
+            budget: RestartBudget::default(),
+            passivate_after: Duration::from_secs(30),
+            timer_poll: Duration::from_secs(1),
+            llm_providers: LlmProviders::default(),
+        }
+    }
 }
 
 /// Decides which unfinished runs this node resumes at boot. One node owns every tenant today;
@@ -44,7 +66,8 @@ impl ResumeGate for SingleNode {
 /// Messages to the root.
 pub enum RootMsg {
     Tenant(TenantId, RpcReplyPort<Result<ActorRef<TenantMsg>, String>>),
-    Tenants(RpcReplyPort<Vec<ActorRef<TenantMsg>>>),
+    /// The live tenant supervisors, and the tenants whose supervisor failed.
+    Tenants(RpcReplyPort<(Vec<ActorRef<TenantMsg>>, TenantFailures)>),
 }
 
 struct Root;
@@ -58,6 +81,7 @@ struct RootArgs {
 struct RootState {
     args: RootArgs,
     tenants: HashMap<TenantId, ActorRef<TenantMsg>>,
+    failures: TenantFailures,
 }
 
 impl Actor for Root {
@@ -73,6 +97,7 @@ impl Actor for Root {
         Ok(RootState {
             args,
             tenants: HashMap::new(),
+            failures: TenantFailures::default(),
         })
     }
 
@@ -88,7 +113,8 @@ impl Actor for Root {
                 let _ = reply.send(result);
             }
             RootMsg::Tenants(reply) => {
-                let _ = reply.send(state.tenants.values().cloned().collect());
+                let live = state.tenants.values().cloned().collect();
+                let _ = reply.send((live, state.failures.clone()));
             }
         }
         Ok(())
@@ -104,6 +130,13 @@ impl Actor for Root {
             SupervisionEvent::ActorTerminated(cell, _, _) => Some(cell.get_id()),
             SupervisionEvent::ActorFailed(cell, e) => {
                 error!(error = %e, "A tenant supervisor failed; it starts again on next use.");
+                let failed = state
+                    .tenants
+                    .iter()
+                    .find(|(_, t)| t.get_id() == cell.get_id());
+                if let Some((tenant, _)) = failed {
+                    state.failures.note(tenant, &e.to_string());
+                }
                 Some(cell.get_id())
             }
             _ => None,
@@ -131,10 +164,15 @@ impl RootState {
             http: self.args.options.http.clone(),
             retry: self.args.options.retry.clone(),
             budget: self.args.options.budget.clone(),
+            passivate_after: self.args.options.passivate_after,
+            llm_providers: self.args.options.llm_providers.clone(),
         };
-        let (sup, _) = Actor::spawn_linked(None, TenantSupervisor, init, myself.get_cell())
-            .await
-            .map_err(|e| format!("tenant {tenant} could not start: {e}"))?;
+        let spawned = Actor::spawn_linked(None, TenantSupervisor, init, myself.get_cell()).await;
+        let (sup, _) = spawned.map_err(|e| {
+            let why = format!("tenant {tenant} could not start: {e}");
+            self.failures.note(&tenant, &why);
+            why
+        })?;
         self.tenants.insert(tenant, sup.clone());
         Ok(sup)
     }
@@ -145,6 +183,8 @@ impl RootState {
 pub struct Steward {
     root: ActorRef<RootMsg>,
     store: Store,
+    timers: Arc<std::sync::OnceLock<tokio::task::AbortHandle>>,
+    started: std::time::Instant,
 }
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,13 +196,22 @@ impl Steward {
         master_key: Arc<MasterKey>,
         options: StewardOptions,
     ) -> Result<Self, ActorProcessingErr> {
+        let timer_poll = options.timer_poll;
         let args = RootArgs {
             store: store.clone(),
             master_key,
             options,
         };
         let (root, _) = Actor::spawn(None, Root, args).await?;
-        Ok(Self { root, store })
+        let steward = Self {
+            root,
+            store,
+            timers: Arc::default(),
+            started: std::time::Instant::now(),
+        };
+        let service = crate::timers::spawn(steward.clone(), timer_poll);
+        let _ = steward.timers.set(service.abort_handle());
+        Ok(steward)
     }
 
     pub fn store(&self) -> &Store {
@@ -209,13 +258,15 @@ impl Steward {
         }
     }
 
-    /// Resumes every unfinished run that `gate` lets this node own. Runs waiting for a person
-    /// are left passivated; their callback wakes them. Returns how many were woken.
+    /// Resumes every unfinished run that `gate` lets this node own. Runs that wait (for a
+    /// person, or parked until a rate-limit window opens) are left passivated; their callback
+    /// or their timer wakes them. Returns how many were woken.
     pub async fn resume(&self, gate: &dyn ResumeGate) -> Result<usize, StoreError> {
         let runs = self.store.unfinished_runs(states::TERMINAL).await?;
         let mut woken = 0;
         for (tenant, run_id, state) in runs {
-            if !gate.may_own(&tenant) || state == states::AWAITING_APPROVAL {
+            let waiting = state == states::AWAITING_APPROVAL || state == states::PARKED;
+            if !gate.may_own(&tenant) || waiting {
                 continue;
             }
             self.wake(&tenant, run_id).await;
@@ -225,11 +276,13 @@ impl Steward {
         Ok(woken)
     }
 
-    /// The live tree, tenant by tenant.
-    pub async fn inspect(&self) -> Vec<TenantView> {
-        let tenants = match self.root.call(RootMsg::Tenants, Some(ASK_TIMEOUT)).await {
+    /// The live tree: the root, each live tenant with its runs and adapters, and per tenant
+    /// the runs that wait without a live actor. A tenant that does not answer in time is left
+    /// out.
+    pub async fn inspect(&self) -> Result<ActorView, StoreError> {
+        let (tenants, failures) = match self.root.call(RootMsg::Tenants, Some(ASK_TIMEOUT)).await {
             Ok(CallResult::Success(t)) => t,
-            _ => return vec![],
+            _ => (vec![], TenantFailures::default()),
         };
         let mut views = Vec::new();
         for t in tenants {
@@ -238,12 +291,17 @@ impl Steward {
                 views.push(v);
             }
         }
-        views
+        let waiting = self.store.waiting_runs(WAITING_STATES).await?;
+        Ok(tree(self.started.elapsed(), views, &failures, waiting))
     }
 
-    /// Stops the tree.
+    /// Stops the timer service, then the whole tree at once, as a process exit would: a run in
+    /// the middle of a step stops there, and its journal resumes it at the next start.
     pub fn stop(&self) {
-        self.root.stop(None);
+        if let Some(timers) = self.timers.get() {
+            timers.abort();
+        }
+        self.root.kill();
     }
 }
 
@@ -256,13 +314,14 @@ async fn fail_unstarted(
     let Some(run) = store.run(scope, run_id).await? else {
         return Ok(());
     };
-    if states::is_terminal(&run.state) {
-        return Ok(());
+    if !states::is_terminal(&run.state) {
+        store
+            .append_step(
+                scope,
+                finished_write(run_id, run.steps, states::FAILED, reason),
+            )
+            .await?;
     }
-    store
-        .append_step(
-            scope,
-            finished_write(run_id, run.steps, states::FAILED, reason),
-        )
-        .await
+    // No actor will start to consume the run's timers; they would only fire again.
+    store.clear_timers(scope, run_id).await.map(drop)
 }

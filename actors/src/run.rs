@@ -1,8 +1,10 @@
 //! The run actor: one per active run. It folds its journal, does the next step, records it, and
-//! goes on until the run waits for a person (then it stops: the run is passivated, its state on
-//! disk) or ends.
+//! goes on until the run waits (for a person, or parked until a rate-limit window opens) or
+//! ends. A waiting run stays in memory for the tenant's idle time, so a decision or timer that
+//! comes soon is handled by the live actor, and is then passivated: its actor stops, its state
+//! is on disk, and its callback or timer starts a new actor from the journal.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use steward_adapters::llm::TriageRequest;
@@ -11,25 +13,36 @@ use steward_core::{Diff, DiffEntry, Incident, RunId};
 use steward_persistence::{AuditDraft, NewApproval, StepWrite, StoreError};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::connectors::{LlmMsg, ServiceNowMsg, SlackMsg};
+use crate::connectors::{Connectors, LlmMsg, ServiceNowMsg, SlackMsg};
+use crate::crash::RunWatch;
 use crate::journal::{Next, RunState, Step, Verdict, states};
 use crate::policy::{FieldRequest, Outcome};
-use crate::retry::{CallError, call, retrying};
+use crate::retry::{CallError, Transient, call, park_until, retrying};
+use crate::tenant::TenantMsg;
 use crate::tenant_runtime::SharedRuntime;
+
+mod announce;
+mod waits;
+
+pub(crate) use announce::{Notice, announce};
 
 /// Fields ServiceNow treats as journals: writing appends an entry, reading returns "".
 pub const JOURNAL_FIELDS: &[&str] = &["work_notes", "comments"];
 
 /// Stands in the work note for the approver's name until someone approves.
-pub const APPROVER_PLACEHOLDER: &str = "{approver}";
+pub const APPROVER_PLACEHOLDER: &str = "[the person who approves]";
 
 /// Messages to a run actor.
 #[derive(Debug)]
 pub enum RunMsg {
     /// Do the next step.
     Advance,
-    /// Something was recorded from outside (a decision): read the journal again, then go on.
+    /// Something was recorded from outside (a decision) or a timer is due: read the journal
+    /// and the run's timers again, then go on.
     Reload,
+    /// The idle time has passed since the run began waiting, at the given count of handled
+    /// messages; if nothing came since, the actor offers to stop.
+    Idle(u64),
 }
 
 /// The actor. Its arguments name the run; the shared tenant runtime does the rest.
@@ -38,6 +51,12 @@ pub struct RunActor;
 pub struct RunArgs {
     pub run_id: RunId,
     pub runtime: SharedRuntime,
+    /// The tenant supervisor, which decides when a waiting run's actor may stop.
+    pub supervisor: ActorRef<TenantMsg>,
+    /// How long a waiting run stays in memory before it is passivated; zero stops it at once.
+    pub passivate_after: std::time::Duration,
+    /// Where the actor notes what it is doing, for its supervisor's crash snapshots.
+    pub watch: RunWatch,
 }
 
 pub struct RunActorState {
@@ -45,6 +64,13 @@ pub struct RunActorState {
     runtime: SharedRuntime,
     source: String,
     run: RunState,
+    supervisor: ActorRef<TenantMsg>,
+    passivate_after: std::time::Duration,
+    /// Messages handled (Advance and Reload), to tell whether an idle deadline is still current.
+    handled: u64,
+    /// Reloads handled, the first included; the supervisor compares it with the ones it sent.
+    reloads: u64,
+    watch: RunWatch,
 }
 
 impl Actor for RunActor {
@@ -65,6 +91,11 @@ impl Actor for RunActor {
             runtime: args.runtime,
             source: String::new(),
             run: RunState::default(),
+            supervisor: args.supervisor,
+            passivate_after: args.passivate_after,
+            handled: 0,
+            reloads: 0,
+            watch: args.watch,
         })
     }
 
@@ -77,14 +108,32 @@ impl Actor for RunActor {
         let span =
             info_span!("run", run.id = %state.run_id, tenant = %state.runtime.scope.tenant());
         async {
-            if let RunMsg::Reload = msg {
-                state.reload().await?;
+            state.watch.handling(&msg);
+            match msg {
+                RunMsg::Idle(mark) => {
+                    state.offer_to_stop(&myself, mark);
+                    return Ok(());
+                }
+                RunMsg::Reload => {
+                    state.reloads += 1;
+                    let loaded = state.reload().await;
+                    state.watch.folded(&state.run, &state.run.next(state.now()));
+                    loaded?;
+                    state.fire_due_timers().await?;
+                }
+                RunMsg::Advance => {}
             }
-            let next = state.run.next();
+            state.handled += 1;
+            let next = state.run.next(state.now());
             debug!(?next, "run step");
             match next {
-                Next::AwaitApproval | Next::Done => myself.stop(None),
+                Next::Done => {
+                    state.clear_timers().await;
+                    myself.stop(None);
+                }
+                Next::AwaitApproval | Next::Wait { .. } => state.idle(&myself),
                 _ => {
+                    state.watch.stepping(&next, &state.run);
                     state.step(next).await?;
                     myself.cast(RunMsg::Advance)?;
                 }
@@ -98,6 +147,20 @@ impl Actor for RunActor {
 
 /// A step that cannot go on, with the reason recorded on the run.
 struct Fail(String);
+
+/// Why a step stopped short.
+enum Halt {
+    /// It cannot go on: the run ends `failed`.
+    Fail(Fail),
+    /// The other side asked for a wait beyond the retry policy's: park until `until` (Unix ms).
+    Park { until: i64, reason: String },
+}
+
+impl From<Fail> for Halt {
+    fn from(fail: Fail) -> Self {
+        Halt::Fail(fail)
+    }
+}
 
 impl<E: std::fmt::Display> From<CallError<E>> for Fail {
     fn from(e: CallError<E>) -> Self {
@@ -119,9 +182,14 @@ impl RunActorState {
         let steps = rt.store.steps(&rt.scope, self.run_id).await?;
         let mut journal = Vec::with_capacity(steps.len());
         for record in steps {
-            let step: Step = serde_json::from_value(record.body)
-                .map_err(|e| StoreError::Corrupt(format!("step {}: {e}", record.seq)))?;
-            journal.push(step);
+            match serde_json::from_value::<Step>(record.body) {
+                Ok(step) => journal.push(step),
+                Err(e) => {
+                    // Keep what could be read: a crash snapshot shows the run that far.
+                    self.run = RunState::fold(&journal);
+                    return Err(StoreError::Corrupt(format!("step {}: {e}", record.seq)));
+                }
+            }
         }
         self.run = RunState::fold(&journal);
         Ok(())
@@ -132,58 +200,111 @@ impl RunActorState {
         let outcome = match next {
             Next::Fetch => self.fetch().await,
             Next::Triage => self.triage().await,
-            Next::Decide => self.decide(),
+            Next::Decide => self.decide().map_err(Halt::from),
             Next::RequestApproval => return self.request_approval().await,
             Next::Write => self.write().await,
             Next::Confirm => self.confirm().await,
             Next::Verify => self.verify().await,
             Next::Close => return self.close().await,
-            Next::AwaitApproval | Next::Done => return Ok(()),
+            Next::AwaitApproval | Next::Done | Next::Wait { .. } => return Ok(()),
         };
         match outcome {
+            // An end decided inside a step (stale, denied) goes through `finish`, so the
+            // approver's Slack message says how the run ended.
+            Ok(Step::Finished { state, reason }) => self.finish(&state, &reason).await?,
             Ok(step) => self.record(step, None).await?,
-            Err(Fail(reason)) => self.finish(states::FAILED, &reason).await?,
+            Err(halt) => self.halted(halt).await?,
         }
         Ok(())
     }
 
-    async fn fetch(&self) -> Result<Step, Fail> {
+    /// Records a step that stopped short: the run parks, or ends `failed`.
+    async fn halted(&mut self, halt: Halt) -> Result<(), StoreError> {
+        match halt {
+            Halt::Fail(Fail(reason)) => self.finish(states::FAILED, &reason).await,
+            Halt::Park { until, reason } => {
+                let step = Step::Parked {
+                    until,
+                    reason: reason.clone(),
+                };
+                self.record(step, Some(&reason)).await
+            }
+        }
+    }
+
+    /// A failed call as a halt: the run parks if the other side asked for a wait beyond the
+    /// retry policy's and the run has not parked too often in a row; otherwise the step fails
+    /// with `what` and the error.
+    fn halt<E: Transient>(&self, error: &E, what: &str) -> Halt {
+        let policy = &self.runtime.retry;
+        let reason = format!("{what}: {error}");
+        match park_until(policy, error, self.now()) {
+            Some(until) if self.run.parks < policy.max_parks => Halt::Park { until, reason },
+            Some(_) => Halt::Fail(Fail(format!(
+                "{reason}; still refused after parking {} times",
+                self.run.parks
+            ))),
+            None => Halt::Fail(Fail(reason)),
+        }
+    }
+
+    /// Asks an adapter actor through the retry owner. Each attempt takes the adapter as it is
+    /// then, waiting for a replacement when the one it had has stopped.
+    async fn ask<M, T, E>(
+        &self,
+        pick: fn(&Connectors) -> ActorRef<M>,
+        build: impl Fn(RpcReplyPort<Result<T, E>>) -> M,
+    ) -> (Result<T, CallError<E>>, u32)
+    where
+        M: Message,
+        T: Send + 'static,
+        E: Transient + Send + 'static,
+    {
         let rt = &self.runtime;
+        let timeout = rt.retry.call_timeout;
+        retrying(&rt.retry, rt.store.clock().as_ref(), || async {
+            let actor = pick(&rt.live_connectors(timeout).await);
+            call(&actor, timeout, &build).await
+        })
+        .await
+    }
+
+    /// Now, from the store's clock.
+    fn now(&self) -> i64 {
+        self.runtime.store.clock().now_millis()
+    }
+
+    async fn fetch(&self) -> Result<Step, Halt> {
         let reference = self
             .run
             .incident_ref
             .clone()
             .ok_or(Fail("run has no incident".into()))?;
-        let sn = rt.connectors().servicenow;
-        let (result, _) = retrying(&rt.retry, || {
-            call(&sn, rt.retry.call_timeout, |r| {
-                ServiceNowMsg::Get(reference.clone(), r)
-            })
-        })
-        .await;
-        let incident = result.map_err(|e| Fail(format!("reading the incident failed: {e}")))?;
+        let (result, _) = self
+            .ask(
+                |c| c.servicenow.clone(),
+                |r| ServiceNowMsg::Get(reference.clone(), r),
+            )
+            .await;
+        let incident = result.map_err(|e| self.halt(&e, "reading the incident failed"))?;
         Ok(Step::IncidentFetched { incident })
     }
 
-    async fn triage(&self) -> Result<Step, Fail> {
-        let rt = &self.runtime;
+    async fn triage(&self) -> Result<Step, Halt> {
         let incident = self.incident()?.clone();
         let allowed_fields = self.allowed_fields(&incident);
         let request = TriageRequest {
             incident,
             allowed_fields,
         };
-        let llm = rt.connectors().llm;
-        let (result, attempts) = retrying(&rt.retry, || {
-            call(&llm, rt.retry.call_timeout, |r| {
-                LlmMsg::Triage(request.clone(), r)
-            })
-        })
-        .await;
+        let (result, attempts) = self
+            .ask(|c| c.llm.clone(), |r| LlmMsg::Triage(request.clone(), r))
+            .await;
         let reply = result.map_err(|e| {
-            Fail(format!(
-                "triage failed after {attempts} attempt(s), no proposal: {e}"
-            ))
+            self.halt(
+                &e,
+                &format!("triage failed after {attempts} attempt(s), no proposal"),
+            )
         })?;
         Ok(Step::Triaged {
             proposal: reply.proposal,
@@ -328,16 +449,17 @@ impl RunActorState {
         let owned = parts.view(&approval);
         let (text, blocks) = slack::approval_message(&owned.as_view());
         let channel = rt.settings.slack.approval_channel.clone();
-        let slack_ref = rt.connectors().slack;
-        let (result, _) = retrying(&rt.retry, || {
-            call(&slack_ref, rt.retry.call_timeout, |reply| SlackMsg::Post {
-                channel: channel.clone(),
-                text: text.clone(),
-                blocks: blocks.clone(),
-                reply,
-            })
-        })
-        .await;
+        let (result, _) = self
+            .ask(
+                |c| c.slack.clone(),
+                |reply| SlackMsg::Post {
+                    channel: channel.clone(),
+                    text: text.clone(),
+                    blocks: blocks.clone(),
+                    reply,
+                },
+            )
+            .await;
         match result {
             Ok(posted) => {
                 rt.store
@@ -351,18 +473,15 @@ impl RunActorState {
                 self.record(step, None).await?;
             }
             Err(e) => {
-                self.finish(
-                    states::FAILED,
-                    &format!("posting the approval request failed: {e}"),
-                )
-                .await?;
+                let halt = self.halt(&e, "posting the approval request failed");
+                self.halted(halt).await?;
             }
         }
         Ok(())
     }
 
     /// Checks the record still holds the values the approver saw, records the intent, writes.
-    async fn write(&self) -> Result<Step, Fail> {
+    async fn write(&self) -> Result<Step, Halt> {
         let diff = self.diff()?;
         let current = self.get_current(diff).await?;
         let stale: Vec<String> = diff
@@ -393,73 +512,120 @@ impl RunActorState {
     }
 
     /// After the intent: learn whether the write already happened; write if it did not.
-    async fn confirm(&self) -> Result<Step, Fail> {
+    async fn confirm(&self) -> Result<Step, Halt> {
         let diff = self.diff()?;
-        let current = self.get_current(diff).await?;
-        if self.already_written(diff, &current).await? {
+        let body = self.patch_body(diff);
+        let rt = &self.runtime;
+        let (result, _) = retrying(&rt.retry, rt.store.clock().as_ref(), || {
+            self.confirm_once(diff, &body)
+        })
+        .await;
+        result.map_err(|e| self.halt(&e, "writing to ServiceNow failed"))
+    }
+
+    /// One attempt of the write: read the record back, and `PATCH` only if the write has not
+    /// already happened. Retrying this whole unit (not the `PATCH` alone) means an ambiguous
+    /// failure, such as a 502 sent after ServiceNow applied the change, never writes twice.
+    async fn confirm_once(
+        &self,
+        diff: &Diff,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Step, CallError<steward_adapters::servicenow::ServiceNowError>> {
+        let reference = steward_core::IncidentRef::SysId(diff.sys_id.clone());
+        let current = self
+            .once(
+                |c| c.servicenow.clone(),
+                |r| ServiceNowMsg::Get(reference.clone(), r),
+            )
+            .await?;
+        let fields_hold = diff
+            .entries
+            .iter()
+            .filter(|e| !JOURNAL_FIELDS.contains(&e.field.as_str()))
+            .all(|e| current.field(&e.field) == e.new);
+        let has_note = diff.entries.iter().any(|e| e.field == "work_notes");
+        let written = fields_hold
+            && if has_note {
+                let marker = self.marker();
+                self.once(
+                    |c| c.servicenow.clone(),
+                    |reply| ServiceNowMsg::JournalContains {
+                        sys_id: diff.sys_id.clone(),
+                        element: "work_notes".into(),
+                        marker: marker.clone(),
+                        reply,
+                    },
+                )
+                .await?
+            } else {
+                // Without a note, matching values are all the evidence there is.
+                !diff.entries.is_empty()
+            };
+        if written {
             return Ok(Step::Written {
                 after: current,
                 recovered: true,
             });
         }
-        let body = self.patch_body(diff);
-        let rt = &self.runtime;
-        let sn = rt.connectors().servicenow;
         let sys_id = diff.sys_id.clone();
-        let (result, _) = retrying(&rt.retry, || {
-            call(&sn, rt.retry.call_timeout, |r| {
-                ServiceNowMsg::Patch(sys_id.clone(), body.clone(), r)
-            })
-        })
-        .await;
-        let after = result.map_err(|e| Fail(format!("writing to ServiceNow failed: {e}")))?;
+        let after = self
+            .once(
+                |c| c.servicenow.clone(),
+                |r| ServiceNowMsg::Patch(sys_id.clone(), body.clone(), r),
+            )
+            .await?;
         Ok(Step::Written {
             after,
             recovered: false,
         })
     }
 
-    async fn already_written(&self, diff: &Diff, current: &Incident) -> Result<bool, Fail> {
-        let fields_hold = diff
-            .entries
-            .iter()
-            .filter(|e| !JOURNAL_FIELDS.contains(&e.field.as_str()))
-            .all(|e| current.field(&e.field) == e.new);
-        if !fields_hold {
-            return Ok(false);
-        }
-        let has_note = diff.entries.iter().any(|e| e.field == "work_notes");
-        if !has_note {
-            // Without a note, matching values are all the evidence there is.
-            return Ok(!diff.entries.is_empty());
-        }
-        self.journal_has_marker(&diff.sys_id).await
+    /// One call to an adapter actor, without retries (the caller owns them).
+    async fn once<M, T, E>(
+        &self,
+        pick: fn(&Connectors) -> ActorRef<M>,
+        build: impl Fn(RpcReplyPort<Result<T, E>>) -> M,
+    ) -> Result<T, CallError<E>>
+    where
+        M: Message,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let timeout = self.runtime.retry.call_timeout;
+        let actor = pick(&self.runtime.live_connectors(timeout).await);
+        call(&actor, timeout, &build).await
     }
 
-    async fn journal_has_marker(&self, sys_id: &str) -> Result<bool, Fail> {
-        let rt = &self.runtime;
+    /// This run's work-note marker.
+    fn marker(&self) -> String {
+        self.run
+            .write_marker
+            .clone()
+            .unwrap_or_else(|| run_marker(&self.run_id))
+    }
+
+    async fn journal_has_marker(&self, sys_id: &str) -> Result<bool, Halt> {
         let marker = self
             .run
             .write_marker
             .clone()
             .unwrap_or_else(|| run_marker(&self.run_id));
-        let sn = rt.connectors().servicenow;
-        let (result, _) = retrying(&rt.retry, || {
-            call(&sn, rt.retry.call_timeout, |reply| {
-                ServiceNowMsg::JournalContains {
+        let (result, _) = self
+            .ask(
+                |c| c.servicenow.clone(),
+                |reply| ServiceNowMsg::JournalContains {
                     sys_id: sys_id.to_owned(),
                     element: "work_notes".into(),
                     marker: marker.clone(),
                     reply,
-                }
-            })
-        })
-        .await;
-        result.map_err(|e| Fail(format!("reading the work-note journal failed: {e}")))
+                },
+            )
+            .await;
+        result.map_err(|e| self.halt(&e, "reading the work-note journal failed"))
     }
 
     /// Reads the record back and lists any field that does not hold what was written.
-    async fn verify(&self) -> Result<Step, Fail> {
+    async fn verify(&self) -> Result<Step, Halt> {
         let diff = self.diff()?;
         let current = self.get_current(diff).await?;
         let mut mismatches: Vec<String> = diff
@@ -486,6 +652,10 @@ impl RunActorState {
 
     /// Ends the run: updates the Slack message if there is one, then records the end.
     async fn close(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.run.expired {
+            let reason = self.expiry_reason();
+            return Ok(self.finish(states::EXPIRED, &reason).await?);
+        }
         let (state, reason) = match (&self.run.verdict, &self.run.verified) {
             (Some((Verdict::Reject, _, name)), _) => (
                 states::REJECTED,
@@ -509,6 +679,9 @@ impl RunActorState {
         if let Some((channel, ts)) = self.run.message.clone() {
             self.update_message(state, reason, &channel, &ts).await;
         }
+        if let Some((channel, ts)) = self.run.escalation_message.clone() {
+            self.update_message(state, reason, &channel, &ts).await;
+        }
         let step = self.finished_step(state, reason);
         self.record(step, Some(reason)).await
     }
@@ -521,7 +694,6 @@ impl RunActorState {
     }
 
     async fn update_message(&self, state: &str, reason: &str, channel: &str, ts: &str) {
-        let rt = &self.runtime;
         let by = self
             .run
             .verdict
@@ -533,6 +705,8 @@ impl RunActorState {
             states::REJECTED => slack::Outcome::Rejected { by: &by },
             states::STALE => slack::Outcome::Stale { reason },
             states::EXPIRED => slack::Outcome::Expired,
+            states::CANCELLED => slack::Outcome::Cancelled { reason },
+            states::WRITING => slack::Outcome::Approved { by: &by },
             _ => slack::Outcome::Failed { reason },
         };
         let parts = self.view_parts();
@@ -543,26 +717,27 @@ impl RunActorState {
             .unwrap_or_default();
         let owned = parts.view(&approval_id);
         let (text, blocks) = slack::outcome_message(&owned.as_view(), &outcome);
-        let slack_ref = rt.connectors().slack;
-        let (result, _) = retrying(&rt.retry, || {
-            call(&slack_ref, rt.retry.call_timeout, |reply| {
-                SlackMsg::Update {
+        let (result, _) = self
+            .ask(
+                |c| c.slack.clone(),
+                |reply| SlackMsg::Update {
                     channel: channel.to_owned(),
                     ts: ts.to_owned(),
                     text: text.clone(),
                     blocks: blocks.clone(),
                     reply,
-                }
-            })
-        })
-        .await;
+                },
+            )
+            .await;
         if let Err(error) = result {
             warn!(%error, "Updating the Slack message with the outcome failed.");
         }
     }
 
     /// Appends a step (and its audit entry), then folds it into the state. A conflict means
-    /// something was recorded from outside (a decision): read the journal again.
+    /// something was recorded from outside (a decision): read the journal again. A step that
+    /// notes a Slack message already posted is then appended after what came in, so the run
+    /// can still update that message when it ends.
     async fn record(&mut self, step: Step, error: Option<&str>) -> Result<(), StoreError> {
         let mut next = self.run.clone();
         next.apply(&step);
@@ -591,6 +766,7 @@ impl RunActorState {
             new_state: next.stored_state().to_owned(),
             last_error: error.map(str::to_owned),
             new_approval,
+            timers: self.timers_for(&step),
         };
         match self
             .runtime
@@ -604,23 +780,25 @@ impl RunActorState {
             }
             Err(StoreError::Conflict(why)) => {
                 debug!(%why, "journal moved underneath the run; reloading");
-                self.reload().await
+                self.reload().await?;
+                if self.run.finished.is_none() && notes_a_posted_message(&step) {
+                    return Box::pin(self.record(step, error)).await;
+                }
+                Ok(())
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn get_current(&self, diff: &Diff) -> Result<Incident, Fail> {
-        let rt = &self.runtime;
-        let sn = rt.connectors().servicenow;
+    async fn get_current(&self, diff: &Diff) -> Result<Incident, Halt> {
         let reference = steward_core::IncidentRef::SysId(diff.sys_id.clone());
-        let (result, _) = retrying(&rt.retry, || {
-            call(&sn, rt.retry.call_timeout, |r| {
-                ServiceNowMsg::Get(reference.clone(), r)
-            })
-        })
-        .await;
-        result.map_err(|e| Fail(format!("reading the record back failed: {e}")))
+        let (result, _) = self
+            .ask(
+                |c| c.servicenow.clone(),
+                |r| ServiceNowMsg::Get(reference.clone(), r),
+            )
+            .await;
+        result.map_err(|e| self.halt(&e, "reading the record back failed"))
     }
 
     fn patch_body(&self, diff: &Diff) -> serde_json::Map<String, serde_json::Value> {
@@ -632,7 +810,8 @@ impl RunActorState {
             .unwrap_or_else(|| "policy (no approval required)".into());
         let mut body = diff.patch_body();
         if let Some(serde_json::Value::String(note)) = body.get_mut("work_notes") {
-            *note = note.replace(APPROVER_PLACEHOLDER, &approver);
+            // Only the header names the approver; other text in the note stays as written.
+            *note = note.replacen(APPROVER_PLACEHOLDER, &approver, 1);
         }
         body
     }
@@ -742,6 +921,15 @@ impl<'a> ApprovalViewOwned<'a> {
             incident_url: self.parts.url.as_deref(),
         }
     }
+}
+
+/// Steps that note a message Steward has posted in Slack. The fold does not depend on their
+/// order, so they stay true when something else was recorded first.
+fn notes_a_posted_message(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::ApprovalRequested { .. } | Step::ReminderSent { .. } | Step::ApprovalEscalated { .. }
+    )
 }
 
 /// The marker that identifies this run's work note in the record's journal.

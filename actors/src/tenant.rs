@@ -1,7 +1,8 @@
 //! The tenant supervisor: started on a tenant's first use, it owns that tenant's adapter actors
 //! and its run actors. A run actor that fails is restarted from its journal within a restart
 //! budget; when the budget is spent the run is marked failed and the supervisor goes on. An
-//! adapter actor that fails is started again on its own.
+//! adapter actor that fails or stops is started again on its own. A waiting run's actor is
+//! stopped when it has been idle long enough and no wake-up for it is on its way.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -17,16 +18,21 @@ use steward_adapters::llm::{Anthropic, LlmProvider, LlmSettings, OpenAiCompatibl
 use steward_adapters::servicenow::{ServiceNowAuth, ServiceNowClient};
 use steward_adapters::slack::SlackClient;
 use steward_core::{RunId, TenantId};
-use steward_persistence::{AuditDraft, Authenticator, MasterKey, Store, TenantScope};
+use steward_persistence::{AuditDraft, Authenticator, MasterKey, Store, TenantScope, redact_text};
 use tracing::{error, warn};
 
 use crate::connectors::{Connectors, LlmActor, ServiceNowActor, SlackActor};
+use crate::inspect::{ActorView, TenantOps};
 use crate::journal::{finished_write, states};
 use crate::policy::PolicyGate;
+use crate::providers::LlmProviders;
 use crate::retry::RetryPolicy;
 use crate::run::{RunActor, RunArgs, RunMsg};
 use crate::settings::{TenantSettings, secret_names};
 use crate::tenant_runtime::{SharedRuntime, TenantRuntime};
+
+/// How long after an operator's retry the run is woken a second time.
+const REWAKE_AFTER_RETRY: Duration = Duration::from_millis(250);
 
 /// How many times a run may crash in `restart_window` before it is failed.
 #[derive(Debug, Clone)]
@@ -54,6 +60,10 @@ pub struct TenantInit {
     pub http: HttpSettings,
     pub retry: RetryPolicy,
     pub budget: RestartBudget,
+    /// How long a waiting run's actor stays in memory.
+    pub passivate_after: Duration,
+    /// LLM providers beyond the built-in ones.
+    pub llm_providers: LlmProviders,
 }
 
 /// Messages to a tenant supervisor.
@@ -62,16 +72,17 @@ pub enum TenantMsg {
     Wake(RunId),
     /// The shared runtime, for callers that act for this tenant (approval decisions).
     Runtime(RpcReplyPort<SharedRuntime>),
-    /// Live actors: runs with their restart counts.
-    Inspect(RpcReplyPort<TenantView>),
-}
-
-/// A snapshot of a tenant's live actors.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TenantView {
-    pub tenant: String,
-    pub runs: Vec<String>,
-    pub restarts: HashMap<String, usize>,
+    /// The tenant's live subtree: its runs and adapters with their state.
+    Inspect(RpcReplyPort<ActorView>),
+    /// An operator retried the run: its restart budget starts afresh, and it is woken.
+    Retried(RunId),
+    /// A waiting run's actor has been idle for its idle time, having handled `reloads` reloads:
+    /// stop it, unless a reload sent to it is still on its way.
+    Idle {
+        run_id: RunId,
+        actor: ActorId,
+        reloads: u64,
+    },
 }
 
 pub struct TenantSupervisor;
@@ -83,6 +94,10 @@ pub struct TenantState {
     cells: HashMap<ActorId, RunId>,
     restarts: HashMap<RunId, VecDeque<Instant>>,
     adapters: HashMap<ActorId, &'static str>,
+    /// Reloads sent to each live run actor, its first included.
+    reloads_sent: HashMap<RunId, u64>,
+    /// What each run is doing (for crash snapshots and inspection), and adapter health.
+    ops: TenantOps,
 }
 
 impl Actor for TenantSupervisor {
@@ -122,6 +137,8 @@ impl Actor for TenantSupervisor {
             cells: HashMap::new(),
             restarts: HashMap::new(),
             adapters,
+            reloads_sent: HashMap::new(),
+            ops: TenantOps::new(),
         })
     }
 
@@ -137,16 +154,35 @@ impl Actor for TenantSupervisor {
                 let _ = reply.send(state.runtime.clone());
             }
             TenantMsg::Inspect(reply) => {
-                let _ = reply.send(TenantView {
-                    tenant: state.init.tenant.to_string(),
-                    runs: state.runs.keys().map(ToString::to_string).collect(),
-                    restarts: state
-                        .restarts
-                        .iter()
-                        .map(|(id, times)| (id.to_string(), times.len()))
-                        .collect(),
+                let connectors = state.runtime.connectors();
+                let view = state
+                    .ops
+                    .view(
+                        &state.init.tenant,
+                        &state.runs,
+                        &state.restarts,
+                        &connectors,
+                    )
+                    .await;
+                let _ = reply.send(view);
+            }
+            TenantMsg::Retried(run_id) => {
+                state.restarts.remove(&run_id);
+                state.wake(&myself, run_id).await;
+                // The actor that ended the run may still be stopping and drop that wake; wake
+                // the run again once it is surely gone (a second wake of a live run is a
+                // harmless reload).
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REWAKE_AFTER_RETRY).await;
+                    let _ = me.cast(TenantMsg::Wake(run_id));
                 });
             }
+            TenantMsg::Idle {
+                run_id,
+                actor,
+                reloads,
+            } => state.passivate(run_id, actor, reloads),
         }
         Ok(())
     }
@@ -158,9 +194,20 @@ impl Actor for TenantSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(run_id) = state.cells.remove(&cell.get_id()) {
                     state.runs.remove(&run_id);
+                    state.reloads_sent.remove(&run_id);
+                    state.ops.forget(run_id);
+                } else if let Some(kind) = state.adapters.remove(&cell.get_id()) {
+                    warn!(
+                        adapter = kind,
+                        ?reason,
+                        "An adapter actor stopped; starting it again."
+                    );
+                    let why = reason.as_deref().unwrap_or("stopped");
+                    state.ops.adapter_failed(kind, why);
+                    state.restart_adapters(&myself).await;
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
@@ -177,24 +224,47 @@ impl TenantState {
         if let Some(run) = self.runs.get(&run_id)
             && run.cast(RunMsg::Reload).is_ok()
         {
+            *self.reloads_sent.entry(run_id).or_default() += 1;
             return;
         }
         let args = RunArgs {
             run_id,
             runtime: self.runtime.clone(),
+            supervisor: myself.clone(),
+            passivate_after: self.init.passivate_after,
+            watch: self.ops.watch(run_id),
         };
         match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
             Ok((run, _)) => {
                 self.cells.insert(run.get_id(), run_id);
                 self.runs.insert(run_id, run);
+                // The new actor sends itself its first reload.
+                self.reloads_sent.insert(run_id, 1);
             }
             Err(e) => error!(run.id = %run_id, error = %e, "Starting a run actor failed."),
+        }
+    }
+
+    /// Stops an idle run actor, unless it is not the run's current actor or a reload sent to
+    /// it has not been handled yet (it will go idle again after handling it).
+    fn passivate(&mut self, run_id: RunId, actor: ActorId, reloads: u64) {
+        let current = self.runs.get(&run_id).is_some_and(|r| r.get_id() == actor);
+        let caught_up = self.reloads_sent.get(&run_id) == Some(&reloads);
+        if !(current && caught_up) {
+            return;
+        }
+        if let Some(run) = self.runs.remove(&run_id) {
+            self.cells.remove(&actor);
+            self.reloads_sent.remove(&run_id);
+            self.ops.forget(run_id);
+            run.stop(Some("passivated: waiting with nothing to do".into()));
         }
     }
 
     async fn failed(&mut self, myself: &ActorRef<TenantMsg>, cell: ActorCell, error: String) {
         if let Some(kind) = self.adapters.remove(&cell.get_id()) {
             warn!(adapter = kind, %error, "An adapter actor failed; starting it again.");
+            self.ops.adapter_failed(kind, &error);
             self.restart_adapters(myself).await;
             return;
         }
@@ -202,6 +272,7 @@ impl TenantState {
             return;
         };
         self.runs.remove(&run_id);
+        self.reloads_sent.remove(&run_id);
         let now = Instant::now();
         let budget = self.init.budget.clone();
         let times = self.restarts.entry(run_id).or_default();
@@ -210,6 +281,7 @@ impl TenantState {
         let attempt = times.len();
         self.record_crash(run_id, attempt, &error).await;
         if attempt > budget.max_restarts {
+            self.ops.forget(run_id);
             self.fail_run(run_id, &error, attempt).await;
             return;
         }
@@ -223,12 +295,31 @@ impl TenantState {
         });
     }
 
+    /// Stores the crash snapshot (what the run was doing, redacted by the store) and the
+    /// `run.crashed` audit entry.
     async fn record_crash(&self, run_id: RunId, attempt: usize, error: &str) {
+        let rt = &self.runtime;
+        let crash = self
+            .ops
+            .watch_of(run_id)
+            .unwrap_or_default()
+            .crashed(run_id, attempt, error);
+        let seq = match rt.store.record_crash(&rt.scope, crash).await {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                error!(run.id = %run_id, error = %e, "Storing a crash snapshot failed.");
+                None
+            }
+        };
         let draft = AuditDraft {
             kind: "run.crashed".into(),
             run_id: Some(run_id),
             actor: "steward".into(),
-            body: json!({ "attempt": attempt, "error": truncate(error, 2000) }),
+            body: json!({
+                "attempt": attempt,
+                "crash_seq": seq,
+                "error": truncate(&redact_text(error), 2000),
+            }),
         };
         if let Err(e) = self
             .runtime
@@ -244,7 +335,7 @@ impl TenantState {
         let rt = &self.runtime;
         let reason = format!(
             "crashed {attempts} times; restart budget spent: {}",
-            truncate(error, 500)
+            truncate(&redact_text(error), 500)
         );
         let steps = match rt.store.run(&rt.scope, run_id).await {
             Ok(Some(run)) => run.steps,
@@ -253,6 +344,9 @@ impl TenantState {
         let write = finished_write(run_id, steps, states::FAILED, &reason);
         if let Err(e) = rt.store.append_step(&rt.scope, write).await {
             error!(run.id = %run_id, error = %e, "Marking a run failed after its crashes failed.");
+        }
+        if let Err(e) = rt.store.clear_timers(&rt.scope, run_id).await {
+            error!(run.id = %run_id, error = %e, "Clearing a failed run's timers failed.");
         }
     }
 
@@ -318,7 +412,10 @@ impl Clients {
         let llm: Arc<dyn LlmProvider> = match settings.llm.provider.as_str() {
             "openai" => Arc::new(OpenAiCompatible::new(llm_settings, http.clone())),
             "anthropic" => Arc::new(Anthropic::new(llm_settings, http.clone())),
-            other => return Err(format!("unknown LLM provider `{other}`").into()),
+            other => init
+                .llm_providers
+                .build(other, llm_settings, http.clone())
+                .ok_or_else(|| format!("unknown LLM provider `{other}`"))?,
         };
         let sn = &settings.servicenow;
         let client_secret = secret_result(secret(secret_names::SERVICENOW_CLIENT_SECRET).await)?;

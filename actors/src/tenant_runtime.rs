@@ -1,6 +1,7 @@
 //! Everything a tenant's runs share: the store scope, settings, policy gate and adapter actors.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use steward_persistence::{Store, TenantScope};
 
@@ -19,6 +20,8 @@ pub struct TenantRuntime {
     /// Base URL of the ServiceNow instance, for links in messages.
     pub servicenow_url: String,
     connectors: RwLock<Connectors>,
+    /// Counts adapter replacements, so a caller whose adapter stopped can wait for the next.
+    replaced: tokio::sync::watch::Sender<u64>,
 }
 
 impl TenantRuntime {
@@ -43,6 +46,7 @@ impl TenantRuntime {
             retry,
             servicenow_url,
             connectors: RwLock::new(connectors),
+            replaced: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -60,6 +64,25 @@ impl TenantRuntime {
             .connectors
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = connectors;
+        self.replaced.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The adapter actors, once they are all running: when one has stopped (it failed and the
+    /// supervisor is starting a new set) this waits up to `patience` for the replacement, and
+    /// then gives what there is, so the call fails and the retry owner decides.
+    pub async fn live_connectors(&self, patience: Duration) -> Connectors {
+        let mut replaced = self.replaced.subscribe();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let current = self.connectors();
+            if current.all_running() {
+                return current;
+            }
+            match tokio::time::timeout_at(deadline, replaced.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return current,
+            }
+        }
     }
 
     /// A link to the incident in the ServiceNow UI.

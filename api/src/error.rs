@@ -29,6 +29,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// The request is valid but the resource's current state refuses it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -47,6 +50,7 @@ impl ApiError {
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use steward_actors::Steward;
 use steward_persistence::{MasterKey, Store};
 
+use crate::ops_auth::OpsAuth;
+
 /// Request limits.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
@@ -33,4 +35,6 @@ pub struct AppState {
     pub store: Store,
     pub master_key: Arc<MasterKey>,
     pub limits: ApiLimits,
+    /// The operator credential and the ops page's sessions.
+    pub ops: Arc<OpsAuth>,
 }

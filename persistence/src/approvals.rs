@@ -208,6 +208,9 @@ impl Store {
         }
         self.append_step_in(&mut tx, scope, step).await?;
         tx.commit().await?;
+        if !step.timers.is_empty() {
+            self.timers_changed();
+        }
         Ok(DecideOutcome::Decided(record))
     }
 

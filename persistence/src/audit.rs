@@ -162,7 +162,7 @@ impl ChainCursor {
 }
 
 #[derive(FromRow)]
-struct AuditRow {
+pub(crate) struct AuditRow {
     tenant_id: String,
     seq: i64,
     at: i64,

@@ -9,6 +9,7 @@ use steward_core::{IncidentRef, RunId, SourceName, TenantId};
 use crate::approvals::NewApproval;
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
 use crate::store::WriteTx;
+use crate::timers::NewTimer;
 use crate::{AuditDraft, Store, StoreError, TenantScope};
 
 /// The most runs one `list_runs` call returns.
@@ -61,6 +62,8 @@ pub struct StepWrite {
     pub audit: Vec<AuditDraft>,
     /// An approval request this step opens.
     pub new_approval: Option<NewApproval>,
+    /// Timers this step sets (or moves), so the wait it records always has its wake-up.
+    pub timers: Vec<NewTimer>,
 }
 
 #[derive(FromRow)]
@@ -79,8 +82,8 @@ pub(crate) struct RunRow {
     updated_at: i64,
 }
 
-const RUN_COLUMNS: &str = "tenant_id, id, source, delivery_id, incident_by, incident_value, \
-                           trigger_body, state, steps, last_error, created_at, updated_at";
+pub(crate) const RUN_COLUMNS: &str = "tenant_id, id, source, delivery_id, incident_by, \
+    incident_value, trigger_body, state, steps, last_error, created_at, updated_at";
 
 impl TryFrom<RunRow> for RunRecord {
     type Error = StoreError;
@@ -228,7 +231,8 @@ impl Store {
     }
 
     /// Appends a step in one transaction: journal row `expected_seq`, the run's new state,
-    /// step count, last error and update time, the approval it opens and its audit entries.
+    /// step count, last error and update time, the approval it opens, the timers it sets and
+    /// its audit entries.
     /// NotFound if the run is not the scope's tenant's; Conflict if the journal is not at
     /// `expected_seq` (another writer got there first) or the approval id exists.
     pub async fn append_step(
@@ -239,6 +243,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         self.append_step_in(&mut tx, scope, &step).await?;
         tx.commit().await?;
+        if !step.timers.is_empty() {
+            self.timers_changed();
+        }
         Ok(())
     }
 
@@ -322,6 +329,9 @@ impl Store {
         if let Some(approval) = &step.new_approval {
             self.insert_approval(tx, scope, step.run_id, approval)
                 .await?;
+        }
+        for timer in &step.timers {
+            self.set_timer_in(tx, scope, step.run_id, timer).await?;
         }
         for draft in &step.audit {
             self.append_audit_in(tx, scope, draft).await?;

@@ -17,6 +17,8 @@ pub enum Authenticator {
     Config,
     /// An operator command run on the host.
     Operator,
+    /// An operator who presented the operator token (or a session it opened) to the ops API.
+    OperatorToken,
 }
 
 /// Proof that a caller was authenticated for a tenant. Every store call for tenant data takes

@@ -63,6 +63,8 @@ struct Inner {
     writer: SqlitePool,
     reader: SqlitePool,
     clock: Arc<dyn Clock>,
+    /// Signalled when a timer is set, so the timer service notices one due before it expected.
+    timer_signal: tokio::sync::Notify,
 }
 
 impl Store {
@@ -105,6 +107,7 @@ impl Store {
             writer,
             reader,
             clock: opts.clock,
+            timer_signal: tokio::sync::Notify::new(),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -132,6 +135,11 @@ impl Store {
     /// Now, in Unix milliseconds, from the store's clock.
     pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now_millis()
+    }
+
+    /// The signal behind [`Store::timer_set`].
+    pub(crate) fn timer_signal(&self) -> &tokio::sync::Notify {
+        &self.inner.timer_signal
     }
 
     /// The reader pool. Its connections are `query_only`.

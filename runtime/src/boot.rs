@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use steward_actors::settings::{TenantSettings, secret_names};
 use steward_actors::{SingleNode, Steward, StewardOptions};
 use steward_adapters::http::HttpSettings;
-use steward_api::{ApiLimits, AppState};
+use steward_api::{ApiLimits, AppState, OpsAuth, OpsSettings};
 use steward_core::{Clock, SourceName, SystemClock, TenantId};
 use steward_persistence::{
     Authenticator, MasterKey, Store, StoreOptions, TenantRecord, TenantScope, WebhookSource,
@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub delivery_retention: Duration,
     pub clock: Arc<dyn Clock>,
     pub actors: StewardOptions,
+    /// The operator token for the ops API and page; None turns them off.
+    pub ops_token: Option<SecretString>,
 }
 
 impl ServeOptions {
@@ -57,6 +59,7 @@ impl ServeOptions {
             delivery_retention: Duration::from_secs(7 * 24 * 3600),
             clock: Arc::new(SystemClock),
             actors: StewardOptions::default(),
+            ops_token: None,
         }
     }
 }
@@ -103,6 +106,7 @@ pub fn install_crypto_provider() {
 /// Boots Steward.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     install_crypto_provider();
+    let ops = Arc::new(ops_auth(opts.ops_token.as_ref())?);
     let mut store_opts = StoreOptions::new(&opts.database);
     store_opts.synchronous_full = opts.synchronous_full;
     store_opts.clock = opts.clock.clone();
@@ -133,6 +137,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         store: store.clone(),
         master_key,
         limits: ApiLimits::default(),
+        ops,
     };
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -157,6 +162,19 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         task,
         purge,
     })
+}
+
+/// The operator credential; a token shorter than 24 characters is refused.
+fn ops_auth(token: Option<&SecretString>) -> anyhow::Result<OpsAuth> {
+    if let Some(t) = token
+        && secrecy::ExposeSecret::expose_secret(t).len() < steward_api::ops_auth::MIN_TOKEN_BYTES
+    {
+        bail!(
+            "the ops token must be at least {} characters",
+            steward_api::ops_auth::MIN_TOKEN_BYTES
+        );
+    }
+    Ok(OpsAuth::new(token, OpsSettings::default()))
 }
 
 /// Forgets delivery ids older than the retention window, hourly.

@@ -58,6 +58,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Runs across tenants, through a running server's ops API: list, inspect, retry, cancel.
+    Runs {
+        #[command(subcommand)]
+        command: Box<crate::runs_cli::RunsCommand>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { tenant, config },
         } => audit_verify(&tenant, config.as_deref()).await,
+        Command::Runs { command } => crate::runs_cli::run(*command).await,
     }
 }
 
@@ -140,6 +146,12 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
     let master_key = master_key(&config, base)?;
     let mut opts = ServeOptions::new(config.database.clone(), master_key);
+    opts.ops_token = config
+        .ops_token
+        .as_ref()
+        .map(|r| r.read(base))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     opts.listen = config.listen;
     opts.delivery_retention =
         Duration::from_secs(u64::from(config.delivery_retention_days) * 86_400);

@@ -93,6 +93,10 @@ pub struct FileConfig {
     /// Allow plain-HTTP connector URLs (never in production).
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// The operator token for the ops API and page (`/v1/ops/…`, `/ops`), at least 24
+    /// characters; only its SHA-256 is kept. Without one, the ops surface refuses everyone.
+    #[serde(default)]
+    pub ops_token: Option<SecretRef>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
 }
@@ -168,6 +172,22 @@ pub struct SlackConfig {
     pub approvers: Vec<String>,
     pub bot_token: SecretRef,
     pub signing_secret: SecretRef,
+    /// Seconds before a reminder in the request's thread (default 4 h; 0 for none).
+    #[serde(default)]
+    pub remind_after_secs: Option<u64>,
+    /// Seconds before the request is escalated (default 24 h; 0 for never).
+    #[serde(default)]
+    pub escalate_after_secs: Option<u64>,
+    /// Channel id an escalated request is posted to.
+    #[serde(default)]
+    pub escalation_channel: Option<String>,
+    /// Slack user ids who may also decide once the request is escalated.
+    #[serde(default)]
+    pub escalation_approvers: Vec<String>,
+    /// Seconds before the request expires and its run ends `expired` (default 72 h; 0 for
+    /// never).
+    #[serde(default)]
+    pub expire_after_secs: Option<u64>,
 }
 
 fn default_slack_api() -> String {
@@ -176,11 +196,27 @@ fn default_slack_api() -> String {
 
 impl SlackConfig {
     pub fn settings(&self) -> SlackSettings {
-        SlackSettings {
-            api_base: self.api_base.clone(),
-            approval_channel: self.approval_channel.clone(),
-            approvers: self.approvers.clone(),
+        let mut settings = SlackSettings::new(
+            self.api_base.clone(),
+            self.approval_channel.clone(),
+            self.approvers.clone(),
+        );
+        if let Some(secs) = self.remind_after_secs {
+            settings.remind_after_secs = secs;
         }
+        if let Some(secs) = self.escalate_after_secs {
+            settings.escalate_after_secs = secs;
+        }
+        if let Some(secs) = self.expire_after_secs {
+            settings.expire_after_secs = secs;
+        }
+        settings
+            .escalation_channel
+            .clone_from(&self.escalation_channel);
+        settings
+            .escalation_approvers
+            .clone_from(&self.escalation_approvers);
+        settings
     }
 }
 
@@ -241,7 +277,8 @@ impl FileConfig {
     }
 
     /// Applies `STEWARD_PROFILE`, `STEWARD_LISTEN`, `STEWARD_DATABASE`, `STEWARD_REGION`,
-    /// `STEWARD_MASTER_KEY` and `STEWARD_MASTER_KEY_FILE`.
+    /// `STEWARD_MASTER_KEY`, `STEWARD_MASTER_KEY_FILE`, `STEWARD_OPS_TOKEN` and
+    /// `STEWARD_OPS_TOKEN_FILE`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         if let Some(v) = var("STEWARD_PROFILE") {
             self.profile = v.parse()?;
@@ -260,6 +297,12 @@ impl FileConfig {
         }
         if let Some(v) = var("STEWARD_MASTER_KEY_FILE") {
             self.master_key = Some(SecretRef::File(PathBuf::from(v)));
+        }
+        if var("STEWARD_OPS_TOKEN").is_some() {
+            self.ops_token = Some(SecretRef::Env("STEWARD_OPS_TOKEN".into()));
+        }
+        if let Some(v) = var("STEWARD_OPS_TOKEN_FILE") {
+            self.ops_token = Some(SecretRef::File(PathBuf::from(v)));
         }
         Ok(())
     }
@@ -315,6 +358,30 @@ mod tests {
     }
 
     #[test]
+    fn approval_timing_defaults_unless_the_tenant_sets_it() {
+        let c: FileConfig = toml::from_str(SAMPLE).unwrap();
+        let defaults = c.tenants[0].slack.settings();
+        assert_eq!(defaults.remind_after_secs, 4 * 3600);
+        assert_eq!(defaults.expire_after_secs, 72 * 3600);
+        assert!(!defaults.escalates());
+
+        let custom = SAMPLE.replace(
+            "approvers = [\"U1\"],",
+            "approvers = [\"U1\"], remind_after_secs = 0, escalate_after_secs = 600, \
+             escalation_channel = \"C2\", escalation_approvers = [\"U9\"], \
+             expire_after_secs = 3600,",
+        );
+        let c: FileConfig = toml::from_str(&custom).unwrap();
+        let slack = c.tenants[0].slack.settings();
+        assert_eq!(slack.remind_after_secs, 0);
+        assert_eq!(slack.escalate_after_secs, 600);
+        assert_eq!(slack.escalation_channel.as_deref(), Some("C2"));
+        assert_eq!(slack.escalation_approvers, vec!["U9".to_owned()]);
+        assert_eq!(slack.expire_after_secs, 3600);
+        assert!(slack.escalates());
+    }
+
+    #[test]
     fn the_documented_example_config_parses() {
         let c: FileConfig =
             toml::from_str(include_str!("../../deploy/steward.example.toml")).unwrap();
@@ -332,6 +399,18 @@ mod tests {
         );
         c.profile = Profile::Production;
         assert!(c.check().unwrap_err().contains("master key"));
+    }
+
+    #[test]
+    fn the_ops_token_comes_from_the_file_or_the_environment() {
+        let c: FileConfig = toml::from_str("ops_token = { file = \"ops.token\" }").unwrap();
+        assert!(matches!(c.ops_token, Some(SecretRef::File(_))));
+        let mut c: FileConfig = toml::from_str("").unwrap();
+        assert!(c.ops_token.is_none());
+        c.apply_env(|k| (k == "STEWARD_OPS_TOKEN_FILE").then(|| "/run/ops".to_owned()))
+            .unwrap();
+        assert!(matches!(c.ops_token, Some(SecretRef::File(p)) if p == Path::new("/run/ops")));
+        assert!(toml::from_str::<FileConfig>("ops_token = \"inline-secret\"").is_err());
     }
 
     #[test]

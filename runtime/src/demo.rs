@@ -154,11 +154,11 @@ fn tenant(standins: &Standins, s: &StandinSettings, whsec: &str) -> anyhow::Resu
                 client_id: s.oauth_client_id.clone(),
                 username: Some(s.sn_username.clone()),
             },
-            slack: SlackSettings {
-                api_base: standins.slack_api_url(),
-                approval_channel: CHANNEL.into(),
-                approvers: vec![APPROVER.0.into()],
-            },
+            slack: SlackSettings::new(
+                standins.slack_api_url(),
+                CHANNEL.into(),
+                vec![APPROVER.0.into()],
+            ),
             llm: LlmConfig {
                 provider: "openai".into(),
                 base_url: standins.llm_base_url(),

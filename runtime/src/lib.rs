@@ -5,4 +5,5 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod runs_cli;
 pub mod standins;

@@ -1,1 +1,14 @@
-//! End-to-end tests of whole flows live in `tests/`; this library is empty.
+//! End-to-end tests of whole flows live in `tests/`; this library is their harness: Steward
+//! booted in-process on loopback with a fresh SQLite file, and stateful mocks of ServiceNow,
+//! Slack and an OpenAI-compatible LLM speaking the real wire formats.
+
+pub mod fixtures;
+pub mod harness;
+pub mod llm;
+pub mod servicenow;
+pub mod slack;
+pub mod webhook;
+
+pub use harness::{Harness, PATIENCE, Reply, SOURCE, Scenario, TenantFixture, eventually};
+pub use slack::{APPROVER, OUTSIDER, Person, PostedMessage};
+pub use webhook::Delivery;

@@ -86,6 +86,8 @@ pub enum Outcome<'a> {
     Expired,
     /// The write failed.
     Failed { reason: &'a str },
+    /// An operator ended the run; `reason` names them and why.
+    Cancelled { reason: &'a str },
 }
 
 /// The approval request: fallback text for notifications and the blocks with Approve and Reject
@@ -326,6 +328,10 @@ fn outcome_line(outcome: &Outcome<'_>) -> String {
         Outcome::Failed { reason } => {
             format!("Failed: {}.", truncate(&line_text(reason), REASON_MAX))
         }
+        Outcome::Cancelled { reason } => format!(
+            "Cancelled: {}. Nothing was written.",
+            truncate(&line_text(reason), REASON_MAX)
+        ),
     }
 }
 
@@ -337,6 +343,7 @@ fn outcome_status(outcome: &Outcome<'_>) -> &'static str {
         Outcome::Stale { .. } => "not written, the incident changed",
         Outcome::Expired => "approval expired",
         Outcome::Failed { .. } => "failed",
+        Outcome::Cancelled { .. } => "cancelled",
     }
 }
 
@@ -725,6 +732,9 @@ mod tests {
             Outcome::Expired,
             Outcome::Failed {
                 reason: "ServiceNow answered 403",
+            },
+            Outcome::Cancelled {
+                reason: "cancelled by operator:ana: duplicate of INC0010002",
             },
         ];
         let mut lines = std::collections::HashSet::new();

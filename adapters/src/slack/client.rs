@@ -133,6 +133,23 @@ impl SlackClient {
         })
     }
 
+    /// Posts a reply in the thread of the message `thread_ts` (`chat.postMessage` with
+    /// `thread_ts`), such as a reminder under an approval request. The reply stays in the
+    /// thread; it is not broadcast to the channel.
+    pub async fn post_in_thread(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+    ) -> Result<PostedMessage, SlackError> {
+        let args = json!({ "channel": channel, "thread_ts": thread_ts, "text": text });
+        let answer = self.call("chat.postMessage", &args).await?;
+        Ok(PostedMessage {
+            channel: answer_str(&answer, "channel")?,
+            ts: answer_str(&answer, "ts")?,
+        })
+    }
+
     /// Replaces a message (`chat.update`). A `null` `blocks` leaves the message's blocks as
     /// they are; an empty array removes them.
     pub async fn update_message(
@@ -359,6 +376,45 @@ mod tests {
             sent,
             json!({"channel":"C1H9RESGL","text":"fallback","blocks":blocks})
         );
+    }
+
+    #[tokio::test]
+    async fn a_thread_reply_names_the_parent_message_and_returns_its_own_ts() {
+        let answer = json!({"ok":true,"channel":"C1","ts":"1503435957.000100",
+            "message":{"type":"message","text":"Reminder","thread_ts":"1503435956.000247",
+              "ts":"1503435957.000100"}});
+        let server = server_with("chat.postMessage", ok_json(answer)).await;
+        let posted = client(&server)
+            .post_in_thread("C1", "1503435956.000247", "Reminder")
+            .await
+            .expect("posted");
+        assert_eq!(posted.ts, "1503435957.000100");
+        let sent: Value =
+            serde_json::from_slice(&only_request(&server).await.body).expect("json body");
+        assert_eq!(
+            sent,
+            json!({"channel":"C1","thread_ts":"1503435956.000247","text":"Reminder"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_thread_reply_refused_by_slack_is_an_api_error() {
+        let server = server_with(
+            "chat.postMessage",
+            ok_json(json!({"ok":false,"error":"thread_not_found"})),
+        )
+        .await;
+        let err = client(&server)
+            .post_in_thread("C1", "0.0", "Reminder")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            SlackError::Api {
+                code: "thread_not_found".into()
+            }
+        );
+        assert!(!err.is_retryable());
     }
 
     #[tokio::test]

@@ -144,6 +144,7 @@ pub(crate) fn step(run: RunId, seq: u32, state: &str) -> StepWrite {
         last_error: None,
         audit: vec![audit(&format!("run.{state}"), Some(run))],
         new_approval: None,
+        timers: vec![],
     }
 }
 

@@ -1,0 +1,585 @@
+//! One Steward, booted in-process on loopback with a fresh SQLite file, two tenants, and mock
+//! ServiceNow, Slack and LLM servers; plus the calls a test makes against it over real HTTP.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+use steward_actors::retry::RetryPolicy;
+use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings, TenantSettings};
+use steward_actors::{secret_names, states};
+use steward_adapters::http::HttpSettings;
+use steward_adapters::slack::sign_slack;
+use steward_adapters::webhook::WebhookSecret;
+use steward_core::{Clock, RunId, SourceName, SystemClock, TenantId};
+use steward_persistence::{
+    AuditEntry, Authenticator, MasterKey, RunRecord, StepRecord, TenantScope, WebhookSource,
+    generate_api_token,
+};
+use steward_runtime::boot::{self, ServeOptions, Server, TenantSpec};
+use tempfile::TempDir;
+use wiremock::ResponseTemplate;
+
+use crate::fixtures;
+use crate::llm::{self, LlmMock};
+use crate::servicenow::{self, ServiceNowMock};
+use crate::slack::{self, APPROVER, Person, PostedMessage, SlackMock};
+use crate::webhook::{self, Delivery};
+
+/// The webhook source every tenant declares.
+pub const SOURCE: &str = "servicenow";
+
+/// How long a test waits for something that should happen in milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// One tenant's identity and the secrets the harness holds for it.
+#[derive(Debug, Clone)]
+pub struct TenantFixture {
+    /// The tenant id.
+    pub id: TenantId,
+    /// The `whsec_` secret of its `servicenow` source.
+    pub whsec: String,
+    /// Its Slack app's signing secret.
+    pub signing_secret: String,
+    /// Its API token (scopes `runs:read` and `runs:write`).
+    pub api_token: String,
+    /// Its approval channel.
+    pub channel: String,
+}
+
+impl TenantFixture {
+    fn new(id: &str, channel: &str) -> Self {
+        Self {
+            id: TenantId::parse(id).expect("a valid tenant id"),
+            whsec: WebhookSecret::generate(),
+            signing_secret: format!("e2e-signing-secret-{id}"),
+            api_token: secrecy::ExposeSecret::expose_secret(&generate_api_token()).to_owned(),
+            channel: channel.to_owned(),
+        }
+    }
+
+    /// The store scope of this tenant, as an operator.
+    pub fn scope(&self) -> TenantScope {
+        TenantScope::assume(self.id.clone(), Authenticator::Operator)
+    }
+}
+
+/// What a scenario starts from: the incident, what the model answers, and the clock.
+pub struct Scenario {
+    incident: Map<String, Value>,
+    llm_answer: ResponseTemplate,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            incident: fixtures::incident(),
+            llm_answer: llm::answering(&fixtures::triage().to_string()),
+            clock: None,
+        }
+    }
+}
+
+impl Scenario {
+    /// The default incident, and a model that answers with [`fixtures::triage`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The model answers with `proposal` as its JSON content.
+    pub fn proposing(mut self, proposal: Value) -> Self {
+        self.llm_answer = llm::answering(&proposal.to_string());
+        self
+    }
+
+    /// The model answers with exactly `content`, valid or not.
+    pub fn model_answers(mut self, content: &str) -> Self {
+        self.llm_answer = llm::answering(content);
+        self
+    }
+
+    /// The provider answers every request with `answer` (an error, say).
+    pub fn provider_answers(mut self, answer: ResponseTemplate) -> Self {
+        self.llm_answer = answer;
+        self
+    }
+
+    /// The incident's `field` holds `value`.
+    pub fn incident_field(mut self, field: &str, value: &str) -> Self {
+        self.incident
+            .insert(field.into(), Value::String(value.into()));
+        self
+    }
+
+    /// Steward reads time from `clock` instead of the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Starts the mocks and Steward.
+    pub async fn start(self) -> Harness {
+        let servicenow = ServiceNowMock::start(self.incident).await;
+        let slack = SlackMock::start().await;
+        let llm = LlmMock::start(self.llm_answer).await;
+        let mut harness = Harness {
+            servicenow,
+            slack,
+            llm,
+            tenant: TenantFixture::new("us-acme", "C0ACMEAPPR1"),
+            other: TenantFixture::new("eu-globex", "C0GLOBEXAP2"),
+            server: None,
+            dir: tempfile::tempdir().expect("a temporary folder"),
+            key: MasterKey::generate(),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            http: http_client(),
+        };
+        harness.boot().await;
+        harness
+    }
+}
+
+/// An HTTP answer from Steward.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The body as JSON, or `Null` when it is not JSON.
+    pub body: Value,
+    /// The body as text.
+    pub text: String,
+    /// How long the request took, sending to last byte.
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    /// The `run_id` the body names; panics when it names none.
+    pub fn run_id(&self) -> RunId {
+        let id = self.body["run_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the answer names no run: {} {}", self.status, self.text));
+        RunId::parse(id).expect("a run id")
+    }
+
+    /// The stable `error` code of an error body.
+    pub fn error_code(&self) -> &str {
+        self.body["error"].as_str().unwrap_or_default()
+    }
+
+    /// The `message` of an error body.
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or_default()
+    }
+}
+
+/// A running Steward and the outside world it talks to.
+pub struct Harness {
+    /// The ServiceNow instance.
+    pub servicenow: ServiceNowMock,
+    /// The Slack Web API.
+    pub slack: SlackMock,
+    /// The LLM provider.
+    pub llm: LlmMock,
+    /// The tenant every scenario is about.
+    pub tenant: TenantFixture,
+    /// A second tenant on the same Steward, for isolation checks.
+    pub other: TenantFixture,
+    server: Option<Server>,
+    dir: TempDir,
+    key: MasterKey,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn boot(&mut self) {
+        let mut opts = ServeOptions::new(self.dir.path().join("steward.db"), self.key.clone());
+        opts.http = HttpSettings {
+            https_only: false,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+        };
+        opts.clock = Arc::clone(&self.clock);
+        opts.actors.retry = RetryPolicy {
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(40),
+            max_wait: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        };
+        opts.tenants = vec![self.spec(&self.tenant), self.spec(&self.other)];
+        self.server = Some(boot::start(opts).await.expect("Steward boots"));
+    }
+
+    fn spec(&self, t: &TenantFixture) -> TenantSpec {
+        let secret = |v: &str| SecretString::from(v.to_owned());
+        TenantSpec {
+            id: t.id.clone(),
+            name: format!("{} (end-to-end)", t.id),
+            settings: TenantSettings {
+                servicenow: ServiceNowSettings {
+                    instance_url: self.servicenow.uri(),
+                    grant: "password".into(),
+                    client_id: servicenow::CLIENT_ID.into(),
+                    username: Some(servicenow::USERNAME.into()),
+                },
+                slack: SlackSettings::new(
+                    self.slack.api_base(),
+                    t.channel.clone(),
+                    vec![APPROVER.id.into()],
+                ),
+                llm: LlmConfig {
+                    provider: "openai".into(),
+                    base_url: self.llm.base_url(),
+                    model: llm::MODEL.into(),
+                    temperature: 0.0,
+                    max_tokens: 1024,
+                },
+                policy: None,
+            },
+            secrets: vec![
+                (
+                    secret_names::SERVICENOW_CLIENT_SECRET.into(),
+                    secret(servicenow::CLIENT_SECRET),
+                ),
+                (
+                    secret_names::SERVICENOW_PASSWORD.into(),
+                    secret(servicenow::PASSWORD),
+                ),
+                (
+                    secret_names::SLACK_BOT_TOKEN.into(),
+                    secret(slack::BOT_TOKEN),
+                ),
+                (
+                    secret_names::SLACK_SIGNING_SECRET.into(),
+                    secret(&t.signing_secret),
+                ),
+                (secret_names::LLM_API_KEY.into(), secret(llm::API_KEY)),
+            ],
+            sources: vec![(
+                WebhookSource {
+                    name: SourceName::parse(SOURCE).expect("a valid source name"),
+                    scheme: "standard-webhooks".into(),
+                    secret_name: secret_names::webhook_source(SOURCE),
+                    sys_id_pointers: vec!["/incident/sys_id".into()],
+                    number_pointers: vec!["/incident/number".into()],
+                },
+                secret(&t.whsec),
+            )],
+            api_token: Some(secret(&t.api_token)),
+        }
+    }
+
+    /// The running server; panics between a shutdown and the next boot.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("Steward is running")
+    }
+
+    /// Steward's base URL.
+    pub fn url(&self) -> String {
+        self.server().url()
+    }
+
+    /// Stops Steward and boots it again on the same database file and master key.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        self.boot().await;
+    }
+
+    /// Steward's clock, in Unix seconds.
+    pub fn now_secs(&self) -> i64 {
+        self.clock.now_secs()
+    }
+
+    /// The webhook body announcing the scenario's incident.
+    pub fn incident_event(&self) -> Vec<u8> {
+        webhook::incident_event(
+            fixtures::SYS_ID,
+            fixtures::NUMBER,
+            "Checkout fails with HTTP 502",
+        )
+    }
+
+    /// A new delivery of `body` for the main tenant, signed now.
+    pub fn delivery(&self, body: Vec<u8>) -> Delivery {
+        Delivery::new(&self.tenant.whsec, self.now_secs(), body)
+    }
+
+    /// The same delivery id and body as `first`, signed again now, as a sender's retry is.
+    pub fn redelivery(&self, first: &Delivery) -> Delivery {
+        Delivery::signed(
+            &self.tenant.whsec,
+            &first.id,
+            self.now_secs(),
+            first.body.clone(),
+        )
+    }
+
+    /// Posts `delivery` to the main tenant's `servicenow` source.
+    pub async fn send(&self, delivery: &Delivery) -> Reply {
+        self.send_to(self.tenant.id.as_str(), SOURCE, delivery)
+            .await
+    }
+
+    /// Posts `delivery` to the main tenant's source over a connection of its own.
+    pub async fn send_fresh(&self, delivery: &Delivery) -> Reply {
+        let own = http_client();
+        let url = self.webhook_url(self.tenant.id.as_str(), SOURCE);
+        send(webhook_request(&own, &url, delivery)).await
+    }
+
+    /// Posts `delivery` to `/v1/webhooks/{tenant}/{source}`.
+    pub async fn send_to(&self, tenant: &str, source: &str, delivery: &Delivery) -> Reply {
+        let url = self.webhook_url(tenant, source);
+        send(webhook_request(&self.http, &url, delivery)).await
+    }
+
+    fn webhook_url(&self, tenant: &str, source: &str) -> String {
+        format!("{}/v1/webhooks/{tenant}/{source}", self.url())
+    }
+
+    /// Sends the incident webhook and returns the run it started; panics unless it is `202`.
+    pub async fn trigger(&self) -> RunId {
+        let reply = self.send(&self.delivery(self.incident_event())).await;
+        assert_eq!(reply.status, 202, "the webhook was refused: {}", reply.text);
+        reply.run_id()
+    }
+
+    /// The main tenant's run, if it exists.
+    pub async fn run(&self, id: RunId) -> Option<RunRecord> {
+        self.server()
+            .store
+            .run(&self.tenant.scope(), id)
+            .await
+            .expect("the store answers")
+    }
+
+    /// The main tenant's runs, newest first.
+    pub async fn runs(&self) -> Vec<RunRecord> {
+        self.server()
+            .store
+            .list_runs(&self.tenant.scope(), 200, None)
+            .await
+            .expect("the store answers")
+    }
+
+    /// The journal of the main tenant's run.
+    pub async fn steps(&self, id: RunId) -> Vec<StepRecord> {
+        self.server()
+            .store
+            .steps(&self.tenant.scope(), id)
+            .await
+            .expect("the store answers")
+    }
+
+    /// The journal step of `kind`; panics if the run has none.
+    pub async fn step(&self, id: RunId, kind: &str) -> Value {
+        self.steps(id)
+            .await
+            .into_iter()
+            .find(|s| s.kind == kind)
+            .unwrap_or_else(|| panic!("run {id} has no {kind} step"))
+            .body
+    }
+
+    /// The main tenant's whole audit chain.
+    pub async fn audit(&self) -> Vec<AuditEntry> {
+        self.server()
+            .store
+            .audit_entries(&self.tenant.scope(), 0, 1000)
+            .await
+            .expect("the store answers")
+    }
+
+    /// Waits until the run is in `state`.
+    pub async fn wait_for_state(&self, id: RunId, state: &str) -> RunRecord {
+        eventually(&format!("run {id} to be {state}"), || async {
+            self.run(id).await.filter(|r| r.state == state)
+        })
+        .await
+    }
+
+    /// Waits until the run has ended, and returns it.
+    pub async fn finished(&self, id: RunId) -> RunRecord {
+        eventually(&format!("run {id} to end"), || async {
+            self.run(id).await.filter(|r| states::is_terminal(&r.state))
+        })
+        .await
+    }
+
+    /// Waits for the first approval request posted to Slack.
+    pub async fn approval_request(&self) -> PostedMessage {
+        eventually("an approval request in Slack", || async {
+            self.slack.posted().into_iter().next()
+        })
+        .await
+    }
+
+    /// Waits until the run waits for a person, and returns the approval request it posted: the
+    /// moment a person would see the message and could click.
+    pub async fn awaiting_approval(&self, run: RunId) -> PostedMessage {
+        self.wait_for_state(run, states::AWAITING_APPROVAL).await;
+        let named = format!("Run {run}");
+        self.slack
+            .posted()
+            .into_iter()
+            .find(|m| m.blocks.to_string().contains(&named))
+            .unwrap_or_else(|| panic!("no approval request in Slack names run {run}"))
+    }
+
+    /// `who` clicks the button `action_id` of `message`: a signed `block_actions` callback for
+    /// the main tenant, timestamped now.
+    pub async fn click(&self, message: &PostedMessage, action_id: &str, who: Person) -> Reply {
+        let payload = slack::block_actions(message, action_id, who, &self.slack.response_url());
+        let body = slack::form_body(&payload);
+        let now = self.now_secs();
+        let signature = sign_slack(&self.tenant.signing_secret, now, &body);
+        self.slack_callback(self.tenant.id.as_str(), body, &now.to_string(), &signature)
+            .await
+    }
+
+    /// Posts a Slack interaction callback with the given headers.
+    pub async fn slack_callback(
+        &self,
+        tenant: &str,
+        body: Vec<u8>,
+        timestamp: &str,
+        signature: &str,
+    ) -> Reply {
+        let request = self
+            .http
+            .post(format!("{}/v1/slack/interactions/{tenant}", self.url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", timestamp)
+            .header("x-slack-signature", signature)
+            .body(body);
+        send(request).await
+    }
+
+    /// `GET {path}` on Steward, with `token` as the bearer token if given.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = self.http.get(format!("{}{path}", self.url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        send(request).await
+    }
+
+    /// `POST {path}` on Steward with a JSON body, with `token` as the bearer token if given.
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.url()))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        send(request).await
+    }
+
+    /// Posts `body` to `path` in HTTP/1.1 chunks with no `Content-Length`, the way a client
+    /// that does not say how much it will send does, and returns the status Steward answers.
+    /// The closing chunk is never sent: the body's size alone must decide the answer.
+    pub async fn post_chunked(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.server().addr)
+            .await
+            .expect("Steward accepts connections");
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ntransfer-encoding: chunked\r\n",
+            self.server().addr
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        for chunk in body.chunks(16 * 1024) {
+            bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            bytes.extend_from_slice(chunk);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&bytes).await.expect("the request is sent");
+        let mut head = [0u8; 12];
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut head))
+            .await
+            .expect("Steward answers before the body ends")
+            .expect("the answer is readable");
+        let line = String::from_utf8_lossy(&head);
+        line.strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP/1.1 status line: {line:?}"))
+    }
+
+    /// Stops Steward.
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// A client that never goes through a proxy: everything it calls is on loopback.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client")
+}
+
+fn webhook_request(
+    http: &reqwest::Client,
+    url: &str,
+    delivery: &Delivery,
+) -> reqwest::RequestBuilder {
+    // Raw bytes, so that a test can send header values no well-behaved sender would.
+    let raw = |v: &str| {
+        reqwest::header::HeaderValue::from_bytes(v.as_bytes())
+            .expect("a header value without line breaks")
+    };
+    http.post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", raw(&delivery.id))
+        .header("webhook-timestamp", raw(&delivery.timestamp))
+        .header("webhook-signature", raw(&delivery.signature))
+        .body(delivery.body.clone())
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let started = Instant::now();
+    let response = request.send().await.expect("Steward answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("Steward's answer is readable");
+    Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Polls `check` every 10 ms until it yields a value; panics after [`PATIENCE`], naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
