@@ -68,6 +68,9 @@ pub enum RootMsg {
     Tenant(TenantId, RpcReplyPort<Result<ActorRef<TenantMsg>, String>>),
     /// The live tenant supervisors, and the tenants whose supervisor failed.
     Tenants(RpcReplyPort<(Vec<ActorRef<TenantMsg>>, TenantFailures)>),
+    /// Forgets the tenant's supervisor, if one runs, so its next use starts a new one with
+    /// the stored settings; answers with the forgotten supervisor for the caller to stop.
+    Reload(TenantId, RpcReplyPort<Option<ActorRef<TenantMsg>>>),
 }
 
 struct Root;
@@ -115,6 +118,9 @@ impl Actor for Root {
             RootMsg::Tenants(reply) => {
                 let live = state.tenants.values().cloned().collect();
                 let _ = reply.send((live, state.failures.clone()));
+            }
+            RootMsg::Reload(tenant, reply) => {
+                let _ = reply.send(state.tenants.remove(&tenant));
             }
         }
         Ok(())
@@ -239,6 +245,42 @@ impl Steward {
             Ok(_) => Err("the tenant supervisor did not answer in time".into()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Makes the tenant start again from its stored settings: stops its supervisor, if one
+    /// runs, with its run and adapter actors, then wakes the tenant's unfinished runs that do
+    /// not wait, which resume from their journals under the new settings. Returns whether a
+    /// supervisor was running.
+    pub async fn reload_tenant(&self, tenant: &TenantId) -> Result<bool, String> {
+        let running = match self
+            .root
+            .call(|r| RootMsg::Reload(tenant.clone(), r), Some(ASK_TIMEOUT))
+            .await
+        {
+            Ok(CallResult::Success(running)) => running,
+            Ok(_) => return Err("the root did not answer in time".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let Some(sup) = running else {
+            return Ok(false);
+        };
+        info!(%tenant, "Tenant settings changed; its supervisor restarts.");
+        let reason = Some("tenant settings changed".to_owned());
+        sup.stop_children_and_wait(reason.clone(), Some(ASK_TIMEOUT))
+            .await;
+        let _ = sup.stop_and_wait(reason, Some(ASK_TIMEOUT)).await;
+        let runs = self
+            .store
+            .unfinished_runs(states::TERMINAL)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (owner, run_id, state) in runs {
+            let waiting = state == states::AWAITING_APPROVAL || state == states::PARKED;
+            if &owner == tenant && !waiting {
+                self.wake(tenant, run_id).await;
+            }
+        }
+        Ok(true)
     }
 
     /// Starts or wakes a run's actor. If the tenant cannot start (a missing secret, say), the

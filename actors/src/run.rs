@@ -682,6 +682,9 @@ impl RunActorState {
         if let Some((channel, ts)) = self.run.escalation_message.clone() {
             self.update_message(state, reason, &channel, &ts).await;
         }
+        if state == states::FAILED {
+            warn!(%reason, "A run failed.");
+        }
         let step = self.finished_step(state, reason);
         self.record(step, Some(reason)).await
     }

@@ -11,13 +11,16 @@ mod ops_page;
 mod runs;
 mod slack;
 pub mod state;
+pub mod tenancy;
+mod tenancy_check;
 mod webhooks;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 
 pub use ops_auth::{OpsAuth, OpsSettings};
 pub use state::{ApiLimits, AppState};
+pub use tenancy::TenancySettings;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
@@ -33,6 +36,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ops/runs/{id}", get(ops::run))
         .route("/v1/ops/runs/{id}/retry", post(ops::retry))
         .route("/v1/ops/runs/{id}/cancel", post(ops::cancel))
+        .route(
+            "/v1/tenants",
+            post(tenancy::create_tenant).get(tenancy::list_tenants),
+        )
+        .route("/v1/tenants/{id}", delete(tenancy::delete_tenant))
+        .route("/v1/tenants/{id}/export", get(tenancy::export))
+        .route(
+            "/v1/tenant/connectors/servicenow",
+            put(tenancy::put_servicenow),
+        )
+        .route("/v1/tenant/connectors/slack", put(tenancy::put_slack))
+        .route("/v1/tenant/connectors/llm", put(tenancy::put_llm))
+        .route("/v1/tenant/policy", put(tenancy::put_policy))
+        .route("/v1/tenant/sources", post(tenancy::create_source))
+        .route("/v1/tenant/secrets/{name}", put(tenancy::put_secret))
+        .route(
+            "/v1/tenant/tokens",
+            post(tenancy::create_token).get(tenancy::list_tokens),
+        )
+        .route("/v1/tenant/tokens/{id}", delete(tenancy::revoke_token))
+        .route("/v1/tenant/check", post(tenancy::check))
         .route("/ops", get(ops_page::page))
         .route("/ops/login", post(ops_page::login))
         .route("/ops/logout", post(ops_page::logout))

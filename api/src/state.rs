@@ -6,6 +6,7 @@ use steward_actors::Steward;
 use steward_persistence::{MasterKey, Store};
 
 use crate::ops_auth::OpsAuth;
+use crate::tenancy::TenancySettings;
 
 /// Request limits.
 #[derive(Debug, Clone)]
@@ -37,4 +38,6 @@ pub struct AppState {
     pub limits: ApiLimits,
     /// The operator credential and the ops page's sessions.
     pub ops: Arc<OpsAuth>,
+    /// The deployment's region and its peers, for onboarding.
+    pub tenancy: Arc<TenancySettings>,
 }

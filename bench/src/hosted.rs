@@ -29,10 +29,12 @@ impl Hosted {
             .enable_all()
             .build()
             .context("building the server runtime")?;
-        let server = runtime
-            .spawn(boot::start(opts))
+        // The boot future is built and driven on a thread of its own inside the server's
+        // runtime, so it never has to move between threads.
+        let handle = runtime.handle().clone();
+        let server = tokio::task::spawn_blocking(move || handle.block_on(boot::start(opts)))
             .await
-            .context("the boot task panicked")??;
+            .context("the boot thread panicked")??;
         Ok(Self {
             addr: server.addr,
             store: server.store.clone(),
@@ -77,7 +79,8 @@ impl Hosted {
     /// Stops accepting, finishes in-flight requests, stops the actor system and the runtime.
     pub(crate) async fn stop(mut self) {
         if let (Some(runtime), Some(server)) = (self.runtime.as_ref(), self.server.take()) {
-            let _ = runtime.spawn(server.shutdown()).await;
+            let handle = runtime.handle().clone();
+            let _ = tokio::task::spawn_blocking(move || handle.block_on(server.shutdown())).await;
         }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();

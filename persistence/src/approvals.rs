@@ -108,7 +108,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         codec::check_text(channel, "slack channel", 64)?;
         codec::check_text(ts, "slack message ts", 64)?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let done = sqlx::query(
             "UPDATE approvals SET channel = $1, message_ts = $2 WHERE tenant_id = $3 AND id = $4",
         )
@@ -131,10 +131,11 @@ impl Store {
         scope: &TenantScope,
         id: ApprovalId,
     ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         let row: Option<ApprovalRow> = sqlx::query_as(APPROVAL_SELECT)
             .bind(scope.id())
             .bind(id.to_string())
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *tx)
             .await?;
         row.map(ApprovalRecord::try_from).transpose()
     }
@@ -180,7 +181,7 @@ impl Store {
         by: Option<&str>,
         step: &StepWrite,
     ) -> Result<DecideOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let done = sqlx::query(
             "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3 \
              WHERE tenant_id = $4 AND id = $5 AND status = 'pending'",

@@ -254,6 +254,7 @@ impl Store {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         Ok(sqlx::query_as(
             "SELECT tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash FROM audit_log \
              WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -261,7 +262,7 @@ impl Store {
         .bind(scope.id())
         .bind(codec::to_i64(after_seq, "after_seq")?)
         .bind(i64::from(limit.min(PAGE)))
-        .fetch_all(self.reader())
+        .fetch_all(&mut *tx)
         .await?)
     }
 
@@ -275,6 +276,7 @@ impl Store {
         codec::check_text(&draft.kind, "audit kind", 128)?;
         codec::check_text(&draft.actor, "audit actor", 256)?;
         let body = codec::json_text(&draft.body, "audit body", MAX_DOCUMENT_BYTES)?;
+        self.lock_chain(tx, scope).await?;
         let head: Option<(i64, String)> = sqlx::query_as(
             "SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
         )
@@ -300,6 +302,21 @@ impl Store {
         entry.hash = entry_hash(&entry);
         insert_entry(tx, &entry).await?;
         Ok(entry.seq)
+    }
+}
+
+impl Store {
+    /// Serializes appends to the scope's tenant's chain until `tx` ends. SQLite's single
+    /// writer already does; on PostgreSQL the tenant's row is locked, so two transactions
+    /// never read the same head.
+    async fn lock_chain(&self, tx: &mut WriteTx, scope: &TenantScope) -> Result<(), StoreError> {
+        if self.is_postgres() {
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(scope.id())
+                .fetch_optional(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 }
 

@@ -129,7 +129,7 @@ impl Store {
         crash: NewCrash,
     ) -> Result<u32, StoreError> {
         let columns = CrashColumns::of(&crash);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let exists: Option<i64> =
             sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
                 .bind(scope.id())
@@ -173,13 +173,14 @@ impl Store {
         scope: &TenantScope,
         run: RunId,
     ) -> Result<Vec<CrashRecord>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         let rows: Vec<CrashRow> = sqlx::query_as(
             "SELECT run_id, seq, at, attempt, journal_offset, step, message, error, state \
              FROM run_crashes WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq",
         )
         .bind(scope.id())
         .bind(run.to_string())
-        .fetch_all(self.reader())
+        .fetch_all(&mut *tx)
         .await?;
         rows.into_iter().map(CrashRecord::try_from).collect()
     }

@@ -110,7 +110,7 @@ impl Store {
             ));
         }
         let cutoff = self.now().saturating_sub(older_than_millis);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_platform_write().await?;
         let done = sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
             .bind(cutoff)
             .execute(&mut *tx)

@@ -1,6 +1,52 @@
 //! Steward's durable state: tenants, runs and their journals, approvals, webhook deliveries, API
-//! tokens, the secret vault and the per-tenant audit chain, kept in SQLite (WAL) behind one
-//! writer. Every call for tenant data takes a [`TenantScope`] and filters by its tenant.
+//! tokens, the secret vault and the per-tenant audit chain. Every call for tenant data takes a
+//! [`TenantScope`] and filters by its tenant.
+//!
+//! # Two backends, one code path
+//!
+//! The store runs on SQLite ([`Store::open`], the embedded default) or PostgreSQL
+//! ([`Store::open_postgres`], production). Both go through sqlx's `Any` driver, so every query
+//! is written once: the SQL is portable (`$n` placeholders, `ON CONFLICT`, BIGINT millis, TEXT
+//! JSON, blobs as `BLOB`/`BYTEA`), and the few statements that must differ (taking the write
+//! lock, setting the tenant, `FOR UPDATE`) are chosen in one place by [`Backend`]. Two copies of
+//! every query, or a generic layer over both drivers, would let the backends drift apart; the
+//! conformance suite in `tests/store` runs every test body against both.
+//!
+//! - **SQLite** keeps one writer connection, and every write transaction starts with
+//!   `BEGIN IMMEDIATE`, so a read-then-write never fails upgrading its lock. Reads use a
+//!   separate `query_only` pool. Pragmas (WAL, foreign keys, busy timeout, synchronous) are set
+//!   on each new connection.
+//! - **PostgreSQL** uses one ordinary pool. Concurrent writers are ordered by the database:
+//!   journal and approval writes by their keys and compare-and-set, audit appends by a lock
+//!   on the tenant's row, timer claims by `FOR UPDATE SKIP LOCKED`.
+//!
+//! # Row-level security (PostgreSQL)
+//!
+//! The tenant predicate of every query is the first wall; row-level security is the second.
+//! Migrations (`migrations/postgres`) run as an owner role; the service pool connects as
+//! `steward_service`, which owns no table, holds only DML grants, is `NOSUPERUSER
+//! NOBYPASSRLS`, and may not update or delete audit rows. Every tenant table has row-level
+//! security enabled and forced, with the policy `tenant_id = current_setting('steward.tenant',
+//! true)`. Each transaction names its tenant with `SELECT set_config('steward.tenant', $1,
+//! true)` before its statements for that tenant (and again before a group for another), so a
+//! query that forgot its predicate still sees only that tenant, and one that runs with no
+//! tenant set sees nothing. [`POSTGRES_ROLES`] creates the roles.
+//!
+//! Platform-level calls (boot's unfinished runs, due timers, the delivery purge, token lookup
+//! by hash, a run's tenant, the ops listings, the master key check) switch their transaction
+//! to `steward_platform` with `SET LOCAL ROLE`. That role cannot log in and is granted only
+//! what those calls read (plus claiming timers and deleting old deliveries), through policies
+//! that admit every tenant's rows. `steward_service` is a `NOINHERIT` member, so it holds none
+//! of those rights until a transaction asks, and the switch ends with the transaction.
+//!
+//! The trade-off: the platform path is a role switch the service can always make, not a
+//! separate credential, so it guards against a query that forgot its tenant, not against SQL
+//! run by an attacker who controls the service connection. A second login role with its own
+//! pool would not change that while one process holds both credentials, and would double the
+//! connections. `SECURITY DEFINER` functions would narrow the platform path to fixed
+//! statements, at the price of writing each platform query as PL/pgSQL outside the shared
+//! query path. Plain `set_config` of a platform flag was ruled out: it would be a setting,
+//! not a grant, and every table's policy would have to trust it.
 //!
 //! This crate knows nothing of HTTP, Slack or ServiceNow: it stores what the layers above decide.
 
@@ -18,6 +64,7 @@ mod scope;
 mod snapshots;
 mod sources;
 mod store;
+mod tenancy;
 mod tenants;
 mod timers;
 mod tokens;
@@ -35,7 +82,8 @@ pub use redact::{REDACTED, is_secret_key, redact_json, redact_text};
 pub use runs::{RunRecord, StepRecord, StepWrite};
 pub use scope::{Authenticator, TenantScope};
 pub use sources::WebhookSource;
-pub use store::{Store, StoreOptions};
+pub use store::{Backend, POSTGRES_ROLES, PgOptions, Store, StoreOptions};
+pub use tenancy::{Checkpoint, NewToken, TenantSummary, TokenInfo};
 pub use tenants::TenantRecord;
 pub use timers::{CLAIM_LEASE_MS, NewTimer, TimerRecord};
 pub use tokens::generate_api_token;

@@ -211,10 +211,11 @@ impl Store {
     /// The tenant whose run this is, or None. Platform level: run ids are unique across
     /// tenants (UUIDv7), and a second tenant holding the same id is reported as corrupt.
     pub async fn run_tenant(&self, run: RunId) -> Result<Option<TenantId>, StoreError> {
+        let mut tx = self.read_platform().await?;
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT tenant_id FROM runs WHERE id = $1 LIMIT 2")
                 .bind(run.to_string())
-                .fetch_all(self.reader())
+                .fetch_all(&mut *tx)
                 .await?;
         match rows.as_slice() {
             [] => Ok(None),
@@ -243,7 +244,8 @@ impl Store {
                 Bind::Int(i) => query.bind(i),
             };
         }
-        let rows = query.fetch_all(self.reader()).await?;
+        let mut tx = self.read_platform().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
         rows.into_iter().map(RunRecord::try_from).collect()
     }
 
@@ -265,7 +267,8 @@ impl Store {
         for state in states {
             query = query.bind(*state);
         }
-        let rows = query.fetch_all(self.reader()).await?;
+        let mut tx = self.read_platform().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
         rows.into_iter().map(WaitingRun::try_from).collect()
     }
 
@@ -275,6 +278,7 @@ impl Store {
         scope: &TenantScope,
         run: RunId,
     ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash FROM audit_log \
              WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq LIMIT $3",
@@ -282,7 +286,7 @@ impl Store {
         .bind(scope.id())
         .bind(run.to_string())
         .bind(MAX_RUN_AUDIT)
-        .fetch_all(self.reader())
+        .fetch_all(&mut *tx)
         .await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
     }

@@ -169,10 +169,11 @@ impl Store {
         id: RunId,
     ) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND id = $2");
+        let mut tx = self.read_as(scope).await?;
         let row: Option<RunRow> = sqlx::query_as(&sql)
             .bind(scope.id())
             .bind(id.to_string())
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *tx)
             .await?;
         row.map(RunRecord::try_from).transpose()
     }
@@ -183,13 +184,14 @@ impl Store {
         scope: &TenantScope,
         id: RunId,
     ) -> Result<Vec<StepRecord>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         let rows: Vec<StepRow> = sqlx::query_as(
             "SELECT seq, kind, body, at FROM run_steps WHERE tenant_id = $1 AND run_id = $2 \
              ORDER BY seq",
         )
         .bind(scope.id())
         .bind(id.to_string())
-        .fetch_all(self.reader())
+        .fetch_all(&mut *tx)
         .await?;
         rows.into_iter().map(StepRecord::try_from).collect()
     }
@@ -208,10 +210,11 @@ impl Store {
                 let sql = format!(
                     "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2"
                 );
+                let mut tx = self.read_as(scope).await?;
                 sqlx::query_as(&sql)
                     .bind(scope.id())
                     .bind(limit)
-                    .fetch_all(self.reader())
+                    .fetch_all(&mut *tx)
                     .await?
             }
             Some(before) => {
@@ -219,11 +222,12 @@ impl Store {
                     "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND id < $2 \
                      ORDER BY id DESC LIMIT $3"
                 );
+                let mut tx = self.read_as(scope).await?;
                 sqlx::query_as(&sql)
                     .bind(scope.id())
                     .bind(before.to_string())
                     .bind(limit)
-                    .fetch_all(self.reader())
+                    .fetch_all(&mut *tx)
                     .await?
             }
         };
@@ -240,7 +244,7 @@ impl Store {
         scope: &TenantScope,
         step: StepWrite,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         self.append_step_in(&mut tx, scope, &step).await?;
         tx.commit().await?;
         if !step.timers.is_empty() {
@@ -268,7 +272,8 @@ impl Store {
         for state in terminal_states {
             query = query.bind(*state);
         }
-        let rows = query.fetch_all(self.reader()).await?;
+        let mut tx = self.read_platform().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
         rows.into_iter()
             .map(|(tenant, id, state)| Ok((codec::tenant_id(&tenant)?, codec::run_id(&id)?, state)))
             .collect()

@@ -19,7 +19,7 @@ impl Store {
         state: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let text = codec::json_text(state, "snapshot", MAX_SNAPSHOT_BYTES)?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let steps: Option<i64> =
             sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
                 .bind(scope.id())
@@ -57,12 +57,13 @@ impl Store {
         scope: &TenantScope,
         run: RunId,
     ) -> Result<Option<(u32, serde_json::Value)>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         let row: Option<(i64, String)> = sqlx::query_as(
             "SELECT journal_offset, state FROM run_snapshots WHERE tenant_id = $1 AND run_id = $2",
         )
         .bind(scope.id())
         .bind(run.to_string())
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *tx)
         .await?;
         row.map(|(offset, state)| {
             Ok((

@@ -132,13 +132,14 @@ impl Store {
         scope: &TenantScope,
         name: &SourceName,
     ) -> Result<Option<WebhookSource>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         let row: Option<SourceRow> = sqlx::query_as(
             "SELECT name, scheme, secret_name, sys_id_pointers, number_pointers \
              FROM webhook_sources WHERE tenant_id = $1 AND name = $2",
         )
         .bind(scope.id())
         .bind(name.as_str())
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *tx)
         .await?;
         row.map(WebhookSource::try_from).transpose()
     }

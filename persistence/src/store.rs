@@ -1,25 +1,39 @@
-//! The store handle: the SQLite pools, the single-writer discipline and the clock.
+//! The store handle: the pools, the write discipline of each backend, the tenant and platform
+//! settings of each transaction, and the clock.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use steward_core::{Clock, SystemClock};
 
 use crate::{StoreError, TenantScope};
 
-/// How long a connection waits for another process's write lock before giving up.
+/// How long a SQLite connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A write transaction, opened with `BEGIN IMMEDIATE` on the writer connection. Dropping it
-/// without `commit` rolls it back.
-pub(crate) type WriteTx = Transaction<'static, Sqlite>;
+/// The PostgreSQL role platform-level calls switch to, for one transaction at a time.
+const PLATFORM_ROLE: &str = "steward_platform";
 
-/// How to open a [`Store`].
+/// SQL that creates, idempotently, the three PostgreSQL roles a store needs (`steward_owner`,
+/// `steward_service`, `steward_platform`); run it as a role that may create roles, before the
+/// first migration.
+pub const POSTGRES_ROLES: &str = include_str!("../sql/postgres_roles.sql");
+
+/// A transaction on either backend. Dropping it without `commit` rolls it back.
+pub(crate) type WriteTx = Transaction<'static, Any>;
+
+/// A read transaction: the same type, opened on the reader pool.
+pub(crate) type ReadTx = Transaction<'static, Any>;
+
+/// How to open a SQLite [`Store`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// The database file; it and its parent directories are created if missing. It must be a
@@ -47,12 +61,49 @@ impl StoreOptions {
     }
 }
 
+/// How to open a PostgreSQL [`Store`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://…` URL of the service role: a role that owns no table, holds only DML
+    /// grants and cannot bypass row-level security (see the crate docs).
+    pub url: SecretString,
+    /// `postgres://…` URL of the schema owner role; when given, migrations are applied through
+    /// it before the service pool opens. When absent the schema must already be current.
+    pub migrate_url: Option<SecretString>,
+    /// Size of the service pool (at least 1).
+    pub max_connections: u32,
+    /// The time source for every timestamp the store writes.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl PgOptions {
+    /// Defaults for the service role at `url`: no migrations, 8 connections, the system clock.
+    pub fn new(url: SecretString) -> Self {
+        Self {
+            url,
+            migrate_url: None,
+            max_connections: 8,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in WAL mode, one writer.
+    Sqlite,
+    /// PostgreSQL with row-level security.
+    Postgres,
+}
+
 /// Handle to Steward's database. Cheap to clone; clones share the pools.
 ///
-/// Writes go through exactly one connection, and each write transaction takes the write lock
-/// up front (`BEGIN IMMEDIATE`), so a transaction never fails upgrading a read lock to a write
-/// lock, and other processes on the same file (operator commands) wait their turn within the
-/// busy timeout. Reads use a separate pool that cannot write.
+/// On SQLite, writes go through exactly one connection, and each write transaction takes the
+/// write lock up front (`BEGIN IMMEDIATE`), so a transaction never fails upgrading a read lock
+/// to a write lock, and other processes on the same file (operator commands) wait their turn
+/// within the busy timeout. Reads use a separate pool that cannot write. On PostgreSQL one
+/// pool serves both, and every transaction names its tenant before it touches tenant rows.
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -60,58 +111,115 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    backend: Backend,
+    writer: AnyPool,
+    reader: AnyPool,
     clock: Arc<dyn Clock>,
     /// Signalled when a timer is set, so the timer service notices one due before it expected.
     timer_signal: tokio::sync::Notify,
 }
 
+/// The pragmas every SQLite connection runs with; readers add `query_only`.
+fn sqlite_pragmas(synchronous_full: bool, read_only: bool) -> String {
+    let sync = if synchronous_full { "FULL" } else { "NORMAL" };
+    let mut sql = format!(
+        "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync};",
+        BUSY_TIMEOUT.as_millis()
+    );
+    if read_only {
+        sql.push_str(" PRAGMA query_only = ON;");
+    }
+    sql
+}
+
+/// A pool whose every new connection first runs `setup`.
+fn pool_with_setup(setup: String) -> PoolOptions<Any> {
+    AnyPoolOptions::new().after_connect(move |conn, _meta| {
+        let setup = setup.clone();
+        Box::pin(async move {
+            conn.execute(setup.as_str()).await?;
+            Ok(())
+        })
+    })
+}
+
 impl Store {
-    /// Opens (creating if needed) the database, switches it to WAL and applies migrations.
+    /// Opens (creating if needed) the SQLite database, switches it to WAL and applies
+    /// migrations.
     pub async fn open(opts: StoreOptions) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(sqlx::Error::Io)?;
         }
-        let sync = if opts.synchronous_full {
-            SqliteSynchronous::Full
-        } else {
-            SqliteSynchronous::Normal
-        };
-        let base = SqliteConnectOptions::new()
+        let url = SqliteConnectOptions::new()
             .filename(&opts.path)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .synchronous(sync);
+            .create_if_missing(true)
+            .to_url_lossy();
+        let connect = AnyConnectOptions::from_url(&url)?;
 
-        let writer = SqlitePoolOptions::new()
+        let writer_setup = format!(
+            "{} PRAGMA journal_mode = WAL;",
+            sqlite_pragmas(opts.synchronous_full, false)
+        );
+        let writer = pool_with_setup(writer_setup)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(
-                base.clone()
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal),
-            )
+            .connect_with(connect.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
 
-        let reader = SqlitePoolOptions::new()
+        let reader = pool_with_setup(sqlite_pragmas(opts.synchronous_full, true))
             .max_connections(opts.read_connections.max(1))
-            .connect_with(base.pragma("query_only", "ON"))
+            .connect_with(connect)
             .await?;
+        Ok(Self::assemble(Backend::Sqlite, writer, reader, opts.clock))
+    }
+
+    /// Opens a PostgreSQL store: applies migrations as the owner role when `migrate_url` is
+    /// given, then connects the service pool.
+    pub async fn open_postgres(opts: PgOptions) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        if let Some(owner) = &opts.migrate_url {
+            let owner = PgConnectOptions::from_str(owner.expose_secret())?;
+            let mut conn = owner.connect().await?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(&mut conn)
+                .await?;
+            conn.close().await?;
+        }
+        let connect = AnyConnectOptions::from_str(opts.url.expose_secret())?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .connect_with(connect)
+            .await?;
+        Ok(Self::assemble(
+            Backend::Postgres,
+            pool.clone(),
+            pool,
+            opts.clock,
+        ))
+    }
+
+    fn assemble(backend: Backend, writer: AnyPool, reader: AnyPool, clock: Arc<dyn Clock>) -> Self {
         let inner = Inner {
+            backend,
             writer,
             reader,
-            clock: opts.clock,
+            clock,
             timer_signal: tokio::sync::Notify::new(),
         };
-        Ok(Store {
+        Store {
             inner: Arc::new(inner),
-        })
+        }
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
     }
 
     /// Checks that the database answers a query (for readiness probes).
@@ -137,20 +245,32 @@ impl Store {
         self.inner.clock.now_millis()
     }
 
+    /// Whether this store runs on PostgreSQL (for the few statements that differ).
+    pub(crate) fn is_postgres(&self) -> bool {
+        self.inner.backend == Backend::Postgres
+    }
+
     /// The signal behind [`Store::timer_set`].
     pub(crate) fn timer_signal(&self) -> &tokio::sync::Notify {
         &self.inner.timer_signal
     }
 
-    /// The reader pool. Its connections are `query_only`.
-    pub(crate) fn reader(&self) -> &SqlitePool {
-        &self.inner.reader
+    /// The one way to write: on SQLite a transaction on the single writer connection that
+    /// holds the write lock from its first statement; on PostgreSQL a pooled transaction.
+    /// Tenant rows are invisible to it until [`Store::set_tenant`] names their tenant.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let tx = match self.inner.backend {
+            Backend::Sqlite => self.inner.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.inner.writer.begin().await?,
+        };
+        Ok(tx)
     }
 
-    /// The one way to write: a transaction on the single writer connection that holds the
-    /// write lock from its first statement.
-    pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        Ok(self.inner.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// A write transaction in which the scope's tenant is set.
+    pub(crate) async fn begin_write_as(&self, scope: &TenantScope) -> Result<WriteTx, StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.set_tenant(&mut tx, scope.id()).await?;
+        Ok(tx)
     }
 
     /// A write transaction for tenant data; fails with NotFound when the scope's tenant is not
@@ -159,7 +279,7 @@ impl Store {
         &self,
         scope: &TenantScope,
     ) -> Result<WriteTx, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let found = sqlx::query("SELECT id FROM tenants WHERE id = $1")
             .bind(scope.id())
             .fetch_optional(&mut *tx)
@@ -171,6 +291,71 @@ impl Store {
             )));
         }
         Ok(tx)
+    }
+
+    /// A read-only transaction on the reader pool, with no tenant set.
+    async fn begin_read(&self) -> Result<ReadTx, StoreError> {
+        let tx = match self.inner.backend {
+            Backend::Sqlite => self.inner.reader.begin().await?,
+            Backend::Postgres => self.inner.reader.begin_with("BEGIN READ ONLY").await?,
+        };
+        Ok(tx)
+    }
+
+    /// A read transaction that sees the scope's tenant's rows.
+    pub(crate) async fn read_as(&self, scope: &TenantScope) -> Result<ReadTx, StoreError> {
+        self.read_as_tenant(scope.id()).await
+    }
+
+    /// A read transaction that sees the rows of the tenant `id`. For authentication paths
+    /// that ask about one named tenant before any scope exists.
+    pub(crate) async fn read_as_tenant(&self, id: &str) -> Result<ReadTx, StoreError> {
+        let mut tx = self.begin_read().await?;
+        self.set_tenant(&mut tx, id).await?;
+        Ok(tx)
+    }
+
+    /// A read transaction for a platform-level call, which sees every tenant's rows of the
+    /// tables the platform role is granted.
+    pub(crate) async fn read_platform(&self) -> Result<ReadTx, StoreError> {
+        let mut tx = self.begin_read().await?;
+        self.enter_platform(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// A write transaction for a platform-level call (see [`Store::read_platform`]).
+    pub(crate) async fn begin_platform_write(&self) -> Result<WriteTx, StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.enter_platform(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// Names the tenant whose rows the following statements of `tx` may see and write
+    /// (PostgreSQL row-level security); call it again before each group of statements for
+    /// another tenant. SQLite relies on the tenant predicate of every query alone.
+    pub(crate) async fn set_tenant(&self, tx: &mut WriteTx, id: &str) -> Result<(), StoreError> {
+        if self.is_postgres() {
+            sqlx::query("SELECT set_config('steward.tenant', $1, true)")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Switches `tx` to the platform role until it ends (PostgreSQL only).
+    async fn enter_platform(&self, tx: &mut WriteTx) -> Result<(), StoreError> {
+        if self.is_postgres() {
+            let sql = format!("SET LOCAL ROLE {PLATFORM_ROLE}");
+            tx.execute(sql.as_str()).await?;
+        }
+        Ok(())
+    }
+
+    /// The reader pool, for the store's own unit tests.
+    #[cfg(test)]
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.inner.reader
     }
 }
 
@@ -254,6 +439,18 @@ mod tests {
         a.unwrap();
         b.unwrap();
         assert_eq!(counter(&first).await, 10);
+    }
+
+    #[tokio::test]
+    async fn paths_with_url_characters_open_the_file_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a dir?x=1#frag").join("100% steward&.db");
+        let store = Store::open(StoreOptions::new(&path)).await.unwrap();
+        seed(&store).await;
+        store.close().await;
+        assert!(path.is_file(), "the file is where the path says");
+        let again = Store::open(StoreOptions::new(&path)).await.unwrap();
+        assert_eq!(counter(&again).await, 0);
     }
 
     #[tokio::test]

@@ -46,6 +46,7 @@ impl Store {
         codec::check_text(&tenant.name, "tenant name", 200)?;
         let settings = codec::json_text(&tenant.settings, "tenant settings", MAX_DOCUMENT_BYTES)?;
         let mut tx = self.begin_write().await?;
+        self.set_tenant(&mut tx, tenant.id.as_str()).await?;
         sqlx::query(
             "INSERT INTO tenants (id, region, name, settings, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -66,10 +67,11 @@ impl Store {
 
     /// The scope's own tenant record.
     pub async fn tenant(&self, scope: &TenantScope) -> Result<Option<TenantRecord>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         let row: Option<TenantRow> =
             sqlx::query_as("SELECT id, name, settings, created_at FROM tenants WHERE id = $1")
                 .bind(scope.id())
-                .fetch_optional(self.reader())
+                .fetch_optional(&mut *tx)
                 .await?;
         row.map(TenantRecord::try_from).transpose()
     }
@@ -77,9 +79,10 @@ impl Store {
     /// Whether a tenant is registered. Platform level: authentication paths ask this before
     /// they vouch for a tenant.
     pub async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        let mut tx = self.read_as_tenant(tenant.as_str()).await?;
         let row = sqlx::query("SELECT id FROM tenants WHERE id = $1")
             .bind(tenant.as_str())
-            .fetch_optional(self.reader())
+            .fetch_optional(&mut *tx)
             .await?;
         Ok(row.is_some())
     }

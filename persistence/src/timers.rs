@@ -104,7 +104,7 @@ impl Store {
             payload: payload.clone(),
         };
         let payload = timer_columns(&timer)?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT id FROM runs WHERE tenant_id = $1 AND id = $2")
                 .bind(scope.id())
@@ -131,10 +131,11 @@ impl Store {
             "SELECT {TIMER_COLUMNS} FROM timers WHERE tenant_id = $1 AND run_id = $2 \
              ORDER BY due_at, kind"
         );
+        let mut tx = self.read_as(scope).await?;
         let rows: Vec<TimerRow> = sqlx::query_as(&sql)
             .bind(scope.id())
             .bind(run_id.to_string())
-            .fetch_all(self.reader())
+            .fetch_all(&mut *tx)
             .await?;
         rows.into_iter().map(TimerRecord::try_from).collect()
     }
@@ -148,7 +149,7 @@ impl Store {
         kind: &str,
         due_at: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let done = sqlx::query(
             "DELETE FROM timers WHERE tenant_id = $1 AND run_id = $2 AND kind = $3 \
              AND due_at = $4",
@@ -169,7 +170,7 @@ impl Store {
         scope: &TenantScope,
         run_id: RunId,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let done = sqlx::query("DELETE FROM timers WHERE tenant_id = $1 AND run_id = $2")
             .bind(scope.id())
             .bind(run_id.to_string())
@@ -184,11 +185,17 @@ impl Store {
     /// [`CLAIM_LEASE_MS`]. Platform level: only the timer service calls it.
     pub async fn due_timers(&self, now: i64, limit: u32) -> Result<Vec<TimerRecord>, StoreError> {
         let limit = i64::from(limit.min(MAX_DUE));
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_platform_write().await?;
+        // On PostgreSQL two timer services skip each other's claims instead of sharing them.
+        let lock = if self.is_postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {TIMER_COLUMNS} FROM timers WHERE due_at <= $1 \
              AND (claimed_at IS NULL OR claimed_at <= $2) \
-             ORDER BY due_at, tenant_id, run_id, kind LIMIT $3"
+             ORDER BY due_at, tenant_id, run_id, kind LIMIT $3{lock}"
         );
         let rows: Vec<TimerRow> = sqlx::query_as(&sql)
             .bind(now)
@@ -219,12 +226,13 @@ impl Store {
     /// When the next timer of any tenant can be claimed, Unix ms: its due time, or for a
     /// claimed one the end of its lease. None when there are no timers. Platform level.
     pub async fn next_timer_at(&self) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.read_platform().await?;
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(CASE WHEN claimed_at IS NULL THEN due_at \
              WHEN claimed_at + $1 > due_at THEN claimed_at + $1 ELSE due_at END) FROM timers",
         )
         .bind(CLAIM_LEASE_MS)
-        .fetch_one(self.reader())
+        .fetch_one(&mut *tx)
         .await?;
         Ok(next)
     }

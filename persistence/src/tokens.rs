@@ -89,7 +89,7 @@ impl Store {
         scope: &TenantScope,
         label: &str,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_as(scope).await?;
         let done = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $1 \
              WHERE tenant_id = $2 AND label = $3 AND revoked_at IS NULL",
@@ -114,12 +114,13 @@ impl Store {
             return Ok(None);
         }
         let presented = token_hash(token);
+        let mut tx = self.read_platform().await?;
         let row: Option<TokenRow> = sqlx::query_as(
             "SELECT token_hash, tenant_id, scopes, expires_at, revoked_at FROM api_tokens \
              WHERE token_hash = $1",
         )
         .bind(&presented)
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
 

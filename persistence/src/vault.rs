@@ -79,7 +79,8 @@ impl MasterKey {
         self.id.clone()
     }
 
-    fn bytes(&self) -> &[u8; 32] {
+    /// The raw key, for deriving keys inside the store.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
         self.key.expose_secret()
     }
 }
@@ -179,7 +180,7 @@ impl Store {
     /// key, so a key that matches by id but not by bytes (or a damaged row) is caught here,
     /// before any run needs a secret.
     pub async fn check_master_key(&self, key: &MasterKey) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_platform_write().await?;
         self.ensure_master_key(&mut tx, key).await?;
         let newest: Option<WrappedRow> = sqlx::query_as(
             "SELECT tenant_id, version, master_key_id, wrapped FROM data_keys \
@@ -256,13 +257,14 @@ impl Store {
         let Some(row) = self.latest_sealed(scope, name).await? else {
             return Ok(None);
         };
+        let mut tx = self.read_as(scope).await?;
         let wrapped: Option<WrappedRow> = sqlx::query_as(
             "SELECT tenant_id, version, master_key_id, wrapped FROM data_keys \
              WHERE tenant_id = $1 AND version = $2",
         )
         .bind(scope.id())
         .bind(row.dek_version)
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *tx)
         .await?;
         let wrapped = wrapped.ok_or_else(|| {
             StoreError::Corrupt(format!(
@@ -282,13 +284,14 @@ impl Store {
         scope: &TenantScope,
         name: &str,
     ) -> Result<Option<SealedRow>, StoreError> {
+        let mut tx = self.read_as(scope).await?;
         Ok(sqlx::query_as(
             "SELECT version, dek_version, sealed FROM sealed_secrets \
              WHERE tenant_id = $1 AND name = $2 ORDER BY version DESC LIMIT 1",
         )
         .bind(scope.id())
         .bind(name)
-        .fetch_optional(self.reader())
+        .fetch_optional(&mut *tx)
         .await?)
     }
 

@@ -1,6 +1,7 @@
 //! Boot and shutdown: open the store, check the master key, apply declared tenants, start the
 //! actor system, resume unfinished runs, and serve the API.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,10 +12,11 @@ use secrecy::SecretString;
 use steward_actors::settings::{TenantSettings, secret_names};
 use steward_actors::{SingleNode, Steward, StewardOptions};
 use steward_adapters::http::HttpSettings;
-use steward_api::{ApiLimits, AppState, OpsAuth, OpsSettings};
-use steward_core::{Clock, SourceName, SystemClock, TenantId};
+use steward_api::{ApiLimits, AppState, OpsAuth, OpsSettings, TenancySettings};
+use steward_core::{Clock, Region, SourceName, SystemClock, TenantId};
 use steward_persistence::{
-    Authenticator, MasterKey, Store, StoreOptions, TenantRecord, TenantScope, WebhookSource,
+    Authenticator, MasterKey, PgOptions, Store, StoreOptions, TenantRecord, TenantScope,
+    WebhookSource,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -42,8 +44,15 @@ pub struct ServeOptions {
     pub delivery_retention: Duration,
     pub clock: Arc<dyn Clock>,
     pub actors: StewardOptions,
-    /// The operator token for the ops API and page; None turns them off.
+    /// The operator token for the ops API and page; None turns them off. It is also the
+    /// platform token that onboards and offboards tenants.
     pub ops_token: Option<SecretString>,
+    /// The region this deployment serves; tenants homed elsewhere are refused.
+    pub region: Region,
+    /// The base URLs of the deployments serving the other regions.
+    pub peer_base_urls: HashMap<Region, String>,
+    /// Run on PostgreSQL instead of the `database` file (its clock is replaced by `clock`).
+    pub postgres: Option<PgOptions>,
 }
 
 impl ServeOptions {
@@ -60,6 +69,9 @@ impl ServeOptions {
             clock: Arc::new(SystemClock),
             actors: StewardOptions::default(),
             ops_token: None,
+            postgres: None,
+            region: Region::Us,
+            peer_base_urls: HashMap::new(),
         }
     }
 }
@@ -103,16 +115,28 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Opens the store `opts` names: PostgreSQL when configured, else the SQLite file.
+async fn open_store(opts: &ServeOptions) -> anyhow::Result<Store> {
+    if let Some(pg) = &opts.postgres {
+        let mut pg = pg.clone();
+        pg.clock = opts.clock.clone();
+        return Store::open_postgres(pg)
+            .await
+            .context("opening the PostgreSQL database");
+    }
+    let mut store_opts = StoreOptions::new(&opts.database);
+    store_opts.synchronous_full = opts.synchronous_full;
+    store_opts.clock = opts.clock.clone();
+    Store::open(store_opts)
+        .await
+        .with_context(|| format!("opening the database {}", opts.database.display()))
+}
+
 /// Boots Steward.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     install_crypto_provider();
     let ops = Arc::new(ops_auth(opts.ops_token.as_ref())?);
-    let mut store_opts = StoreOptions::new(&opts.database);
-    store_opts.synchronous_full = opts.synchronous_full;
-    store_opts.clock = opts.clock.clone();
-    let store = Store::open(store_opts)
-        .await
-        .with_context(|| format!("opening the database {}", opts.database.display()))?;
+    let store = open_store(&opts).await?;
     store
         .check_master_key(&opts.master_key)
         .await
@@ -123,6 +147,11 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             .with_context(|| format!("applying tenant {}", tenant.id))?;
     }
     let master_key = Arc::new(opts.master_key);
+    let tenancy = Arc::new(TenancySettings {
+        region: opts.region,
+        peer_base_urls: opts.peer_base_urls,
+        http: opts.http.clone(),
+    });
     let mut actors = opts.actors;
     actors.http = opts.http;
     let steward = Steward::start(store.clone(), master_key.clone(), actors)
@@ -138,6 +167,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         master_key,
         limits: ApiLimits::default(),
         ops,
+        tenancy,
     };
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -195,6 +225,12 @@ fn spawn_purge(store: Store, retention: Duration, clock: Arc<dyn Clock>) -> Join
 pub async fn apply_tenant(store: &Store, key: &MasterKey, spec: &TenantSpec) -> anyhow::Result<()> {
     steward_actors::PolicyGate::new(spec.settings.policy.as_deref())
         .map_err(|e| anyhow::anyhow!("tenant policy: {e}"))?;
+    if store.tenant_offboarded(&spec.id).await? {
+        bail!(
+            "tenant {} was offboarded; remove it from the config (its id cannot be reused)",
+            spec.id
+        );
+    }
     let record = TenantRecord {
         id: spec.id.clone(),
         name: spec.name.clone(),

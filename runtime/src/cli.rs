@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use steward_adapters::http::HttpSettings;
 use steward_adapters::webhook::{TOLERANCE_SECS, WebhookSecret, verify_standard};
 use steward_core::TenantId;
-use steward_persistence::{Authenticator, MasterKey, Store, StoreOptions, TenantScope};
+use steward_persistence::{Authenticator, MasterKey, PgOptions, Store, StoreOptions, TenantScope};
 use tracing_subscriber::EnvFilter;
 
 use crate::boot::{self, ServeOptions};
@@ -62,6 +62,16 @@ pub enum Command {
     Runs {
         #[command(subcommand)]
         command: Box<crate::runs_cli::RunsCommand>,
+    },
+    /// Tenants through a running server's API: create, list, check, configure, delete.
+    Tenants {
+        #[command(subcommand)]
+        command: Box<crate::tenants_cli::TenantsCommand>,
+    },
+    /// A tenant's secrets through a running server's API (write-only).
+    Secrets {
+        #[command(subcommand)]
+        command: Box<crate::tenants_cli::SecretsCommand>,
     },
 }
 
@@ -123,6 +133,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify { tenant, config },
         } => audit_verify(&tenant, config.as_deref()).await,
         Command::Runs { command } => crate::runs_cli::run(*command).await,
+        Command::Tenants { command } => crate::tenants_cli::run(*command).await,
+        Command::Secrets { command } => crate::tenants_cli::run_secrets(*command).await,
     }
 }
 
@@ -146,6 +158,7 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
     let master_key = master_key(&config, base)?;
     let mut opts = ServeOptions::new(config.database.clone(), master_key);
+    opts.postgres = postgres_options(&config, base)?;
     opts.ops_token = config
         .ops_token
         .as_ref()
@@ -153,14 +166,22 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     opts.listen = config.listen;
+    opts.region = config.region;
+    opts.peer_base_urls = config.peers().map_err(anyhow::Error::msg)?;
     opts.delivery_retention =
         Duration::from_secs(u64::from(config.delivery_retention_days) * 86_400);
+    // Plain HTTP to connectors only in the dev profile or where a test setup allows it;
+    // production refuses `allow_plain_http` in `FileConfig::check`.
+    let https_only = config.profile != Profile::Dev && !config.allow_plain_http;
     opts.http = HttpSettings {
-        https_only: !config.allow_plain_http,
+        https_only,
         ..HttpSettings::default()
     };
     for t in &config.tenants {
         let spec = boot::tenant_from_config(t, base)?;
+        if https_only {
+            refuse_plain_http(&spec)?;
+        }
         if spec.id.region() != config.region {
             anyhow::bail!(
                 "tenant {} is homed in region {}, but this deployment serves {}",
@@ -178,6 +199,25 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => tracing::info!("Shutting down."),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a tenant whose connector URLs are not HTTPS, at startup rather than at call time.
+fn refuse_plain_http(spec: &boot::TenantSpec) -> anyhow::Result<()> {
+    let s = &spec.settings;
+    for (what, url) in [
+        ("servicenow.instance_url", &s.servicenow.instance_url),
+        ("slack.api_base", &s.slack.api_base),
+        ("llm.base_url", &s.llm.base_url),
+    ] {
+        if !url.starts_with("https://") {
+            anyhow::bail!(
+                "tenant {}: {what} must be an https:// URL in this profile (got {url}); \
+                 plain HTTP is allowed only in the dev profile or with allow_plain_http",
+                spec.id
+            );
+        }
+    }
+    Ok(())
 }
 
 fn master_key(config: &FileConfig, base: &Path) -> anyhow::Result<MasterKey> {
@@ -261,10 +301,33 @@ fn webhooks_check(
     }
 }
 
+/// The PostgreSQL store the config names, if it names one.
+fn postgres_options(config: &FileConfig, base: &Path) -> anyhow::Result<Option<PgOptions>> {
+    let Some(url) = &config.postgres_url else {
+        return Ok(None);
+    };
+    let mut pg = PgOptions::new(url.read(base).map_err(anyhow::Error::msg)?);
+    pg.migrate_url = config
+        .postgres_migrate_url
+        .as_ref()
+        .map(|r| r.read(base))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    Ok(Some(pg))
+}
+
 async fn audit_verify(tenant: &str, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
     let tenant = TenantId::parse(tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = Store::open(StoreOptions::new(&config.database)).await?;
+    let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
+    let store = match postgres_options(&config, base)? {
+        Some(pg) => Store::open_postgres(pg).await?,
+        None => Store::open(StoreOptions::new(&config.database)).await?,
+    };
+    if !store.tenant_exists(&tenant).await? {
+        println!("result:   FAIL: tenant {tenant} is not known to this database");
+        return Ok(ExitCode::FAILURE);
+    }
     let scope = TenantScope::assume(tenant.clone(), Authenticator::Operator);
     let report = store.verify_audit(&scope).await?;
     println!("tenant:   {tenant}");

@@ -80,9 +80,21 @@ pub struct FileConfig {
     /// SQLite database file.
     #[serde(default = "default_database")]
     pub database: PathBuf,
+    /// PostgreSQL instead of the SQLite file: where to read the service role's URL
+    /// (`postgres://steward_service:…@host/db`). When set, `database` is not used.
+    #[serde(default)]
+    pub postgres_url: Option<SecretRef>,
+    /// Where to read the schema owner role's URL; when set, migrations run through it at
+    /// startup, before the service pool opens.
+    #[serde(default)]
+    pub postgres_migrate_url: Option<SecretRef>,
     /// The region this deployment serves.
     #[serde(default = "default_region")]
     pub region: Region,
+    /// The base URL of the deployment serving each other region (`us`, `eu`), given to
+    /// callers who try to onboard a tenant homed there.
+    #[serde(default)]
+    pub peer_base_urls: std::collections::BTreeMap<String, String>,
     /// The master key (64 hex digits or base64 of 32 bytes). Only the dev profile may omit it,
     /// and then runs on the well-known dev key.
     #[serde(default)]
@@ -277,8 +289,9 @@ impl FileConfig {
     }
 
     /// Applies `STEWARD_PROFILE`, `STEWARD_LISTEN`, `STEWARD_DATABASE`, `STEWARD_REGION`,
-    /// `STEWARD_MASTER_KEY`, `STEWARD_MASTER_KEY_FILE`, `STEWARD_OPS_TOKEN` and
-    /// `STEWARD_OPS_TOKEN_FILE`.
+    /// `STEWARD_MASTER_KEY`, `STEWARD_MASTER_KEY_FILE`, `STEWARD_OPS_TOKEN`,
+    /// `STEWARD_OPS_TOKEN_FILE`, `STEWARD_POSTGRES_URL`, `STEWARD_POSTGRES_URL_FILE`,
+    /// `STEWARD_POSTGRES_MIGRATE_URL` and `STEWARD_POSTGRES_MIGRATE_URL_FILE`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         if let Some(v) = var("STEWARD_PROFILE") {
             self.profile = v.parse()?;
@@ -304,6 +317,12 @@ impl FileConfig {
         if let Some(v) = var("STEWARD_OPS_TOKEN_FILE") {
             self.ops_token = Some(SecretRef::File(PathBuf::from(v)));
         }
+        if let Some(url) = secret_from_env(&var, "STEWARD_POSTGRES_URL") {
+            self.postgres_url = Some(url);
+        }
+        if let Some(url) = secret_from_env(&var, "STEWARD_POSTGRES_MIGRATE_URL") {
+            self.postgres_migrate_url = Some(url);
+        }
         Ok(())
     }
 
@@ -323,8 +342,35 @@ impl FileConfig {
         if self.profile == Profile::Production && self.allow_plain_http {
             return Err("production refuses allow_plain_http".into());
         }
-        Ok(())
+        self.peers().map(drop)
     }
+
+    /// The peer base URLs by region; refuses an unknown region or a URL that is not http(s).
+    pub fn peers(&self) -> Result<std::collections::HashMap<Region, String>, String> {
+        let mut peers = std::collections::HashMap::new();
+        for (region, url) in &self.peer_base_urls {
+            let parsed: Region = region
+                .parse()
+                .map_err(|e| format!("peer_base_urls: `{region}` is not a region: {e}"))?;
+            let ok = url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(format!(
+                    "peer_base_urls.{region} must be an http or https URL"
+                ));
+            }
+            peers.insert(parsed, url.clone());
+        }
+        Ok(peers)
+    }
+}
+
+/// `name_FILE` as a file reference, or else `name` as a variable reference, when set.
+fn secret_from_env(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<SecretRef> {
+    if let Some(path) = var(&format!("{name}_FILE")) {
+        return Some(SecretRef::File(PathBuf::from(path)));
+    }
+    var(name).map(|_| SecretRef::Env(name.to_owned()))
 }
 
 #[cfg(test)]
@@ -402,6 +448,22 @@ mod tests {
     }
 
     #[test]
+    fn peer_base_urls_name_known_regions_and_http_urls() {
+        let c: FileConfig =
+            toml::from_str("peer_base_urls = { eu = \"https://eu.steward.example\" }").unwrap();
+        let peers = c.peers().unwrap();
+        assert_eq!(peers[&Region::Eu], "https://eu.steward.example");
+        for bad in [
+            "peer_base_urls = { mars = \"https://m.example\" }",
+            "peer_base_urls = { eu = \"ftp://eu.example\" }",
+            "peer_base_urls = { eu = \"not a url\" }",
+        ] {
+            let c: FileConfig = toml::from_str(bad).unwrap();
+            assert!(c.peers().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_ops_token_comes_from_the_file_or_the_environment() {
         let c: FileConfig = toml::from_str("ops_token = { file = \"ops.token\" }").unwrap();
         assert!(matches!(c.ops_token, Some(SecretRef::File(_))));
@@ -423,5 +485,29 @@ mod tests {
             .read(dir.path())
             .unwrap_err();
         assert!(e.contains("STEWARD_TEST_UNSET_VAR"));
+    }
+
+    #[test]
+    fn the_postgres_urls_come_from_the_file_or_the_environment() {
+        let c: FileConfig = toml::from_str(
+            "postgres_url = { env = \"PG_URL\" }\npostgres_migrate_url = { file = \"owner\" }",
+        )
+        .unwrap();
+        assert!(matches!(&c.postgres_url, Some(SecretRef::Env(v)) if v == "PG_URL"));
+        assert!(matches!(c.postgres_migrate_url, Some(SecretRef::File(_))));
+        assert!(toml::from_str::<FileConfig>("postgres_url = \"postgres://u:pw@h/db\"").is_err());
+
+        let mut c: FileConfig = toml::from_str("").unwrap();
+        assert!(c.postgres_url.is_none());
+        c.apply_env(|k| match k {
+            "STEWARD_POSTGRES_URL" => Some("postgres://steward_service@db/steward".to_owned()),
+            "STEWARD_POSTGRES_MIGRATE_URL_FILE" => Some("/run/owner".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(matches!(&c.postgres_url, Some(SecretRef::Env(v)) if v == "STEWARD_POSTGRES_URL"));
+        assert!(
+            matches!(&c.postgres_migrate_url, Some(SecretRef::File(p)) if p == Path::new("/run/owner"))
+        );
     }
 }

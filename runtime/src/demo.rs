@@ -285,6 +285,7 @@ struct Report {
     journal: Vec<crate::standins::JournalEntry>,
     patches: Vec<crate::standins::RecordedPatch>,
     slack_updates: usize,
+    counts: crate::standins::Counts,
     audit: steward_persistence::VerifyReport,
 }
 
@@ -312,6 +313,7 @@ impl Report {
             journal: standins.journal(sys_id),
             patches: standins.patches(),
             slack_updates,
+            counts: standins.counts(),
             audit,
         })
     }
@@ -319,11 +321,14 @@ impl Report {
     /// Prints the report; returns whether the run ended as expected.
     fn print(&self, timeline: &Timeline, reject: bool) -> bool {
         println!("Steward demo: incident triage, webhook to ServiceNow writeback\n");
-        println!("What happened");
+        println!("What happened (ms since the demo started)");
         for (at, note) in &timeline.notes {
             println!("  {:>7.1} ms  {note}", at.as_secs_f64() * 1000.0);
         }
-        println!("\nRun {} ({}) journal", self.run.id, self.run.state);
+        println!(
+            "\nRun {} ({}) journal (ms since the webhook was accepted)",
+            self.run.id, self.run.state
+        );
         let t0 = self.steps.first().map(|s| s.at).unwrap_or_default();
         for s in &self.steps {
             println!(
@@ -355,9 +360,12 @@ impl Report {
             println!("  + {} entry:\n{}", j.element, indent(&j.value, "      "));
         }
         println!(
-            "\nOutside calls: {} PATCH to ServiceNow, {} Slack message update(s)",
+            "\nOutside calls: {} LLM request(s), {} Slack approval post(s), {} Slack message \
+             update(s), {} PATCH to ServiceNow",
+            self.counts.llm_calls,
+            self.counts.slack_posts,
+            self.slack_updates,
             self.patches.len(),
-            self.slack_updates
         );
         let audit_ok = self.audit.first_bad.is_none();
         match &self.audit.first_bad {
@@ -392,17 +400,25 @@ impl Report {
         let Some(decided) = self.steps.iter().find(|s| s.kind == "policy_decided") else {
             return;
         };
-        println!("\nPolicy decisions (Cedar, default policy set)");
+        let description = self.before["description"].as_str().unwrap_or("");
+        println!("\nThe incident's description (untrusted text, written by whoever opened it)");
+        println!("{}", indent(description, "  | "));
+        println!(
+            "\nPolicy decisions on what the model proposed (Cedar, default policy set; the \
+             scripted model obeys the instruction hidden in the description)"
+        );
         for d in decided.body["decisions"].as_array().into_iter().flatten() {
             println!(
-                "  {:<17} {:<14} {}",
+                "  {:<17} {:<8} -> {:<34} {:<14} {}",
                 d["field"].as_str().unwrap_or(""),
+                d["old_value"].as_str().unwrap_or(""),
+                short(d["value"].as_str().unwrap_or("")),
                 d["outcome"].as_str().unwrap_or(""),
                 d["reason"].as_str().unwrap_or("")
             );
         }
         println!(
-            "\nDiff shown to the approver (sha256 {})",
+            "\nDiff shown to the approver (sha256 {}; the note names the approver when written)",
             decided.body["diff_hash"].as_str().unwrap_or("")
         );
         for e in decided.body["diff"]["entries"]
@@ -423,6 +439,16 @@ impl Report {
                 );
             }
         }
+    }
+}
+
+/// A long value cut for a one-line table.
+fn short(s: &str) -> String {
+    let first = s.lines().next().unwrap_or("");
+    if first.chars().count() > 32 || first.len() < s.len() {
+        format!("{}…", first.chars().take(31).collect::<String>())
+    } else {
+        first.to_owned()
     }
 }
 

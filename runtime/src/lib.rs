@@ -7,3 +7,4 @@ pub mod config;
 pub mod demo;
 pub mod runs_cli;
 pub mod standins;
+pub mod tenants_cli;

@@ -10,8 +10,11 @@
 //! - ServiceNow: `POST /_standin/incidents` seeds an incident from a JSON object;
 //! - Slack: `POST /_standin/click` with `{interactions_url, ts, action_id, user_id, user_name}`
 //!   delivers a signed button click, as [`Standins::click`] does;
-//! - LLM: `PUT /_standin/llm_reply` with an [`LlmScript`] changes the scripted reply.
+//! - LLM: `PUT /_standin/llm_reply` with an [`LlmScript`] changes the scripted reply;
+//! - every server: `PUT /_standin/faults` replaces its fault book (see [`FaultRule`]) and
+//!   `GET /_standin/faults` shows it with each rule's hits.
 
+mod faults;
 mod llm;
 mod servicenow;
 mod slack;
@@ -29,6 +32,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub use self::faults::{FaultAction, FaultError, FaultRoute, FaultRule};
+
+use self::faults::{Faults, Vendor};
 use self::llm::Llm;
 use self::servicenow::ServiceNow;
 use self::slack::Slack;
@@ -207,8 +213,17 @@ pub struct Standins {
     slack: Arc<Slack>,
     llm: Arc<Llm>,
     counters: Arc<Counters>,
+    faults: FaultBooks,
     urls: Urls,
     _tasks: [ServerTask; 3],
+}
+
+/// The fault book of each server.
+#[derive(Debug)]
+struct FaultBooks {
+    servicenow: Arc<Faults>,
+    slack: Arc<Faults>,
+    llm: Arc<Faults>,
 }
 
 #[derive(Debug, Clone)]
@@ -264,21 +279,38 @@ impl Standins {
             counters.clone(),
         ));
 
-        // Serve.
+        // Serve, every request going through its server's fault book.
+        let faults = FaultBooks {
+            servicenow: Arc::new(Faults::new(Vendor::ServiceNow)),
+            slack: Arc::new(Faults::new(Vendor::Slack)),
+            llm: Arc::new(Faults::new(Vendor::Llm)),
+        };
         let tasks = [
             ServerTask::spawn(
                 "servicenow",
                 sn_listener,
-                servicenow::router(servicenow.clone()),
+                faults::layer(
+                    servicenow::router(servicenow.clone()),
+                    faults.servicenow.clone(),
+                ),
             ),
-            ServerTask::spawn("slack", slack_listener, slack::router(slack.clone())),
-            ServerTask::spawn("llm", llm_listener, llm::router(llm.clone())),
+            ServerTask::spawn(
+                "slack",
+                slack_listener,
+                faults::layer(slack::router(slack.clone()), faults.slack.clone()),
+            ),
+            ServerTask::spawn(
+                "llm",
+                llm_listener,
+                faults::layer(llm::router(llm.clone()), faults.llm.clone()),
+            ),
         ];
         Ok(Standins {
             servicenow,
             slack,
             llm,
             counters,
+            faults,
             urls,
             _tasks: tasks,
         })
@@ -349,6 +381,32 @@ impl Standins {
     /// Changes what the LLM replies from now on.
     pub fn set_llm_reply(&self, script: LlmScript) {
         self.llm.set_script(script);
+    }
+
+    /// Replaces the fault books of all three servers: each rule goes to the server of its
+    /// route, and a server no rule names gets an empty book. On error nothing changes.
+    pub fn set_faults(&self, rules: Vec<FaultRule>) -> Result<(), FaultError> {
+        let books = [
+            &self.faults.servicenow,
+            &self.faults.slack,
+            &self.faults.llm,
+        ];
+        let mut shares: [Vec<FaultRule>; 3] = Default::default();
+        for rule in rules {
+            let index = match rule.route.vendor() {
+                Vendor::ServiceNow => 0,
+                Vendor::Slack => 1,
+                Vendor::Llm => 2,
+            };
+            shares[index].push(rule);
+        }
+        for (book, share) in books.iter().zip(&shares) {
+            book.check_all(share)?;
+        }
+        for (book, share) in books.iter().zip(shares) {
+            book.replace(share)?;
+        }
+        Ok(())
     }
 
     /// The call counts so far.

@@ -21,7 +21,6 @@ async fn waiting(db: &TestDb, tenant: &str) -> (RunId, ApprovalId) {
     (run, approval)
 }
 
-#[tokio::test]
 async fn a_step_opens_a_pending_approval() {
     let db = TestDb::new().await;
     let (run, id) = waiting(&db, "us-acme").await;
@@ -43,7 +42,6 @@ async fn a_step_opens_a_pending_approval() {
     );
 }
 
-#[tokio::test]
 async fn an_approval_id_used_twice_is_a_conflict() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -60,7 +58,6 @@ async fn an_approval_id_used_twice_is_a_conflict() {
     assert_eq!(db.store.run(&acme, run).await.unwrap().unwrap().steps, 2);
 }
 
-#[tokio::test]
 async fn the_message_location_is_recorded_and_may_be_replaced() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -85,7 +82,6 @@ async fn the_message_location_is_recorded_and_may_be_replaced() {
     assert!(matches!(err, Err(StoreError::Invalid(_))));
 }
 
-#[tokio::test]
 async fn a_decision_records_who_and_when_and_appends_the_step() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -114,7 +110,6 @@ async fn a_decision_records_who_and_when_and_appends_the_step() {
     assert_eq!(db.store.approval(&acme, id).await.unwrap().unwrap(), record);
 }
 
-#[tokio::test]
 async fn two_concurrent_decisions_give_exactly_one_decided() {
     let db = TestDb::new().await;
     let other = db.second_process().await;
@@ -147,7 +142,6 @@ async fn two_concurrent_decisions_give_exactly_one_decided() {
     assert_eq!(run_record.state, decided[0].status);
 }
 
-#[tokio::test]
 async fn a_second_click_is_already_decided_and_writes_nothing() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -176,7 +170,6 @@ async fn a_second_click_is_already_decided_and_writes_nothing() {
     );
 }
 
-#[tokio::test]
 async fn deciding_an_unknown_approval_is_not_found() {
     let db = TestDb::new().await;
     let run = db.intake("us-acme").await;
@@ -203,7 +196,6 @@ async fn deciding_an_unknown_approval_is_not_found() {
     );
 }
 
-#[tokio::test]
 async fn a_decision_whose_step_cannot_be_written_is_rolled_back() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -230,7 +222,6 @@ async fn a_decision_whose_step_cannot_be_written_is_rolled_back() {
     assert!(matches!(bad_by, Err(StoreError::Invalid(_))));
 }
 
-#[tokio::test]
 async fn an_approval_pending_across_a_restart_can_be_decided_once_after_it() {
     let mut db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -248,7 +239,6 @@ async fn an_approval_pending_across_a_restart_can_be_decided_once_after_it() {
     assert!(matches!(second, Ok(DecideOutcome::AlreadyDecided(_))));
 }
 
-#[tokio::test]
 async fn an_expired_approval_can_no_longer_be_decided() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -272,3 +262,16 @@ async fn an_expired_approval_can_no_longer_be_decided() {
         .unwrap();
     assert!(matches!(late, DecideOutcome::AlreadyDecided(r) if r.status == "expired"));
 }
+
+crate::support::conformance!(
+    a_step_opens_a_pending_approval,
+    an_approval_id_used_twice_is_a_conflict,
+    the_message_location_is_recorded_and_may_be_replaced,
+    a_decision_records_who_and_when_and_appends_the_step,
+    two_concurrent_decisions_give_exactly_one_decided,
+    a_second_click_is_already_decided_and_writes_nothing,
+    deciding_an_unknown_approval_is_not_found,
+    a_decision_whose_step_cannot_be_written_is_rolled_back,
+    an_approval_pending_across_a_restart_can_be_decided_once_after_it,
+    an_expired_approval_can_no_longer_be_decided,
+);

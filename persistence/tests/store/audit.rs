@@ -3,10 +3,10 @@
 
 use proptest::prelude::*;
 use serde_json::json;
-use sqlx::SqliteConnection;
 use steward_persistence::{AuditDraft, GENESIS_HASH, StoreError, entry_hash};
 
 use crate::support::{TestDb, audit, scope};
+use steward_persistence::Backend;
 
 async fn with_entries(n: usize) -> TestDb {
     let db = TestDb::new().await;
@@ -21,24 +21,11 @@ async fn with_entries(n: usize) -> TestDb {
     db
 }
 
-/// A raw connection with the append-only triggers dropped, as an attacker with the file has.
-async fn attacker(db: &TestDb) -> SqliteConnection {
-    let mut raw = db.raw().await;
-    for trigger in ["audit_log_no_update", "audit_log_no_delete"] {
-        sqlx::query(&format!("DROP TRIGGER {trigger}"))
-            .execute(&mut raw)
-            .await
-            .unwrap();
-    }
-    raw
-}
-
 async fn first_bad(db: &TestDb) -> u64 {
     let report = db.store.verify_audit(&scope("us-acme")).await.unwrap();
     report.first_bad.expect("tampering must be caught").seq
 }
 
-#[tokio::test]
 async fn appended_entries_form_a_verifying_chain() {
     let db = with_entries(5).await;
     let acme = scope("us-acme");
@@ -64,7 +51,6 @@ async fn appended_entries_form_a_verifying_chain() {
     assert_eq!(report.head_hash, entries[4].hash);
 }
 
-#[tokio::test]
 async fn an_empty_chain_verifies_to_genesis() {
     let db = TestDb::new().await;
     let report = db.store.verify_audit(&scope("us-acme")).await.unwrap();
@@ -74,7 +60,6 @@ async fn an_empty_chain_verifies_to_genesis() {
     );
 }
 
-#[tokio::test]
 async fn entries_page_by_seq_with_at_most_1000_per_call() {
     let db = with_entries(1003).await;
     let acme = scope("us-acme");
@@ -88,7 +73,7 @@ async fn entries_page_by_seq_with_at_most_1000_per_call() {
     assert_eq!(db.store.audit_entries(&acme, 2, 2).await.unwrap()[0].seq, 3);
     assert_eq!(db.store.verify_audit(&acme).await.unwrap().entries, 1003);
 
-    let mut raw = attacker(&db).await;
+    let mut raw = db.attacker().await;
     sqlx::query("UPDATE audit_log SET body = '{}' WHERE seq = 1002")
         .execute(&mut raw)
         .await
@@ -100,7 +85,6 @@ async fn entries_page_by_seq_with_at_most_1000_per_call() {
     );
 }
 
-#[tokio::test]
 async fn concurrent_appends_get_consecutive_seqs() {
     let db = TestDb::new().await;
     let tasks: Vec<_> = (0..20)
@@ -129,7 +113,6 @@ async fn concurrent_appends_get_consecutive_seqs() {
     );
 }
 
-#[tokio::test]
 async fn editing_any_column_of_a_row_is_caught_at_that_row() {
     let edits = [
         "body = '{\"i\":99}'",
@@ -142,7 +125,7 @@ async fn editing_any_column_of_a_row_is_caught_at_that_row() {
     ];
     for edit in edits {
         let db = with_entries(5).await;
-        let mut raw = attacker(&db).await;
+        let mut raw = db.attacker().await;
         sqlx::query(&format!(
             "UPDATE audit_log SET {edit} WHERE tenant_id = 'us-acme' AND seq = 3"
         ))
@@ -153,10 +136,9 @@ async fn editing_any_column_of_a_row_is_caught_at_that_row() {
     }
 }
 
-#[tokio::test]
 async fn a_row_that_no_longer_decodes_is_reported_as_the_break() {
     let db = with_entries(3).await;
-    let mut raw = attacker(&db).await;
+    let mut raw = db.attacker().await;
     sqlx::query("UPDATE audit_log SET run_id = 'not-a-uuid' WHERE seq = 2")
         .execute(&mut raw)
         .await
@@ -166,10 +148,9 @@ async fn a_row_that_no_longer_decodes_is_reported_as_the_break() {
     assert!(matches!(listed, Err(StoreError::Corrupt(_))));
 }
 
-#[tokio::test]
 async fn deleting_a_middle_row_is_caught_at_the_next() {
     let db = with_entries(5).await;
-    let mut raw = attacker(&db).await;
+    let mut raw = db.attacker().await;
     sqlx::query("DELETE FROM audit_log WHERE seq = 3")
         .execute(&mut raw)
         .await
@@ -177,10 +158,9 @@ async fn deleting_a_middle_row_is_caught_at_the_next() {
     assert_eq!(first_bad(&db).await, 4);
 }
 
-#[tokio::test]
 async fn deleting_the_first_row_is_caught() {
     let db = with_entries(3).await;
-    let mut raw = attacker(&db).await;
+    let mut raw = db.attacker().await;
     sqlx::query("DELETE FROM audit_log WHERE seq = 1")
         .execute(&mut raw)
         .await
@@ -188,10 +168,9 @@ async fn deleting_the_first_row_is_caught() {
     assert_eq!(first_bad(&db).await, 2);
 }
 
-#[tokio::test]
 async fn swapping_two_rows_is_caught_at_the_first_of_them() {
     let db = with_entries(5).await;
-    let mut raw = attacker(&db).await;
+    let mut raw = db.attacker().await;
     for sql in [
         "UPDATE audit_log SET seq = -1 WHERE seq = 2",
         "UPDATE audit_log SET seq = 2 WHERE seq = 3",
@@ -202,7 +181,6 @@ async fn swapping_two_rows_is_caught_at_the_first_of_them() {
     assert_eq!(first_bad(&db).await, 2);
 }
 
-#[tokio::test]
 async fn the_service_itself_cannot_change_or_delete_audit_rows() {
     let db = with_entries(2).await;
     let mut raw = db.raw().await;
@@ -212,7 +190,6 @@ async fn the_service_itself_cannot_change_or_delete_audit_rows() {
     }
 }
 
-#[tokio::test]
 async fn malformed_drafts_are_refused() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -284,7 +261,7 @@ async fn interleave_then_tamper(ops: Vec<(usize, u32)>, victim: usize, edit: &st
 
     let (tenant_idx, _) = ops[victim];
     let seq = 1 + victim as u64 % counts[tenant_idx];
-    let mut raw = attacker(&db).await;
+    let mut raw = db.attacker().await;
     sqlx::query(&format!(
         "UPDATE audit_log SET {edit} WHERE tenant_id = $1 AND seq = $2"
     ))
@@ -312,6 +289,22 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let victim = victim.index(ops.len());
-        rt.block_on(interleave_then_tamper(ops, victim, EDITS[column]));
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            rt.block_on(crate::support::on(backend, interleave_then_tamper(ops.clone(), victim, EDITS[column])));
+        }
     }
 }
+
+crate::support::conformance!(
+    appended_entries_form_a_verifying_chain,
+    an_empty_chain_verifies_to_genesis,
+    entries_page_by_seq_with_at_most_1000_per_call,
+    concurrent_appends_get_consecutive_seqs,
+    editing_any_column_of_a_row_is_caught_at_that_row,
+    a_row_that_no_longer_decodes_is_reported_as_the_break,
+    deleting_a_middle_row_is_caught_at_the_next,
+    deleting_the_first_row_is_caught,
+    swapping_two_rows_is_caught_at_the_first_of_them,
+    the_service_itself_cannot_change_or_delete_audit_rows,
+    malformed_drafts_are_refused,
+);

@@ -15,7 +15,6 @@ fn created(outcome: IntakeOutcome) -> steward_core::RunId {
     }
 }
 
-#[tokio::test]
 async fn intake_writes_the_run_its_first_step_and_its_audit_entry() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -42,7 +41,6 @@ async fn intake_writes_the_run_its_first_step_and_its_audit_entry() {
     );
 }
 
-#[tokio::test]
 async fn the_same_delivery_at_the_same_moment_creates_one_run() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -64,7 +62,6 @@ async fn the_same_delivery_at_the_same_moment_creates_one_run() {
     assert_eq!(db.store.audit_entries(&acme, 0, 10).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn the_same_delivery_from_two_processes_creates_one_run() {
     let db = TestDb::new().await;
     let other = db.second_process().await;
@@ -95,7 +92,6 @@ async fn the_same_delivery_from_two_processes_creates_one_run() {
     );
 }
 
-#[tokio::test]
 async fn a_delivery_seen_before_a_restart_is_a_duplicate_after_it() {
     let mut db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -114,7 +110,6 @@ async fn a_delivery_seen_before_a_restart_is_a_duplicate_after_it() {
     assert_eq!(again, IntakeOutcome::Duplicate(first));
 }
 
-#[tokio::test]
 async fn a_retry_five_minutes_and_one_second_later_is_still_a_duplicate() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -135,7 +130,6 @@ async fn a_retry_five_minutes_and_one_second_later_is_still_a_duplicate() {
     }
 }
 
-#[tokio::test]
 async fn purging_keeps_deliveries_inside_the_window_and_drops_older_ones() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -174,7 +168,6 @@ async fn purging_keeps_deliveries_inside_the_window_and_drops_older_ones() {
     ));
 }
 
-#[tokio::test]
 async fn the_same_delivery_id_from_another_tenant_or_without_a_source_is_new() {
     let db = TestDb::new().await;
     created(
@@ -212,7 +205,6 @@ async fn the_same_delivery_id_from_another_tenant_or_without_a_source_is_new() {
     );
 }
 
-#[tokio::test]
 async fn runs_without_a_delivery_id_are_never_duplicates() {
     let db = TestDb::new().await;
     let a = db.intake("us-acme").await;
@@ -220,7 +212,6 @@ async fn runs_without_a_delivery_id_are_never_duplicates() {
     assert_ne!(a, b);
 }
 
-#[tokio::test]
 async fn a_run_id_used_twice_is_a_conflict() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -230,7 +221,6 @@ async fn a_run_id_used_twice_is_a_conflict() {
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
-#[tokio::test]
 async fn intake_for_an_unregistered_tenant_is_refused() {
     let db = TestDb::new().await;
     let err = db
@@ -244,7 +234,6 @@ async fn intake_for_an_unregistered_tenant_is_refused() {
     );
 }
 
-#[tokio::test]
 async fn malformed_intake_is_refused_and_writes_nothing() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -289,3 +278,17 @@ async fn malformed_intake_is_refused_and_writes_nothing() {
             .is_empty()
     );
 }
+
+crate::support::conformance!(
+    intake_writes_the_run_its_first_step_and_its_audit_entry,
+    the_same_delivery_at_the_same_moment_creates_one_run,
+    the_same_delivery_from_two_processes_creates_one_run,
+    a_delivery_seen_before_a_restart_is_a_duplicate_after_it,
+    a_retry_five_minutes_and_one_second_later_is_still_a_duplicate,
+    purging_keeps_deliveries_inside_the_window_and_drops_older_ones,
+    the_same_delivery_id_from_another_tenant_or_without_a_source_is_new,
+    runs_without_a_delivery_id_are_never_duplicates,
+    a_run_id_used_twice_is_a_conflict,
+    intake_for_an_unregistered_tenant_is_refused,
+    malformed_intake_is_refused_and_writes_nothing,
+);

@@ -9,7 +9,10 @@ use steward_persistence::{
     DecideOutcome, Decision, MasterKey, NewApproval, StoreError, TenantScope, WebhookSource,
 };
 
-use crate::support::{TestDb, audit, scope, source, step};
+use sqlx::{Connection, Executor};
+use steward_persistence::Backend;
+
+use crate::support::{TestDb, audit, scope, service_connection, source, step};
 
 /// Everything `us-acme` owns: a run with steps, an approval, a snapshot, a source, a secret
 /// and audit entries.
@@ -73,7 +76,6 @@ async fn assert_sees_nothing(db: &TestDb, key: &MasterKey, other: &TenantScope, 
     assert_eq!((report.entries, report.first_bad), (0, None));
 }
 
-#[tokio::test]
 async fn another_tenants_scope_sees_none_of_a_tenants_data() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -110,7 +112,6 @@ async fn another_tenants_scope_sees_none_of_a_tenants_data() {
     );
 }
 
-#[tokio::test]
 async fn another_tenants_scope_can_change_none_of_a_tenants_data() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -220,6 +221,168 @@ proptest! {
         ops in prop::collection::vec((0usize..3, 0u32..3), 1..20),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(each_tenant_sees_its_own(ops));
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            rt.block_on(crate::support::on(backend, each_tenant_sees_its_own(ops.clone())));
+        }
+    }
+}
+
+crate::support::conformance!(
+    another_tenants_scope_sees_none_of_a_tenants_data,
+    another_tenants_scope_can_change_none_of_a_tenants_data,
+);
+
+/// The service role, in a transaction that names no tenant, and the superuser, which row-level
+/// security does not apply to, count the rows of each table of tenant data.
+async fn rows_without_the_tenant_set() {
+    let db = TestDb::new().await;
+    let key = MasterKey::generate();
+    populate(&db, &key).await;
+    let mut service = service_connection(&db).await;
+    let mut raw = db.raw().await;
+    for table in [
+        "tenants",
+        "runs",
+        "run_steps",
+        "approvals",
+        "run_snapshots",
+        "webhook_sources",
+        "sealed_secrets",
+        "data_keys",
+        "audit_log",
+    ] {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        let exists: i64 = sqlx::query_scalar(&sql).fetch_one(&mut raw).await.unwrap();
+        assert!(exists > 0, "{table} holds rows");
+        let seen: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&mut service)
+            .await
+            .unwrap();
+        assert_eq!(seen, 0, "{table} shows rows to a query without its tenant");
+    }
+
+    // Naming another tenant shows that tenant's rows only; naming the owner shows its own.
+    let count_as = |tenant: &'static str| {
+        let db = &db;
+        async move {
+            let mut conn = service_connection(db).await;
+            let mut tx = conn.begin().await.unwrap();
+            sqlx::query("SELECT set_config('steward.tenant', $1, true)")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(count_as("eu-beta").await, 0);
+    assert_eq!(count_as("us-acme").await, 1);
+}
+
+/// The service role can neither switch row-level security off, nor write a row for a tenant
+/// other than the one set, nor change the audit log, and it owns nothing it could alter.
+async fn the_service_role_cannot_bypass_row_security() {
+    let db = TestDb::new().await;
+    db.intake("us-acme").await;
+    let mut service = service_connection(&db).await;
+
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut service)
+            .await
+            .unwrap();
+    assert!(!superuser && !bypass);
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
+         WHERE r.rolname = 'steward_service'",
+    )
+    .fetch_one(&mut service)
+    .await
+    .unwrap();
+    assert_eq!(owned, 0, "the service role owns relations");
+
+    // With row_security off, a query that policies would filter fails instead of showing all.
+    service.execute("SET row_security = off").await.unwrap();
+    let err = service.execute("SELECT * FROM runs").await.unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    service.execute("SET row_security = on").await.unwrap();
+
+    for sql in [
+        "ALTER TABLE runs DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE runs NO FORCE ROW LEVEL SECURITY",
+        "DROP POLICY tenant_rows ON runs",
+        "UPDATE audit_log SET body = '{}'",
+        "DELETE FROM audit_log",
+    ] {
+        let err = service.execute(sql).await.unwrap_err();
+        assert!(
+            err.to_string().contains("must be owner") || err.to_string().contains("denied"),
+            "{sql}: {err}"
+        );
+    }
+
+    let mut tx = service.begin().await.unwrap();
+    sqlx::query("SELECT set_config('steward.tenant', 'us-acme', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query(
+        "INSERT INTO webhook_sources (tenant_id, name, scheme, secret_name, sys_id_pointers, \
+         number_pointers, created_at, updated_at) VALUES ('eu-beta', 'x', 's', 's', '[]', '[]', 0, 0)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+}
+
+/// Every table with a tenant column has row-level security enabled and forced.
+async fn every_tenant_table_forces_row_security() {
+    let db = TestDb::new().await;
+    let mut raw = db.raw().await;
+    let unguarded: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' \
+         AND (EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid \
+         AND a.attname = 'tenant_id') OR c.relname = 'tenants') \
+         AND NOT (c.relrowsecurity AND c.relforcerowsecurity)",
+    )
+    .fetch_all(&mut raw)
+    .await
+    .unwrap();
+    assert!(
+        unguarded.is_empty(),
+        "tables without forced RLS: {unguarded:?}"
+    );
+}
+
+mod postgres_only {
+    use steward_persistence::Backend;
+
+    #[tokio::test]
+    async fn a_query_without_the_tenant_set_returns_nothing() {
+        crate::support::on(Backend::Postgres, super::rows_without_the_tenant_set()).await;
+    }
+
+    #[tokio::test]
+    async fn the_service_role_cannot_bypass_row_security() {
+        crate::support::on(
+            Backend::Postgres,
+            super::the_service_role_cannot_bypass_row_security(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn every_tenant_table_forces_row_security() {
+        crate::support::on(
+            Backend::Postgres,
+            super::every_tenant_table_forces_row_security(),
+        )
+        .await;
     }
 }

@@ -8,6 +8,7 @@ mod isolation;
 mod ops;
 mod runs;
 mod support;
+mod tenancy;
 mod tenants;
 mod timers;
 mod tokens;

@@ -22,7 +22,6 @@ fn crash(run: RunId, attempt: u32) -> NewCrash {
     }
 }
 
-#[tokio::test]
 async fn crash_snapshots_are_numbered_redacted_and_kept_with_their_run() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -53,11 +52,10 @@ async fn crash_snapshots_are_numbered_redacted_and_kept_with_their_run() {
     }
     assert_eq!(crashes[0].state["settings"]["max_tokens"], 1024);
 
-    let disk = String::from_utf8_lossy(&db.disk_bytes()).into_owned();
+    let disk = db.stored_text().await;
     assert!(!disk.contains("hunter2"), "a secret reached the disk");
 }
 
-#[tokio::test]
 async fn crash_snapshots_belong_to_one_tenant() {
     let db = TestDb::new().await;
     let run = db.intake("us-acme").await;
@@ -80,7 +78,6 @@ async fn crash_snapshots_belong_to_one_tenant() {
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
-#[tokio::test]
 async fn oversized_and_hostile_crash_text_is_cut_not_refused() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -99,7 +96,6 @@ async fn oversized_and_hostile_crash_text_is_cut_not_refused() {
     assert!(stored.state["omitted"].as_str().unwrap().contains("limit"));
 }
 
-#[tokio::test]
 async fn a_run_is_found_by_its_id_alone() {
     let db = TestDb::new().await;
     let acme_run = db.intake("us-acme").await;
@@ -146,7 +142,6 @@ fn filter() -> RunFilter {
     }
 }
 
-#[tokio::test]
 async fn runs_are_listed_across_tenants_newest_first_with_filters() {
     let db = TestDb::new().await;
     let (sourced, api, beta) = three_runs(&db).await;
@@ -201,7 +196,6 @@ async fn runs_are_listed_across_tenants_newest_first_with_filters() {
     assert_eq!(ids(db.store.find_runs(&page).await.unwrap()), [sourced]);
 }
 
-#[tokio::test]
 async fn runs_are_found_by_the_incident_number_they_read() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -234,7 +228,6 @@ async fn runs_are_found_by_the_incident_number_they_read() {
     );
 }
 
-#[tokio::test]
 async fn hostile_filters_are_refused_before_any_query() {
     let db = TestDb::new().await;
     db.intake("us-acme").await;
@@ -281,7 +274,6 @@ async fn hostile_filters_are_refused_before_any_query() {
     assert_eq!(db.store.find_runs(&huge).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn waiting_runs_name_the_approval_they_wait_for() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -313,7 +305,6 @@ async fn waiting_runs_name_the_approval_they_wait_for() {
     assert!(db.store.waiting_runs(&[]).await.unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn a_runs_audit_holds_only_its_own_entries() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -339,3 +330,15 @@ async fn a_runs_audit_holds_only_its_own_entries() {
             .is_empty()
     );
 }
+
+crate::support::conformance!(
+    crash_snapshots_are_numbered_redacted_and_kept_with_their_run,
+    crash_snapshots_belong_to_one_tenant,
+    oversized_and_hostile_crash_text_is_cut_not_refused,
+    a_run_is_found_by_its_id_alone,
+    runs_are_listed_across_tenants_newest_first_with_filters,
+    runs_are_found_by_the_incident_number_they_read,
+    hostile_filters_are_refused_before_any_query,
+    waiting_runs_name_the_approval_they_wait_for,
+    a_runs_audit_holds_only_its_own_entries,
+);

@@ -6,7 +6,6 @@ use steward_persistence::{Store, StoreError, TenantScope};
 
 use crate::support::{TestDb, scope, step};
 
-#[tokio::test]
 async fn steps_append_in_order_and_move_the_run() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -40,7 +39,6 @@ async fn steps_append_in_order_and_move_the_run() {
     assert_eq!(db.store.verify_audit(&acme).await.unwrap().entries, 3);
 }
 
-#[tokio::test]
 async fn the_last_error_is_kept_until_replaced() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -55,7 +53,6 @@ async fn the_last_error_is_kept_until_replaced() {
     );
 }
 
-#[tokio::test]
 async fn a_step_at_a_stale_seq_is_a_conflict_and_writes_nothing() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -72,7 +69,6 @@ async fn a_step_at_a_stale_seq_is_a_conflict_and_writes_nothing() {
     assert_eq!(db.store.audit_entries(&acme, 0, 10).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn a_step_for_an_unknown_run_is_not_found() {
     let db = TestDb::new().await;
     let err = db
@@ -83,7 +79,6 @@ async fn a_step_for_an_unknown_run_is_not_found() {
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
-#[tokio::test]
 async fn a_step_with_a_bad_audit_draft_rolls_back_whole() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -99,7 +94,6 @@ async fn a_step_with_a_bad_audit_draft_rolls_back_whole() {
     assert_eq!(db.store.audit_entries(&acme, 0, 10).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn concurrent_appends_at_the_same_seq_commit_exactly_one() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -132,7 +126,6 @@ async fn read_then_append(store: &Store, scope: &TenantScope, run: steward_core:
     }
 }
 
-#[tokio::test]
 async fn concurrent_read_then_write_on_one_run_never_fails_with_a_lock_error() {
     let db = TestDb::new().await;
     let other = db.second_process().await;
@@ -161,7 +154,6 @@ async fn concurrent_read_then_write_on_one_run_never_fails_with_a_lock_error() {
     );
 }
 
-#[tokio::test]
 async fn runs_list_newest_first_in_pages_capped_at_200() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -185,7 +177,6 @@ async fn runs_list_newest_first_in_pages_capped_at_200() {
     assert!(db.store.list_runs(&acme, 0, None).await.unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn unfinished_runs_of_every_tenant_are_listed_for_resume() {
     let db = TestDb::new().await;
     let a1 = db.intake("us-acme").await;
@@ -216,7 +207,6 @@ async fn unfinished_runs_of_every_tenant_are_listed_for_resume() {
     assert_eq!(db.store.unfinished_runs(&[]).await.unwrap().len(), 3);
 }
 
-#[tokio::test]
 async fn snapshots_keep_the_latest_offset_and_never_roll_back() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -253,7 +243,6 @@ async fn snapshots_keep_the_latest_offset_and_never_roll_back() {
     );
 }
 
-#[tokio::test]
 async fn a_snapshot_past_the_journal_or_of_an_unknown_run_is_refused() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -273,7 +262,6 @@ async fn a_snapshot_past_the_journal_or_of_an_unknown_run_is_refused() {
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
-#[tokio::test]
 async fn a_run_row_edited_behind_the_store_reads_back_as_corrupt() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -296,3 +284,18 @@ async fn a_run_row_edited_behind_the_store_reads_back_as_corrupt() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+crate::support::conformance!(
+    steps_append_in_order_and_move_the_run,
+    the_last_error_is_kept_until_replaced,
+    a_step_at_a_stale_seq_is_a_conflict_and_writes_nothing,
+    a_step_for_an_unknown_run_is_not_found,
+    a_step_with_a_bad_audit_draft_rolls_back_whole,
+    concurrent_appends_at_the_same_seq_commit_exactly_one,
+    concurrent_read_then_write_on_one_run_never_fails_with_a_lock_error,
+    runs_list_newest_first_in_pages_capped_at_200,
+    unfinished_runs_of_every_tenant_are_listed_for_resume,
+    snapshots_keep_the_latest_offset_and_never_roll_back,
+    a_snapshot_past_the_journal_or_of_an_unknown_run_is_refused,
+    a_run_row_edited_behind_the_store_reads_back_as_corrupt,
+);

@@ -6,7 +6,6 @@ use steward_persistence::{StoreError, TenantRecord, WebhookSource};
 
 use crate::support::{T0_SECS, TestDb, scope};
 
-#[tokio::test]
 async fn upserting_a_tenant_updates_it_but_keeps_its_creation_time() {
     let db = TestDb::new().await;
     let mut record = db.store.tenant(&scope("eu-beta")).await.unwrap().unwrap();
@@ -31,7 +30,6 @@ async fn upserting_a_tenant_updates_it_but_keeps_its_creation_time() {
     assert_eq!(region, "eu");
 }
 
-#[tokio::test]
 async fn tenant_existence_is_known_per_id() {
     let db = TestDb::new().await;
     assert!(
@@ -49,7 +47,6 @@ async fn tenant_existence_is_known_per_id() {
     assert_eq!(db.store.tenant(&scope("us-ghost")).await.unwrap(), None);
 }
 
-#[tokio::test]
 async fn a_tenant_without_a_name_is_refused() {
     let db = TestDb::new().await;
     let record = TenantRecord {
@@ -74,7 +71,6 @@ fn servicenow() -> WebhookSource {
     }
 }
 
-#[tokio::test]
 async fn sources_round_trip_and_are_replaced_by_name() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -96,7 +92,6 @@ async fn sources_round_trip_and_are_replaced_by_name() {
     assert_eq!(db.store.source(&acme, &other).await.unwrap(), None);
 }
 
-#[tokio::test]
 async fn malformed_sources_are_refused() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -119,3 +114,11 @@ async fn malformed_sources_are_refused() {
         .await;
     assert!(matches!(ghost, Err(StoreError::NotFound(_))));
 }
+
+crate::support::conformance!(
+    upserting_a_tenant_updates_it_but_keeps_its_creation_time,
+    tenant_existence_is_known_per_id,
+    a_tenant_without_a_name_is_refused,
+    sources_round_trip_and_are_replaced_by_name,
+    malformed_sources_are_refused,
+);

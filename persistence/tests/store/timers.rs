@@ -17,7 +17,6 @@ fn timer(kind: &str, due_at: i64) -> NewTimer {
     }
 }
 
-#[tokio::test]
 async fn a_timer_written_with_its_step_commits_with_it() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -35,7 +34,6 @@ async fn a_timer_written_with_its_step_commits_with_it() {
     assert_eq!(timers[0].claimed_at, None);
 }
 
-#[tokio::test]
 async fn a_step_that_fails_to_append_sets_no_timer() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -47,7 +45,6 @@ async fn a_step_that_fails_to_append_sets_no_timer() {
     assert!(db.store.timers(&acme, run).await.unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn setting_a_kind_again_moves_the_timer_and_releases_its_claim() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -69,7 +66,6 @@ async fn setting_a_kind_again_moves_the_timer_and_releases_its_claim() {
     assert_eq!(timers[0].payload, json!({"n": 2}));
 }
 
-#[tokio::test]
 async fn due_timers_are_claimed_once_until_the_lease_runs_out() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -100,7 +96,6 @@ async fn due_timers_are_claimed_once_until_the_lease_runs_out() {
     assert_eq!(again.len(), 1, "an unconsumed claim is handed out again");
 }
 
-#[tokio::test]
 async fn the_next_timer_time_accounts_for_claims() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -124,7 +119,6 @@ async fn the_next_timer_time_accounts_for_claims() {
     );
 }
 
-#[tokio::test]
 async fn due_timers_come_earliest_first_and_respect_the_limit() {
     let db = TestDb::new().await;
     let now = db.clock_ms();
@@ -145,7 +139,6 @@ async fn due_timers_come_earliest_first_and_respect_the_limit() {
     assert_eq!(rest[0].run_id, runs[0]);
 }
 
-#[tokio::test]
 async fn clearing_one_timer_leaves_a_timer_moved_since_it_was_read() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -175,7 +168,6 @@ async fn clearing_one_timer_leaves_a_timer_moved_since_it_was_read() {
     assert!(db.store.timers(&acme, run).await.unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn clearing_a_runs_timers_removes_them_all_and_only_its_own() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -197,7 +189,6 @@ async fn clearing_a_runs_timers_removes_them_all_and_only_its_own() {
     assert_eq!(db.store.timers(&acme, other).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn another_tenant_can_neither_see_set_nor_clear_a_runs_timers() {
     let db = TestDb::new().await;
     let (acme, beta) = (scope("us-acme"), scope("eu-beta"));
@@ -219,7 +210,6 @@ async fn another_tenant_can_neither_see_set_nor_clear_a_runs_timers() {
     assert_eq!(db.store.timers(&acme, run).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn malformed_and_oversized_timers_are_refused() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -253,7 +243,6 @@ async fn malformed_and_oversized_timers_are_refused() {
     assert!(db.store.timers(&acme, run).await.unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn timers_survive_a_restart() {
     let mut db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -269,7 +258,6 @@ async fn timers_survive_a_restart() {
     assert_eq!(fired[0].kind, "run.resume");
 }
 
-#[tokio::test]
 async fn setting_a_timer_wakes_a_waiter_even_when_set_before_the_wait() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -296,3 +284,18 @@ async fn setting_a_timer_wakes_a_waiter_even_when_set_before_the_wait() {
         .expect("a step that sets a timer wakes the waiter")
         .unwrap();
 }
+
+crate::support::conformance!(
+    a_timer_written_with_its_step_commits_with_it,
+    a_step_that_fails_to_append_sets_no_timer,
+    setting_a_kind_again_moves_the_timer_and_releases_its_claim,
+    due_timers_are_claimed_once_until_the_lease_runs_out,
+    the_next_timer_time_accounts_for_claims,
+    due_timers_come_earliest_first_and_respect_the_limit,
+    clearing_one_timer_leaves_a_timer_moved_since_it_was_read,
+    clearing_a_runs_timers_removes_them_all_and_only_its_own,
+    another_tenant_can_neither_see_set_nor_clear_a_runs_timers,
+    malformed_and_oversized_timers_are_refused,
+    timers_survive_a_restart,
+    setting_a_timer_wakes_a_waiter_even_when_set_before_the_wait,
+);

@@ -19,7 +19,6 @@ fn generated_tokens_are_prefixed_random_hex() {
     assert_ne!(text, generate_api_token().expose_secret());
 }
 
-#[tokio::test]
 async fn a_registered_token_authenticates_its_tenant_and_scopes() {
     let db = TestDb::new().await;
     let token = generate_api_token();
@@ -48,7 +47,6 @@ async fn a_registered_token_authenticates_its_tenant_and_scopes() {
     assert!(!stored.contains(&token.expose_secret()[4..]));
 }
 
-#[tokio::test]
 async fn unknown_and_hostile_tokens_authenticate_nobody() {
     let db = TestDb::new().await;
     let token = generate_api_token();
@@ -79,7 +77,6 @@ async fn unknown_and_hostile_tokens_authenticate_nobody() {
     }
 }
 
-#[tokio::test]
 async fn a_token_stops_working_at_its_expiry() {
     let db = TestDb::new().await;
     let token = generate_api_token();
@@ -106,7 +103,6 @@ async fn a_token_stops_working_at_its_expiry() {
     );
 }
 
-#[tokio::test]
 async fn revoking_a_label_revokes_only_that_tenants_tokens_of_that_label() {
     let db = TestDb::new().await;
     let (ci, ops, beta_ci) = (
@@ -164,7 +160,6 @@ async fn revoking_a_label_revokes_only_that_tenants_tokens_of_that_label() {
     );
 }
 
-#[tokio::test]
 async fn weak_duplicate_or_mislabelled_tokens_are_refused() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
@@ -209,3 +204,11 @@ async fn weak_duplicate_or_mislabelled_tokens_are_refused() {
         .await;
     assert!(matches!(ghost, Err(StoreError::NotFound(_))));
 }
+
+crate::support::conformance!(
+    a_registered_token_authenticates_its_tenant_and_scopes,
+    unknown_and_hostile_tokens_authenticate_nobody,
+    a_token_stops_working_at_its_expiry,
+    revoking_a_label_revokes_only_that_tenants_tokens_of_that_label,
+    weak_duplicate_or_mislabelled_tokens_are_refused,
+);

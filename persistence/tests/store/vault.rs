@@ -5,6 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use steward_persistence::{MasterKey, StoreError};
 
 use crate::support::{TestDb, scope};
+use steward_persistence::Backend;
 
 const PLAINTEXT: &str = "xoxb-plaintext-canary-7d1f0c";
 
@@ -17,7 +18,6 @@ async fn opened(db: &TestDb, key: &MasterKey, tenant: &str, name: &str) -> Optio
     value.map(|s| s.expose_secret().to_owned())
 }
 
-#[tokio::test]
 async fn secrets_round_trip_with_a_new_version_each_time() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -55,7 +55,6 @@ async fn secrets_round_trip_with_a_new_version_each_time() {
     assert_eq!(opened(&db, &key, "us-acme", "missing").await, None);
 }
 
-#[tokio::test]
 async fn each_tenant_gets_its_own_data_key() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -113,7 +112,6 @@ fn assert_unopenable(result: Result<Option<SecretString>, StoreError>, names: &[
     assert!(!text.contains(PLAINTEXT));
 }
 
-#[tokio::test]
 async fn a_ciphertext_moved_to_another_tenant_does_not_open() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -134,7 +132,6 @@ async fn a_ciphertext_moved_to_another_tenant_does_not_open() {
     );
 }
 
-#[tokio::test]
 async fn a_ciphertext_moved_to_another_name_or_version_does_not_open() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -171,7 +168,6 @@ async fn a_ciphertext_moved_to_another_name_or_version_does_not_open() {
     );
 }
 
-#[tokio::test]
 async fn flipped_or_truncated_ciphertexts_do_not_open() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -191,7 +187,6 @@ async fn flipped_or_truncated_ciphertexts_do_not_open() {
     }
 }
 
-#[tokio::test]
 async fn a_data_key_moved_to_another_tenant_does_not_unwrap() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -222,7 +217,6 @@ async fn a_data_key_moved_to_another_tenant_does_not_unwrap() {
     );
 }
 
-#[tokio::test]
 async fn a_wrong_master_key_is_refused_at_startup_naming_both_key_ids() {
     let mut db = TestDb::new().await;
     let right = MasterKey::generate();
@@ -255,7 +249,6 @@ async fn a_wrong_master_key_is_refused_at_startup_naming_both_key_ids() {
     assert!(matches!(get, Err(StoreError::WrongMasterKey { .. })));
 }
 
-#[tokio::test]
 async fn the_key_check_unwraps_a_data_key_even_if_the_recorded_id_was_removed() {
     let db = TestDb::new().await;
     let right = MasterKey::generate();
@@ -278,15 +271,19 @@ async fn the_key_check_unwraps_a_data_key_even_if_the_recorded_id_was_removed() 
     // The refused key was not recorded: the right one still passes.
     db.store.check_master_key(&right).await.unwrap();
 
-    sqlx::query("UPDATE data_keys SET wrapped = substr(wrapped, 1, 30) || X'00'")
-        .execute(&mut raw)
-        .await
-        .unwrap();
+    let truncate = match db.backend() {
+        Backend::Sqlite => {
+            "UPDATE data_keys SET wrapped = CAST(substr(wrapped, 1, 30) || X'00' AS BLOB)"
+        }
+        Backend::Postgres => {
+            "UPDATE data_keys SET wrapped = substr(wrapped, 1, 30) || '\\x00'::bytea"
+        }
+    };
+    sqlx::query(truncate).execute(&mut raw).await.unwrap();
     let err = db.store.check_master_key(&right).await.unwrap_err();
     assert!(matches!(err, StoreError::Crypto(_)), "{err}");
 }
 
-#[tokio::test]
 async fn plaintext_never_reaches_the_disk() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
@@ -323,7 +320,6 @@ async fn plaintext_never_reaches_the_disk() {
     }
 }
 
-#[tokio::test]
 async fn malformed_secret_names_and_values_are_refused() {
     let db = TestDb::new().await;
     let key = MasterKey::dev();
@@ -350,3 +346,20 @@ async fn malformed_secret_names_and_values_are_refused() {
         .await;
     assert!(matches!(ghost, Err(StoreError::NotFound(_))));
 }
+
+crate::support::conformance!(
+    secrets_round_trip_with_a_new_version_each_time,
+    each_tenant_gets_its_own_data_key,
+    a_ciphertext_moved_to_another_tenant_does_not_open,
+    a_ciphertext_moved_to_another_name_or_version_does_not_open,
+    a_data_key_moved_to_another_tenant_does_not_unwrap,
+    a_wrong_master_key_is_refused_at_startup_naming_both_key_ids,
+    the_key_check_unwraps_a_data_key_even_if_the_recorded_id_was_removed,
+    malformed_secret_names_and_values_are_refused,
+);
+
+// These read SQLite's files or write blobs with SQLite-only SQL.
+crate::support::sqlite_only!(
+    flipped_or_truncated_ciphertexts_do_not_open,
+    plaintext_never_reaches_the_disk,
+);
