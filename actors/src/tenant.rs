@@ -19,6 +19,7 @@ use steward_adapters::servicenow::{ServiceNowAuth, ServiceNowClient};
 use steward_adapters::slack::SlackClient;
 use steward_core::{RunId, TenantId};
 use steward_persistence::{AuditDraft, Authenticator, MasterKey, Store, TenantScope, redact_text};
+use tokio::sync::watch;
 use tracing::{error, warn};
 
 use crate::connectors::{Connectors, LlmActor, ServiceNowActor, SlackActor};
@@ -445,6 +446,14 @@ impl Clients {
             auth,
             http.clone(),
         ));
+        if sn.grant == "refresh_token" {
+            seal_rotated_refresh_tokens(
+                init.store.clone(),
+                init.master_key.clone(),
+                scope.clone(),
+                servicenow.rotated_refresh_token(),
+            );
+        }
         let bot_token = secret_result(secret(secret_names::SLACK_BOT_TOKEN).await)?;
         let slack = Arc::new(SlackClient::new(
             settings.slack.api_base.parse()?,
@@ -479,6 +488,50 @@ impl Clients {
     }
 }
 
+/// Seals each refresh token the ServiceNow server rotates in as the tenant's refresh-token
+/// secret (one transaction each), so that a restart starts from the newest one. The task ends
+/// when the client that reports rotations is dropped.
+fn seal_rotated_refresh_tokens(
+    store: Store,
+    key: Arc<MasterKey>,
+    scope: TenantScope,
+    mut rotated: watch::Receiver<Option<SecretString>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while rotated.changed().await.is_ok() {
+            let Some(token) = rotated.borrow_and_update().clone() else {
+                continue;
+            };
+            seal_refresh_token(&store, &key, &scope, &token).await;
+        }
+    })
+}
+
+async fn seal_refresh_token(
+    store: &Store,
+    key: &MasterKey,
+    scope: &TenantScope,
+    token: &SecretString,
+) {
+    let name = secret_names::SERVICENOW_REFRESH_TOKEN;
+    let version = match store.put_secret(scope, key, name, token).await {
+        Ok(version) => version,
+        Err(e) => {
+            error!(tenant = %scope.tenant(), error = %e, "Sealing a rotated ServiceNow refresh token failed.");
+            return;
+        }
+    };
+    let draft = AuditDraft {
+        kind: "secret.rotated".into(),
+        run_id: None,
+        actor: "servicenow".into(),
+        body: json!({ "secret": name, "version": version }),
+    };
+    if let Err(e) = store.append_audit(scope, draft).await {
+        error!(tenant = %scope.tenant(), error = %e, "Recording a refresh token rotation failed.");
+    }
+}
+
 fn secret_result(
     r: Result<SecretString, ActorProcessingErr>,
 ) -> Result<SecretString, ActorProcessingErr> {
@@ -489,4 +542,73 @@ fn secret_result(
             Ok(s)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_persistence::{StoreOptions, TenantRecord};
+
+    async fn store_with_tenant(dir: &tempfile::TempDir) -> (Store, TenantScope) {
+        let store = Store::open(StoreOptions::new(dir.path().join("steward.db")))
+            .await
+            .unwrap();
+        let id = TenantId::parse("us-acme").unwrap();
+        let record = TenantRecord {
+            id: id.clone(),
+            name: "Acme".into(),
+            settings: json!({}),
+            created_at: 0,
+        };
+        store.upsert_tenant(&record).await.unwrap();
+        (store, TenantScope::assume(id, Authenticator::Operator))
+    }
+
+    async fn stored_token(store: &Store, key: &MasterKey, scope: &TenantScope) -> Option<String> {
+        store
+            .secret(scope, key, secret_names::SERVICENOW_REFRESH_TOKEN)
+            .await
+            .unwrap()
+            .map(|s| s.expose_secret().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_rotated_refresh_token_is_sealed_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, scope) = store_with_tenant(&dir).await;
+        let key = Arc::new(MasterKey::generate());
+        let name = secret_names::SERVICENOW_REFRESH_TOKEN;
+        store
+            .put_secret(&scope, &key, name, &SecretString::from("refresh-old"))
+            .await
+            .unwrap();
+        let (tx, rx) = watch::channel(None);
+        let task = seal_rotated_refresh_tokens(store.clone(), key.clone(), scope.clone(), rx);
+        tx.send(Some(SecretString::from("refresh-new"))).unwrap();
+        drop(tx);
+        task.await.unwrap();
+        store.close().await;
+
+        let reopened = Store::open(StoreOptions::new(dir.path().join("steward.db")))
+            .await
+            .unwrap();
+        let token = stored_token(&reopened, &key, &scope).await;
+        assert_eq!(token.as_deref(), Some("refresh-new"));
+        let audit = reopened.audit_entries(&scope, 0, 100).await.unwrap();
+        let rotation = audit.iter().find(|e| e.kind == "secret.rotated").unwrap();
+        assert!(!rotation.body.contains("refresh-new"), "{}", rotation.body);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_sealed_until_the_server_rotates_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, scope) = store_with_tenant(&dir).await;
+        let key = Arc::new(MasterKey::generate());
+        let (tx, rx) = watch::channel(None);
+        let task = seal_rotated_refresh_tokens(store.clone(), key.clone(), scope.clone(), rx);
+        tx.send(None).unwrap();
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(stored_token(&store, &key, &scope).await, None);
+    }
 }

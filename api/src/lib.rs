@@ -50,6 +50,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tenant/connectors/llm", put(tenancy::put_llm))
         .route("/v1/tenant/policy", put(tenancy::put_policy))
         .route("/v1/tenant/sources", post(tenancy::create_source))
+        .route(
+            "/v1/tenant/sources/{name}/rotate",
+            post(tenancy::rotate_source),
+        )
         .route("/v1/tenant/secrets/{name}", put(tenancy::put_secret))
         .route(
             "/v1/tenant/tokens",

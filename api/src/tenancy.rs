@@ -815,3 +815,61 @@ mod tests {
         }
     }
 }
+/// How long a rotated webhook secret keeps verifying when the request names no expiry.
+const DEFAULT_OVERLAP_SECS: i64 = 7 * 24 * 3600;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// When the superseded secret stops verifying, in Unix seconds.
+    #[serde(default)]
+    old_expires_at: Option<i64>,
+}
+
+/// `POST /v1/tenant/sources/{name}/rotate` (admin): generates a new `whsec_` secret for the
+/// source, shown once in this answer; the old one keeps verifying until `old_expires_at`
+/// (default: 7 days from now). The store audits the rotation, without either value.
+pub(crate) async fn rotate_source(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let admin = admin(&state, &headers).await?;
+    let name = SourceName::parse(&name).map_err(|_| ApiError::NotFound)?;
+    let source = state
+        .store
+        .source(&admin.scope, &name)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let bytes = read_body(body, &headers, MAX_BODY_BYTES).await?;
+    let req: RotateBody = if bytes.is_empty() {
+        RotateBody::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
+    };
+    let now = state.store.clock().now_secs();
+    let expires = req.old_expires_at.unwrap_or(now + DEFAULT_OVERLAP_SECS);
+    if expires < now || expires > now + 365 * 24 * 3600 {
+        return Err(ApiError::Unprocessable(
+            "`old_expires_at` must be between now and one year from now".into(),
+        ));
+    }
+    let value = SecretString::from(WebhookSecret::generate());
+    let version = state
+        .store
+        .rotate_secret(
+            &admin.scope,
+            &state.master_key,
+            &source.secret_name,
+            &value,
+            expires.saturating_mul(1000),
+            &admin.actor,
+        )
+        .await?;
+    Ok(Json(json!({
+        "name": source.name, "secret_version": version, "old_expires_at": expires,
+        "secret": value.expose_secret(),
+    })))
+}

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use steward_actors::{Step, secret_names, states};
-use steward_adapters::webhook::{WebhookSecret, verify_standard};
+use steward_adapters::webhook::{WebhookSecret, verify_standard_any};
 use steward_core::{IncidentRef, RunId, SourceName, TenantId};
 use steward_persistence::{
     AuditDraft, Authenticator, IntakeOutcome, NewRun, TenantScope, WebhookSource,
@@ -90,17 +90,25 @@ async fn verify(
     } else {
         config.secret_name.clone()
     };
-    let secret = state
+    // During a rotation's overlap the superseded secret verifies too, until it expires.
+    let secrets = state
         .store
-        .secret(scope, &state.master_key, &name)
-        .await?
-        .ok_or_else(|| ApiError::Internal(format!("webhook secret `{name}` is missing")))?;
-    let key = WebhookSecret::parse(secret.expose_secret())
+        .valid_secrets(scope, &state.master_key, &name)
+        .await?;
+    if secrets.is_empty() {
+        return Err(ApiError::Internal(format!(
+            "webhook secret `{name}` is missing"
+        )));
+    }
+    let keys = secrets
+        .iter()
+        .map(|secret| WebhookSecret::parse(secret.expose_secret()))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::Internal(format!("webhook secret `{name}` is unusable: {e}")))?;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let now = state.store.clock().now_secs();
-    verify_standard(
-        &key,
+    verify_standard_any(
+        &keys,
         header("webhook-id"),
         header("webhook-timestamp"),
         header("webhook-signature"),

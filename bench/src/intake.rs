@@ -50,7 +50,7 @@ pub(crate) async fn run(args: &IntakeArgs, machine: &Machine) -> anyhow::Result<
     println!("disk: 4 KiB + fdatasync, appending:   {}", sync.append);
     println!("disk: 4 KiB + fdatasync, overwriting: {}", sync.overwrite);
     println!(
-        "database: SQLite (WAL), synchronous={}; PostgreSQL does not exist in Steward yet, so \
+        "database: SQLite (WAL), synchronous={}; the PostgreSQL backend is not benchmarked yet, so \
          only SQLite is measured",
         if args.synchronous_full {
             "FULL"

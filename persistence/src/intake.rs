@@ -43,26 +43,64 @@ pub enum IntakeOutcome {
 /// The `deliveries.source` key of a run without a source. Source names are never empty.
 const NO_SOURCE: &str = "";
 
-impl Store {
-    /// Records a new run in one transaction: the delivery (if any), the run, step 0 and the
-    /// audit entry. A delivery id already recorded for the tenant and source yields
-    /// `Duplicate` with the original run's id and writes nothing.
-    pub async fn record_intake(
-        &self,
-        scope: &TenantScope,
-        run: NewRun,
-    ) -> Result<IntakeOutcome, StoreError> {
+/// A run that passed intake's checks, with its documents already encoded, on its way to the
+/// intake batcher.
+pub(crate) struct ValidRun {
+    run: NewRun,
+    trigger: String,
+    step_body: String,
+    /// The store's time when intake was called, stamped on the delivery, run and step.
+    now: i64,
+}
+
+impl ValidRun {
+    /// Checks `run` and encodes its trigger and first step.
+    fn new(run: NewRun, now: i64) -> Result<Self, StoreError> {
         check_state(&run.state)?;
-        let (incident_by, incident_value) = codec::incident_columns(&run.incident)?;
+        codec::incident_columns(&run.incident)?;
         let trigger = codec::json_text(&run.trigger, "run trigger", MAX_DOCUMENT_BYTES)?;
         let step_body = step_columns(&run.first_step.0, &run.first_step.1)?;
         if let Some(id) = &run.delivery_id {
             codec::check_text(id, "delivery id", MAX_DELIVERY_ID_BYTES)?;
         }
-        let now = self.now();
+        Ok(Self {
+            run,
+            trigger,
+            step_body,
+            now,
+        })
+    }
+}
 
-        let mut tx = self.begin_tenant_write(scope).await?;
-        if let Some(existing) = self.claim_delivery(&mut tx, scope, &run, now).await? {
+impl Store {
+    /// Records a new run atomically: the delivery (if any), the run, step 0 and the audit
+    /// entry. A delivery id already recorded for the tenant and source yields `Duplicate` with
+    /// the original run's id and writes nothing. Concurrent calls share one transaction and
+    /// one commit (group commit), each under a savepoint of its own, so one call's failure
+    /// undoes only its own rows; every call returns only after the commit that covers it.
+    pub async fn record_intake(
+        &self,
+        scope: &TenantScope,
+        run: NewRun,
+    ) -> Result<IntakeOutcome, StoreError> {
+        let valid = ValidRun::new(run, self.now())?;
+        self.submit_intake(scope, valid).await
+    }
+
+    /// Writes one validated run inside `tx` (the intake batcher's transaction, under the run's
+    /// own savepoint): the delivery, the run, step 0 and the audit entry, or nothing but the
+    /// answer `Duplicate` when the delivery was recorded before, in this transaction or an
+    /// earlier one.
+    pub(crate) async fn intake_in(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        valid: &ValidRun,
+    ) -> Result<IntakeOutcome, StoreError> {
+        let (run, now) = (&valid.run, valid.now);
+        let (incident_by, incident_value) = codec::incident_columns(&run.incident)?;
+        self.enter_tenant(tx, scope).await?;
+        if let Some(existing) = self.claim_delivery(tx, scope, run, now).await? {
             return Ok(IntakeOutcome::Duplicate(existing));
         }
         sqlx::query(
@@ -76,26 +114,25 @@ impl Store {
         .bind(&run.delivery_id)
         .bind(incident_by)
         .bind(incident_value)
-        .bind(trigger)
+        .bind(&valid.trigger)
         .bind(&run.state)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| {
             codec::conflict_on_duplicate(e, || format!("run {} already exists", run.id))
         })?;
         insert_step(
-            &mut tx,
+            tx,
             scope,
             run.id,
             0,
             &run.first_step.0,
-            &step_body,
+            &valid.step_body,
             now,
         )
         .await?;
-        self.append_audit_in(&mut tx, scope, &run.audit).await?;
-        tx.commit().await?;
+        self.append_audit_in(tx, scope, &run.audit).await?;
         Ok(IntakeOutcome::Created(run.id))
     }
 

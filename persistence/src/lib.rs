@@ -52,6 +52,7 @@
 
 mod approvals;
 mod audit;
+mod batch;
 mod codec;
 mod crashes;
 mod envelope;

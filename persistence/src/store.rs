@@ -14,6 +14,8 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use steward_core::{Clock, SystemClock};
 
+use crate::batch::{IntakeJob, IntakeQueue};
+use crate::intake::ValidRun;
 use crate::{StoreError, TenantScope};
 
 /// How long a SQLite connection waits for another process's write lock before giving up.
@@ -104,9 +106,16 @@ pub enum Backend {
 /// to a write lock, and other processes on the same file (operator commands) wait their turn
 /// within the busy timeout. Reads use a separate pool that cannot write. On PostgreSQL one
 /// pool serves both, and every transaction names its tenant before it touches tenant rows.
+///
+/// Intake is group-committed: a batcher task, started by `open` and stopped by
+/// [`Store::close`], writes the runs of concurrent [`Store::record_intake`] calls in one
+/// transaction and answers each after that transaction's commit.
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// The intake batcher's queue; empty in the batcher's own handle, so that the task does
+    /// not keep itself alive: it ends once every other handle is dropped or the store closed.
+    intake: Arc<IntakeQueue>,
 }
 
 #[derive(Debug)]
@@ -212,8 +221,13 @@ impl Store {
             clock,
             timer_signal: tokio::sync::Notify::new(),
         };
-        Store {
+        let batcher = Store {
             inner: Arc::new(inner),
+            intake: Arc::new(IntakeQueue::default()),
+        };
+        Store {
+            inner: Arc::clone(&batcher.inner),
+            intake: Arc::new(IntakeQueue::start(batcher)),
         }
     }
 
@@ -233,9 +247,11 @@ impl Store {
         &self.inner.clock
     }
 
-    /// Closes both pools, waiting for connections in use to be returned. Later calls on any
-    /// clone fail with a closed-pool error.
+    /// Stops the intake batcher once it has written and answered every run already handed to
+    /// it, then closes both pools, waiting for connections in use to be returned. Later calls
+    /// on any clone fail with a closed-pool error.
     pub async fn close(&self) {
+        self.intake.stop().await;
         self.inner.reader.close().await;
         self.inner.writer.close().await;
     }
@@ -279,10 +295,22 @@ impl Store {
         &self,
         scope: &TenantScope,
     ) -> Result<WriteTx, StoreError> {
-        let mut tx = self.begin_write_as(scope).await?;
+        let mut tx = self.begin_write().await?;
+        self.enter_tenant(&mut tx, scope).await?;
+        Ok(tx)
+    }
+
+    /// Names the scope's tenant in `tx` (see [`Store::set_tenant`]) and checks that it is
+    /// registered: NotFound when it is not, so no row is written for an unknown tenant.
+    pub(crate) async fn enter_tenant(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+    ) -> Result<(), StoreError> {
+        self.set_tenant(tx, scope.id()).await?;
         let found = sqlx::query("SELECT id FROM tenants WHERE id = $1")
             .bind(scope.id())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         if found.is_none() {
             return Err(StoreError::NotFound(format!(
@@ -290,7 +318,26 @@ impl Store {
                 scope.tenant()
             )));
         }
-        Ok(tx)
+        Ok(())
+    }
+
+    /// Hands a validated run to the intake batcher and waits for the answer it sends after
+    /// the commit that covers the run.
+    pub(crate) async fn submit_intake(
+        &self,
+        scope: &TenantScope,
+        run: ValidRun,
+    ) -> Result<crate::IntakeOutcome, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = IntakeJob {
+            scope: scope.clone(),
+            run,
+            reply,
+        };
+        self.intake.submit(job).await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))?
     }
 
     /// A read-only transaction on the reader pool, with no tenant set.

@@ -195,6 +195,113 @@ impl Store {
         Ok(())
     }
 
+    /// Re-wraps every tenant's data keys from master key `old` to `new`, one transaction per
+    /// tenant (each audited), then records `new` as the vault's key, after which `old` is
+    /// refused. `progress(done, total)` is called after each tenant. Safe to run again after an
+    /// interruption: each data key records the master key that wraps it, so keys already
+    /// re-wrapped are skipped. Returns how many data keys were re-wrapped by this call.
+    pub async fn rotate_master_key(
+        &self,
+        old: &MasterKey,
+        new: &MasterKey,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<u64, StoreError> {
+        if old.id == new.id {
+            return Err(StoreError::Invalid(
+                "the new master key is the current one; generate a new key".into(),
+            ));
+        }
+        self.check_rotation_start(old, new).await?;
+        let tenants = self.list_tenants().await?;
+        let total = tenants.len();
+        let mut rewrapped = 0;
+        for (done, tenant) in tenants.into_iter().enumerate() {
+            let scope = TenantScope::assume(tenant.id, crate::Authenticator::Operator);
+            rewrapped += self.rewrap_tenant(&scope, old, new).await?;
+            progress(done + 1, total);
+        }
+        let mut tx = self.begin_platform_write().await?;
+        sqlx::query("UPDATE vault_meta SET master_key_id = $1 WHERE id = 1")
+            .bind(&new.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(from = %old.id, to = %new.id, rewrapped, "rotated the vault master key");
+        Ok(rewrapped)
+    }
+
+    /// A rotation starts from the recorded key, or resumes one that already recorded `new`.
+    async fn check_rotation_start(
+        &self,
+        old: &MasterKey,
+        new: &MasterKey,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_platform_write().await?;
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT master_key_id FROM vault_meta WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        match recorded {
+            Some(id) if id == old.id || id == new.id => Ok(()),
+            Some(expected) => Err(StoreError::WrongMasterKey {
+                expected,
+                found: old.key_id(),
+            }),
+            None => {
+                self.ensure_master_key(&mut tx, old).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-wraps one tenant's data keys still wrapped by `old`, in one transaction.
+    async fn rewrap_tenant(
+        &self,
+        scope: &TenantScope,
+        old: &MasterKey,
+        new: &MasterKey,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_tenant_write(scope).await?;
+        let rows: Vec<WrappedRow> = sqlx::query_as(
+            "SELECT tenant_id, version, master_key_id, wrapped FROM data_keys \
+             WHERE tenant_id = $1 AND master_key_id <> $2 ORDER BY version",
+        )
+        .bind(scope.id())
+        .bind(&new.id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        for row in &rows {
+            let dek = row.unwrap_with(old)?;
+            let ad = envelope::data_key_ad(scope.id(), row.version, &new.id);
+            let wrapped = envelope::seal(new.bytes(), &ad, dek.key.expose_secret());
+            sqlx::query(
+                "UPDATE data_keys SET master_key_id = $1, wrapped = $2 \
+                 WHERE tenant_id = $3 AND version = $4",
+            )
+            .bind(&new.id)
+            .bind(wrapped)
+            .bind(scope.id())
+            .bind(row.version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let draft = crate::AuditDraft {
+            kind: "vault.master_key_rotated".into(),
+            run_id: None,
+            actor: "operator".into(),
+            body: serde_json::json!({
+                "from": old.id, "to": new.id, "data_keys": rows.len(),
+            }),
+        };
+        self.append_audit_in(&mut tx, scope, &draft).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
     /// Seals a new version of the tenant's secret `name` and returns its version (1, 2, …).
     /// The tenant's data key is created on first use. Names are 1–200 printable bytes; values
     /// 1 byte to 64 KiB.
@@ -205,6 +312,21 @@ impl Store {
         name: &str,
         value: &SecretString,
     ) -> Result<u32, StoreError> {
+        let mut tx = self.begin_tenant_write(scope).await?;
+        let next = self.seal_next(&mut tx, scope, key, name, value).await?;
+        tx.commit().await?;
+        codec::to_u32(next, "secret version")
+    }
+
+    /// Seals the next version of `name` inside `tx` and returns its number.
+    async fn seal_next(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        key: &MasterKey,
+        name: &str,
+        value: &SecretString,
+    ) -> Result<i64, StoreError> {
         codec::check_text(name, "secret name", 200)?;
         let plain = value.expose_secret().as_bytes();
         if plain.is_empty() || plain.len() > MAX_SECRET_BYTES {
@@ -213,17 +335,15 @@ impl Store {
                 clip(name)
             )));
         }
-
-        let mut tx = self.begin_tenant_write(scope).await?;
-        self.ensure_master_key(&mut tx, key).await?;
-        let dek = self.tenant_data_key(&mut tx, scope, key).await?;
+        self.ensure_master_key(tx, key).await?;
+        let dek = self.tenant_data_key(tx, scope, key).await?;
         let next: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM sealed_secrets \
              WHERE tenant_id = $1 AND name = $2",
         )
         .bind(scope.id())
         .bind(name)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
 
         let ad = envelope::secret_ad(scope.id(), name, next, dek.version);
@@ -239,10 +359,9 @@ impl Store {
         .bind(dek.version)
         .bind(sealed)
         .bind(self.now())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
-        codec::to_u32(next, "secret version")
+        Ok(next)
     }
 
     /// The latest version of the tenant's secret `name`, or None if it was never stored. A
@@ -257,6 +376,100 @@ impl Store {
         let Some(row) = self.latest_sealed(scope, name).await? else {
             return Ok(None);
         };
+        let dek = self.data_key_for(scope, key, name, &row).await?;
+        open_secret(scope, name, &row, &dek).map(Some)
+    }
+
+    /// Seals `value` as the new version of secret `name` while the version it replaces stays
+    /// valid until `old_expires_at` (Unix milliseconds): the overlap of a rotation. Versions
+    /// older than that one lose any overlap they still had. The rotation is audited in the same
+    /// transaction as the work of `actor` (names and versions, never values). Returns the new
+    /// version.
+    pub async fn rotate_secret(
+        &self,
+        scope: &TenantScope,
+        key: &MasterKey,
+        name: &str,
+        value: &SecretString,
+        old_expires_at: i64,
+        actor: &str,
+    ) -> Result<u32, StoreError> {
+        let mut tx = self.begin_tenant_write(scope).await?;
+        let previous: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(version) FROM sealed_secrets WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(scope.id())
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let previous = previous.ok_or_else(|| {
+            StoreError::NotFound(format!("secret `{}` has no version to rotate", clip(name)))
+        })?;
+        let next = self.seal_next(&mut tx, scope, key, name, value).await?;
+        sqlx::query(
+            "UPDATE sealed_secrets \
+             SET expires_at = CASE WHEN version = $1 THEN $2 ELSE NULL END \
+             WHERE tenant_id = $3 AND name = $4 AND version <= $1",
+        )
+        .bind(previous)
+        .bind(old_expires_at)
+        .bind(scope.id())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        let draft = crate::AuditDraft {
+            kind: "secret.rotated".into(),
+            run_id: None,
+            actor: actor.into(),
+            body: serde_json::json!({
+                "secret": name, "version": next,
+                "previous_version": previous, "previous_expires_at": old_expires_at,
+            }),
+        };
+        self.append_audit_in(&mut tx, scope, &draft).await?;
+        tx.commit().await?;
+        codec::to_u32(next, "secret version")
+    }
+
+    /// Every version of secret `name` that verifies now, newest first: the latest, and any
+    /// superseded version whose overlap has not yet expired by the store's clock. Empty if the
+    /// secret was never stored.
+    pub async fn valid_secrets(
+        &self,
+        scope: &TenantScope,
+        key: &MasterKey,
+        name: &str,
+    ) -> Result<Vec<SecretString>, StoreError> {
+        let rows: Vec<SealedRow> = {
+            let mut tx = self.read_as(scope).await?;
+            sqlx::query_as(
+                "SELECT version, dek_version, sealed FROM sealed_secrets \
+                 WHERE tenant_id = $1 AND name = $2 AND (expires_at > $3 OR version = \
+                 (SELECT MAX(version) FROM sealed_secrets WHERE tenant_id = $1 AND name = $2)) \
+                 ORDER BY version DESC",
+            )
+            .bind(scope.id())
+            .bind(name)
+            .bind(self.now())
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        let mut open = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let dek = self.data_key_for(scope, key, name, row).await?;
+            open.push(open_secret(scope, name, row, &dek)?);
+        }
+        Ok(open)
+    }
+
+    /// The unwrapped data key that sealed `row`.
+    async fn data_key_for(
+        &self,
+        scope: &TenantScope,
+        key: &MasterKey,
+        name: &str,
+        row: &SealedRow,
+    ) -> Result<DataKey, StoreError> {
         let mut tx = self.read_as(scope).await?;
         let wrapped: Option<WrappedRow> = sqlx::query_as(
             "SELECT tenant_id, version, master_key_id, wrapped FROM data_keys \
@@ -275,8 +488,7 @@ impl Store {
                 row.dek_version
             ))
         })?;
-        let dek = wrapped.unwrap_with(key)?;
-        open_secret(scope, name, &row, &dek).map(Some)
+        wrapped.unwrap_with(key)
     }
 
     async fn latest_sealed(

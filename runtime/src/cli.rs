@@ -73,6 +73,24 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<crate::tenants_cli::SecretsCommand>,
     },
+    /// Vault key tools, run against the database with the server stopped.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every tenant's data key with a new master key. Safe to run again if it was
+    /// interrupted; afterwards the server starts only with the new key.
+    RotateMaster {
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// File holding the new master key (64 hex digits or base64 of 32 bytes).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +153,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { command } => crate::runs_cli::run(*command).await,
         Command::Tenants { command } => crate::tenants_cli::run(*command).await,
         Command::Secrets { command } => crate::tenants_cli::run_secrets(*command).await,
+        Command::Keys {
+            command:
+                KeysCommand::RotateMaster {
+                    config,
+                    new_key_file,
+                },
+        } => rotate_master(config.as_deref(), &new_key_file).await,
     }
 }
 
@@ -168,6 +193,9 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     opts.listen = config.listen;
     opts.region = config.region;
     opts.peer_base_urls = config.peers().map_err(anyhow::Error::msg)?;
+    opts.actors.budget.max_restarts = config.runs.max_restarts;
+    opts.actors.budget.window = Duration::from_secs(config.runs.restart_window_secs);
+    opts.actors.passivate_after = Duration::from_secs(config.runs.passivate_after_secs);
     opts.delivery_retention =
         Duration::from_secs(u64::from(config.delivery_retention_days) * 86_400);
     // Plain HTTP to connectors only in the dev profile or where a test setup allows it;
@@ -316,14 +344,46 @@ fn postgres_options(config: &FileConfig, base: &Path) -> anyhow::Result<Option<P
     Ok(Some(pg))
 }
 
+/// Re-wraps every data key from the configured master key to the one in `new_key_file`,
+/// printing `n/N tenants` as it goes.
+async fn rotate_master(
+    config_path: Option<&Path>,
+    new_key_file: &Path,
+) -> anyhow::Result<ExitCode> {
+    let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
+    let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
+    let old = master_key(&config, base)?;
+    let text = std::fs::read_to_string(new_key_file)
+        .with_context(|| format!("reading {}", new_key_file.display()))?;
+    let new = MasterKey::parse(&text)?;
+    if new.is_dev() && config.profile != Profile::Dev {
+        anyhow::bail!("the dev master key is refused outside the dev profile");
+    }
+    let store = open_store(&config, base).await?;
+    println!("rotating master key {} to {}", old.key_id(), new.key_id());
+    let rewrapped = store
+        .rotate_master_key(&old, &new, |done, total| println!("{done}/{total} tenants"))
+        .await?;
+    println!(
+        "result: re-wrapped {rewrapped} data keys; the vault now requires master key {}. \
+         Configure it before starting the server.",
+        new.key_id()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(config: &FileConfig, base: &Path) -> anyhow::Result<Store> {
+    Ok(match postgres_options(config, base)? {
+        Some(pg) => Store::open_postgres(pg).await?,
+        None => Store::open(StoreOptions::new(&config.database)).await?,
+    })
+}
+
 async fn audit_verify(tenant: &str, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
     let tenant = TenantId::parse(tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
     let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
-    let store = match postgres_options(&config, base)? {
-        Some(pg) => Store::open_postgres(pg).await?,
-        None => Store::open(StoreOptions::new(&config.database)).await?,
-    };
+    let store = open_store(&config, base).await?;
     if !store.tenant_exists(&tenant).await? {
         println!("result:   FAIL: tenant {tenant} is not known to this database");
         return Ok(ExitCode::FAILURE);

@@ -105,6 +105,9 @@ pub struct FileConfig {
     /// Allow plain-HTTP connector URLs (never in production).
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// How run actors are restarted and passivated.
+    #[serde(default)]
+    pub runs: RunsConfig,
     /// The operator token for the ops API and page (`/v1/ops/…`, `/ops`), at least 24
     /// characters; only its SHA-256 is kept. Without one, the ops surface refuses everyone.
     #[serde(default)]
@@ -124,6 +127,30 @@ fn default_region() -> Region {
 }
 fn default_retention() -> u32 {
     7
+}
+
+/// Restart budget and passivation of run actors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunsConfig {
+    /// Restarts a crashing run actor gets within `restart_window_secs` before the run is
+    /// failed (default 3).
+    pub max_restarts: usize,
+    /// The window the restart budget counts over, in seconds (default 60).
+    pub restart_window_secs: u64,
+    /// How long a waiting run's actor stays in memory before it is passivated, in seconds
+    /// (default 30; 0 stops it at once).
+    pub passivate_after_secs: u64,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            restart_window_secs: 60,
+            passivate_after_secs: 30,
+        }
+    }
 }
 
 /// A tenant declared in the file.

@@ -779,3 +779,53 @@ async fn offboarding_offers_the_export_then_destroys_keys_and_rows_and_keeps_a_v
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn rotating_a_source_secret_over_the_api_keeps_the_old_one_valid_during_the_overlap() {
+    let w = World::start().await;
+    let admin = w.onboard("us-newco").await;
+    let old = w.configure(&admin).await;
+    let path = format!("/v1/tenant/sources/{}/rotate", harness::SOURCE);
+
+    // Only an admin may rotate, and a source that does not exist is 404.
+    let none = w.call("POST", &path, None, Some(&json!({}))).await;
+    assert_eq!(none.status, 401);
+    let missing = w
+        .call(
+            "POST",
+            "/v1/tenant/sources/nosuch/rotate",
+            Some(&admin),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+    let past = w
+        .call(
+            "POST",
+            &path,
+            Some(&admin),
+            Some(&json!({ "old_expires_at": 1 })),
+        )
+        .await;
+    assert_eq!(past.status, 422, "{}", past.body);
+
+    let rotated = w.call("POST", &path, Some(&admin), Some(&json!({}))).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let new = rotated.body["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+
+    // During the overlap both secrets verify; each delivery is a new run.
+    assert_eq!(w.send_webhook("us-newco", &old).await.status, 202);
+    assert_eq!(w.send_webhook("us-newco", &new).await.status, 202);
+    let audit = w
+        .store()
+        .audit_entries(&scope("us-newco"), 0, 1000)
+        .await
+        .unwrap();
+    let entry = audit
+        .iter()
+        .find(|e| e.kind == "secret.rotated")
+        .expect("rotation audited");
+    assert!(!entry.body.contains(&new) && !entry.body.contains(&old));
+    w.stop().await;
+}

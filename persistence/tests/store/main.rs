@@ -3,6 +3,7 @@
 
 mod approvals;
 mod audit;
+mod group_commit;
 mod intake;
 mod isolation;
 mod ops;

@@ -1,0 +1,281 @@
+//! Group commit of intake: concurrent intakes share one transaction and one commit, and each
+//! is still answered as if it had its own.
+
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Connection, Executor};
+use steward_core::RunId;
+use steward_persistence::{Backend, IntakeOutcome, NewRun, Store, StoreError};
+use tokio::task::JoinSet;
+
+use crate::support::{TestDb, new_run, register, scope};
+
+/// Longer than any of these tests needs; reaching it means something hangs.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long writes are held back so that intakes pile up behind them.
+const HOLD: Duration = Duration::from_millis(300);
+
+/// Starts one intake per `(tenant, run)` on its own task.
+fn spawn_intakes(
+    store: &Store,
+    runs: Vec<(&'static str, NewRun)>,
+) -> JoinSet<(&'static str, NewRun, Result<IntakeOutcome, StoreError>)> {
+    let mut set = JoinSet::new();
+    for (tenant, run) in runs {
+        let store = store.clone();
+        set.spawn(async move {
+            let outcome = store.record_intake(&scope(tenant), run.clone()).await;
+            (tenant, run, outcome)
+        });
+    }
+    set
+}
+
+/// Waits for every intake, failing the test if any takes longer than [`PATIENCE`].
+async fn finish(
+    mut set: JoinSet<(&'static str, NewRun, Result<IntakeOutcome, StoreError>)>,
+) -> Vec<(&'static str, NewRun, Result<IntakeOutcome, StoreError>)> {
+    let mut done = Vec::new();
+    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+        .await
+        .expect("every intake is answered")
+    {
+        done.push(joined.expect("an intake task panicked"));
+    }
+    done
+}
+
+/// A raw connection holding a lock that keeps the store's writes waiting, so that intakes
+/// queue up and the batcher takes them together once [`release`] lets go.
+async fn hold_writes(db: &TestDb) -> AnyConnection {
+    let mut raw = db.raw().await;
+    match db.backend() {
+        Backend::Sqlite => raw.execute("BEGIN IMMEDIATE").await.unwrap(),
+        Backend::Postgres => {
+            raw.execute("BEGIN").await.unwrap();
+            raw.execute("LOCK TABLE deliveries IN SHARE MODE")
+                .await
+                .unwrap()
+        }
+    };
+    raw
+}
+
+async fn release(mut raw: AnyConnection) {
+    raw.execute("COMMIT").await.unwrap();
+    raw.close().await.unwrap();
+}
+
+fn created(outcome: &Result<IntakeOutcome, StoreError>) -> RunId {
+    match outcome {
+        Ok(IntakeOutcome::Created(id)) => *id,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+const TENANTS: [&str; 5] = ["us-acme", "eu-beta", "us-gamma", "eu-delta", "us-omega"];
+
+async fn two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains() {
+    let db = TestDb::new().await;
+    for tenant in &TENANTS[2..] {
+        register(&db.store, tenant).await;
+    }
+    let runs = (0..200)
+        .map(|i| {
+            let delivery = format!("msg_{i}");
+            (TENANTS[i % TENANTS.len()], new_run(Some(&delivery)))
+        })
+        .collect();
+    let held = hold_writes(&db).await;
+    let set = spawn_intakes(&db.store, runs);
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+
+    for (tenant, run, outcome) in finish(set).await {
+        assert_eq!(created(&outcome), run.id, "{tenant}");
+        let stored = db.store.run(&scope(tenant), run.id).await.unwrap();
+        assert!(stored.is_some(), "run {} of {tenant} is stored", run.id);
+    }
+    for tenant in TENANTS {
+        let report = db.store.verify_audit(&scope(tenant)).await.unwrap();
+        assert_eq!(report.first_bad, None, "{tenant}");
+        assert_eq!(
+            report.entries, 40,
+            "{tenant}: one entry per run, seq 1 to 40"
+        );
+    }
+}
+
+async fn the_same_delivery_many_times_in_one_batch_creates_one_run() {
+    let db = TestDb::new().await;
+    let mut runs: Vec<_> = (0..20)
+        .map(|_| ("us-acme", new_run(Some("msg_same"))))
+        .collect();
+    runs.extend((0..20).map(|i| ("us-acme", new_run(Some(&format!("msg_{i}"))))));
+    let held = hold_writes(&db).await;
+    let set = spawn_intakes(&db.store, runs);
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+
+    let done = finish(set).await;
+    let same: Vec<_> = done
+        .iter()
+        .filter(|(_, run, _)| run.delivery_id.as_deref() == Some("msg_same"))
+        .map(|(_, _, outcome)| outcome.as_ref().unwrap())
+        .collect();
+    let winners: Vec<RunId> = same
+        .iter()
+        .filter_map(|o| match o {
+            IntakeOutcome::Created(id) => Some(*id),
+            IntakeOutcome::Duplicate(_) => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{same:?}");
+    let duplicates = same
+        .iter()
+        .filter(|o| **o == &IntakeOutcome::Duplicate(winners[0]))
+        .count();
+    assert_eq!(
+        duplicates, 19,
+        "every other copy names the winner: {same:?}"
+    );
+
+    let acme = scope("us-acme");
+    assert_eq!(
+        db.store.list_runs(&acme, 100, None).await.unwrap().len(),
+        21
+    );
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!((report.entries, report.first_bad), (21, None));
+}
+
+async fn an_intake_that_fails_inside_a_batch_does_not_fail_its_neighbours() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let taken = new_run(None);
+    db.store.record_intake(&acme, taken.clone()).await.unwrap();
+
+    let mut runs: Vec<_> = (0..10)
+        .map(|i| ("us-acme", new_run(Some(&format!("msg_{i}")))))
+        .collect();
+    let mut reused = new_run(Some("msg_reused"));
+    reused.id = taken.id;
+    runs.push(("us-acme", reused));
+    runs.push(("us-ghost", new_run(Some("msg_ghost"))));
+    let mut bad_audit = new_run(Some("msg_bad_audit"));
+    bad_audit.audit.actor = String::new();
+    runs.push(("us-acme", bad_audit));
+    runs.extend((10..20).map(|i| ("us-acme", new_run(Some(&format!("msg_{i}"))))));
+
+    let held = hold_writes(&db).await;
+    let set = spawn_intakes(&db.store, runs);
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+
+    let mut good = 0;
+    for (tenant, run, outcome) in finish(set).await {
+        match (tenant, run.delivery_id.as_deref()) {
+            (_, Some("msg_reused")) => {
+                assert!(
+                    matches!(outcome, Err(StoreError::Conflict(_))),
+                    "{outcome:?}"
+                )
+            }
+            ("us-ghost", _) => {
+                assert!(
+                    matches!(outcome, Err(StoreError::NotFound(_))),
+                    "{outcome:?}"
+                )
+            }
+            (_, Some("msg_bad_audit")) => {
+                assert!(
+                    matches!(outcome, Err(StoreError::Invalid(_))),
+                    "{outcome:?}"
+                )
+            }
+            _ => {
+                assert_eq!(created(&outcome), run.id);
+                good += 1;
+            }
+        }
+    }
+    assert_eq!(good, 20);
+    let runs = db.store.list_runs(&acme, 100, None).await.unwrap();
+    assert_eq!(runs.len(), 21, "the earlier run and the twenty good ones");
+    assert!(
+        runs.iter()
+            .all(|r| r.delivery_id.as_deref() != Some("msg_bad_audit"))
+    );
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!((report.entries, report.first_bad), (21, None));
+
+    let retried = db
+        .store
+        .record_intake(&acme, new_run(Some("msg_bad_audit")))
+        .await;
+    assert!(
+        matches!(retried, Ok(IntakeOutcome::Created(_))),
+        "the failed delivery left no record behind: {retried:?}"
+    );
+}
+
+async fn closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answered() {
+    let mut db = TestDb::new().await;
+    let runs = (0..50)
+        .map(|i| ("us-acme", new_run(Some(&format!("msg_{i}")))))
+        .collect();
+    let held = hold_writes(&db).await;
+    let set = spawn_intakes(&db.store, runs);
+    tokio::time::sleep(HOLD).await;
+    let store = db.store.clone();
+    let closing = tokio::spawn(async move { store.close().await });
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    tokio::time::timeout(PATIENCE, closing)
+        .await
+        .expect("close returns")
+        .unwrap();
+
+    let done = finish(set).await;
+    let late = db
+        .store
+        .record_intake(&scope("us-acme"), new_run(Some("msg_late")))
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::Db(sqlx::Error::PoolClosed))),
+        "{late:?}"
+    );
+
+    db.restart().await;
+    let acme = scope("us-acme");
+    let mut answered_created = 0;
+    for (_, run, outcome) in done {
+        let stored = db.store.run(&acme, run.id).await.unwrap();
+        match outcome {
+            Ok(IntakeOutcome::Created(id)) => {
+                assert_eq!(id, run.id);
+                assert!(
+                    stored.is_some(),
+                    "a run answered Created survives the restart"
+                );
+                answered_created += 1;
+            }
+            Ok(IntakeOutcome::Duplicate(_)) => panic!("every delivery id is distinct"),
+            Err(_) => assert!(stored.is_none(), "a refused run was not written"),
+        }
+    }
+    assert!(
+        answered_created > 0,
+        "the pending intakes were written before the close"
+    );
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!((report.entries, report.first_bad), (answered_created, None));
+}
+
+crate::support::conformance!(
+    two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains,
+    the_same_delivery_many_times_in_one_batch_creates_one_run,
+    an_intake_that_fails_inside_a_batch_does_not_fail_its_neighbours,
+    closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answered,
+);

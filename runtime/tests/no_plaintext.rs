@@ -1,0 +1,322 @@
+//! No secret leaves in plain text: the whole incident-triage path runs with recognizable secret
+//! values, then every place this test can reach is searched for them: the logs at TRACE, every
+//! API answer, crash snapshots, the audit log and the raw database files.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::{Map, Value, json};
+use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings, TenantSettings};
+use steward_actors::{secret_names, states};
+use steward_adapters::http::HttpSettings;
+use steward_adapters::slack::APPROVE_ACTION;
+use steward_adapters::webhook::{WebhookSecret, sign_standard};
+use steward_core::{Clock, RunId, SourceName, SystemClock, TenantId};
+use steward_persistence::{Authenticator, MasterKey, TenantScope, WebhookSource};
+use steward_runtime::boot::{self, ServeOptions, TenantSpec};
+use steward_runtime::standins::{LlmScript, StandinSettings, Standins};
+
+const TENANT: &str = "us-canary";
+const CHANNEL: &str = "C0CANARY001";
+const APPROVER: (&str, &str) = ("U0CANARY001", "ana.canary");
+const MASTER_KEY_HEX: &str = "c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7c4a7";
+const API_TOKEN: &str = "canary-api-token-7f3a91c2";
+const OPS_TOKEN: &str = "canary-ops-token-7f3a91c2";
+
+/// Everything the logs receive, at every level.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Captured {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("the only subscriber of this test binary");
+    captured
+}
+
+fn canary_settings() -> StandinSettings {
+    StandinSettings {
+        oauth_client_secret: "canary-sn-client-secret-7f3a91c2".into(),
+        sn_password: "canary-sn-password-7f3a91c2".into(),
+        slack_bot_token: "xoxb-canary-slack-bot-7f3a91c2".into(),
+        slack_signing_secret: "canary-slack-signing-7f3a91c2".into(),
+        llm_api_key: "sk-canary-llm-key-7f3a91c2".into(),
+        llm_reply: LlmScript::Proposal(json!({
+            "summary": "The payments service exhausts its connection pool.",
+            "category": "software",
+            "changes": [{"field": "urgency", "value": "1"}],
+        })),
+        ..Default::default()
+    }
+}
+
+fn spec(standins: &Standins, s: &StandinSettings, whsec: &str) -> TenantSpec {
+    let secret = |v: &str| SecretString::from(v.to_owned());
+    TenantSpec {
+        id: TenantId::parse(TENANT).unwrap(),
+        name: "Canary Corp".into(),
+        settings: TenantSettings {
+            servicenow: ServiceNowSettings {
+                instance_url: standins.servicenow_url(),
+                grant: "password".into(),
+                client_id: s.oauth_client_id.clone(),
+                username: Some(s.sn_username.clone()),
+            },
+            slack: SlackSettings::new(
+                standins.slack_api_url(),
+                CHANNEL.into(),
+                vec![APPROVER.0.into()],
+            ),
+            llm: LlmConfig {
+                provider: "openai".into(),
+                base_url: standins.llm_base_url(),
+                model: "gpt-4o-mini".into(),
+                temperature: 0.0,
+                max_tokens: 1024,
+            },
+            policy: None,
+        },
+        secrets: vec![
+            (
+                secret_names::SERVICENOW_CLIENT_SECRET.into(),
+                secret(&s.oauth_client_secret),
+            ),
+            (
+                secret_names::SERVICENOW_PASSWORD.into(),
+                secret(&s.sn_password),
+            ),
+            (
+                secret_names::SLACK_BOT_TOKEN.into(),
+                secret(&s.slack_bot_token),
+            ),
+            (
+                secret_names::SLACK_SIGNING_SECRET.into(),
+                secret(&s.slack_signing_secret),
+            ),
+            (secret_names::LLM_API_KEY.into(), secret(&s.llm_api_key)),
+        ],
+        sources: vec![(
+            WebhookSource {
+                secret_name: secret_names::webhook_source("servicenow"),
+                name: SourceName::parse("servicenow").unwrap(),
+                scheme: "standard-webhooks".into(),
+                sys_id_pointers: vec!["/incident/sys_id".into()],
+                number_pointers: vec!["/incident/number".into()],
+            },
+            secret(whsec),
+        )],
+        api_token: Some(secret(API_TOKEN)),
+    }
+}
+
+fn incident() -> Map<String, Value> {
+    json!({
+        "short_description": "Checkout fails with HTTP 502",
+        "description": "Customers cannot pay since the 14:05 deploy.",
+        "category": "inquiry", "impact": "2", "urgency": "3", "priority": "4", "state": "1",
+    })
+    .as_object()
+    .cloned()
+    .unwrap()
+}
+
+/// Every answer Steward gave, as text.
+#[derive(Default)]
+struct Answers(Vec<String>);
+
+impl Answers {
+    async fn get(&mut self, url: String, token: &str) -> Value {
+        let response = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        self.0.push(text.clone());
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+}
+
+async fn send_webhook(base: &str, whsec: &str, sys_id: &str, answers: &mut Answers) -> RunId {
+    let body = serde_json::to_vec(
+        &json!({ "event": "incident.created", "incident": { "sys_id": sys_id } }),
+    )
+    .unwrap();
+    let key = WebhookSecret::parse(whsec).unwrap();
+    let id = "msg_canary0001";
+    let ts = SystemClock.now_secs();
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/webhooks/{TENANT}/servicenow"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sign_standard(&key, id, ts, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let text = response.text().await.unwrap();
+    answers.0.push(text.clone());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    RunId::parse(answer["run_id"].as_str().unwrap()).unwrap()
+}
+
+async fn wait_terminal(store: &steward_persistence::Store, scope: &TenantScope, run: RunId) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = store.run(scope, run).await.unwrap().map(|r| r.state);
+        if state.as_deref().is_some_and(states::is_terminal) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "run {run} is still {state:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Fails naming the secret and the place where it was found.
+fn assert_clean(place: &str, haystack: &[u8], secrets: &[(&str, String)]) {
+    for (name, value) in secrets {
+        let found = haystack.windows(value.len()).any(|w| w == value.as_bytes());
+        assert!(!found, "the {name} appears in plain text in {place}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flagship_path_leaves_no_secret_in_plain_text_anywhere() {
+    let logs = capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = canary_settings();
+    let standins = Standins::start(settings.clone()).await.unwrap();
+    let sys_id = standins.seed_incident(incident());
+    let whsec = WebhookSecret::generate();
+    let mut opts = ServeOptions::new(
+        dir.path().join("steward.db"),
+        MasterKey::parse(MASTER_KEY_HEX).unwrap(),
+    );
+    opts.http = HttpSettings {
+        https_only: false,
+        ..HttpSettings::default()
+    };
+    opts.ops_token = Some(SecretString::from(OPS_TOKEN));
+    opts.tenants.push(spec(&standins, &settings, &whsec));
+    let server = boot::start(opts).await.unwrap();
+    let base = server.url();
+    let scope = TenantScope::assume(TenantId::parse(TENANT).unwrap(), Authenticator::Operator);
+
+    let mut answers = Answers::default();
+    let run = send_webhook(&base, &whsec, &sys_id, &mut answers).await;
+    let message = standins
+        .wait_for_message(Duration::from_secs(30))
+        .await
+        .expect("an approval request reaches Slack");
+    let url = format!("{base}/v1/slack/interactions/{TENANT}");
+    let (status, text) = standins
+        .click(&url, &message, APPROVE_ACTION, APPROVER.0, APPROVER.1)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    answers.0.push(text);
+    wait_terminal(&server.store, &scope, run).await;
+    let finished = server.store.run(&scope, run).await.unwrap().unwrap();
+    assert_eq!(
+        finished.state,
+        states::COMPLETED,
+        "{:?}",
+        finished.last_error
+    );
+
+    answers
+        .get(format!("{base}/v1/runs/{run}"), API_TOKEN)
+        .await;
+    answers.get(format!("{base}/v1/runs"), API_TOKEN).await;
+    answers.get(format!("{base}/v1/ops/runs"), OPS_TOKEN).await;
+    answers
+        .get(format!("{base}/v1/ops/runs/{run}"), OPS_TOKEN)
+        .await;
+    answers
+        .get(format!("{base}/v1/ops/actors"), OPS_TOKEN)
+        .await;
+    let audit = server.store.audit_entries(&scope, 0, 1000).await.unwrap();
+    assert!(audit.len() > 3, "the run was audited");
+    let crashes = server.store.crashes(&scope, run).await.unwrap();
+    server.shutdown().await;
+
+    let whsec_key = whsec.trim_start_matches("whsec_").to_owned();
+    let secrets = [
+        (
+            "ServiceNow client secret",
+            settings.oauth_client_secret.clone(),
+        ),
+        ("ServiceNow password", settings.sn_password.clone()),
+        ("Slack bot token", settings.slack_bot_token.clone()),
+        (
+            "Slack signing secret",
+            settings.slack_signing_secret.clone(),
+        ),
+        ("LLM API key", settings.llm_api_key.clone()),
+        ("webhook secret", whsec_key),
+        ("API token", API_TOKEN.to_owned()),
+        ("ops token", OPS_TOKEN.to_owned()),
+        ("master key", MASTER_KEY_HEX.to_owned()),
+        ("common canary marker", "7f3a91c2".to_owned()),
+    ];
+
+    // Positive controls: each place searched really holds this run's data.
+    let logged = logs.0.lock().unwrap().clone();
+    assert!(
+        contains(&logged, "TRACE") && contains(&logged, TENANT),
+        "logs captured"
+    );
+    assert!(
+        answers.0.iter().any(|a| a.contains(&run.to_string())),
+        "answers captured"
+    );
+    let db = std::fs::read(dir.path().join("steward.db")).unwrap();
+    assert!(contains(&db, TENANT), "the database file is readable");
+    assert_clean("the logs", &logged, &secrets);
+    for answer in &answers.0 {
+        assert_clean("an API answer", answer.as_bytes(), &secrets);
+    }
+    for entry in &audit {
+        assert_clean("the audit log", entry.body.as_bytes(), &secrets);
+    }
+    assert_clean(
+        "the crash snapshots",
+        format!("{crashes:?}").as_bytes(),
+        &secrets,
+    );
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let path = file.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_clean(
+            &format!("the database file {}", path.display()),
+            &bytes,
+            &secrets,
+        );
+    }
+}
