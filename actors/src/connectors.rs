@@ -324,7 +324,10 @@ pub struct Connectors {
 }
 
 impl Connectors {
-    /// Whether all three actors are running (none has stopped or failed).
+    /// Whether all three actors can take calls: none is stopping or stopped. An actor that is
+    /// still starting counts as alive (a message sent now is handled once it runs); treating
+    /// it as gone would make the first call of a fresh tenant wait for a replacement that
+    /// never comes.
     pub fn all_running(&self) -> bool {
         [
             self.llm.get_status(),
@@ -332,6 +335,11 @@ impl Connectors {
             self.slack.get_status(),
         ]
         .iter()
-        .all(|status| *status == ActorStatus::Running)
+        .all(|status| {
+            !matches!(
+                status,
+                ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+            )
+        })
     }
 }
