@@ -1,11 +1,10 @@
 //! The HTTP plumbing both providers share: endpoint joining, one bounded request, and the
 //! `retry-after` headers.
 
-use std::error::Error as _;
 use std::time::Duration;
 
+use reqwest::RequestBuilder;
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{RequestBuilder, StatusCode};
 use url::Url;
 
 use super::LlmError;
@@ -14,12 +13,7 @@ use super::LlmError;
 pub(super) const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// A provider's answer: status, headers and the body, or `None` when it was over the limit.
-#[derive(Debug)]
-pub(super) struct RawReply {
-    pub(super) status: StatusCode,
-    pub(super) headers: HeaderMap,
-    pub(super) body: Option<Vec<u8>>,
-}
+pub(super) type RawReply = crate::http::CappedReply;
 
 impl RawReply {
     /// The body of a successful reply; an oversized one is an invalid reply.
@@ -27,15 +21,6 @@ impl RawReply {
         self.body.as_deref().ok_or_else(|| {
             LlmError::InvalidReply(format!("reply body is larger than {MAX_BODY_BYTES} bytes"))
         })
-    }
-
-    /// The body as text for an error message (empty when oversized).
-    pub(super) fn body_text(&self) -> String {
-        self.body
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned()
     }
 }
 
@@ -66,47 +51,9 @@ pub(super) fn secret_header(value: &str) -> Result<HeaderValue, LlmError> {
 
 /// Sends one request and reads at most [`MAX_BODY_BYTES`] of the answer.
 pub(super) async fn send(request: RequestBuilder) -> Result<RawReply, LlmError> {
-    let mut response = request.send().await.map_err(|e| transport(&e))?;
-    let status = response.status();
-    let headers = std::mem::take(response.headers_mut());
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-    {
-        return Ok(RawReply {
-            status,
-            headers,
-            body: None,
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Ok(RawReply {
-                status,
-                headers,
-                body: None,
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(RawReply {
-        status,
-        headers,
-        body: Some(body),
-    })
-}
-
-/// A transport failure with its causes, which is where the useful part of reqwest's text is.
-fn transport(error: &reqwest::Error) -> LlmError {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    LlmError::Transport(super::clip(&text))
+    crate::http::send_capped(request, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| LlmError::Transport(super::clip(&crate::http::error_chain(&e))))
 }
 
 /// The wait a provider asked for: `retry-after-ms` (milliseconds) first, then `retry-after`

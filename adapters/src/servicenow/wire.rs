@@ -1,8 +1,6 @@
 //! HTTP plumbing for ServiceNow: one bounded request, the documented error envelope, and the
 //! mapping from status to [`ServiceNowError`].
 
-use std::error::Error as _;
-
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -17,12 +15,7 @@ pub(super) const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 const MESSAGE_LIMIT_CHARS: usize = 300;
 
 /// An answer: status, headers and the body, or `None` when it was over the limit.
-#[derive(Debug)]
-pub(super) struct RawReply {
-    pub(super) status: StatusCode,
-    pub(super) headers: HeaderMap,
-    pub(super) body: Option<Vec<u8>>,
-}
+pub(super) type RawReply = crate::http::CappedReply;
 
 impl RawReply {
     /// The body of a successful reply as JSON.
@@ -33,60 +26,13 @@ impl RawReply {
         serde_json::from_slice(body)
             .map_err(|e| ServiceNowError::Decode(clip(&format!("reply is not JSON: {e}"))))
     }
-
-    /// The body as text for an error message (empty when oversized).
-    fn body_text(&self) -> String {
-        self.body
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned()
-    }
 }
 
 /// Sends one request and reads at most [`MAX_BODY_BYTES`] of the answer.
 pub(super) async fn send(request: RequestBuilder) -> Result<RawReply, ServiceNowError> {
-    let mut response = request.send().await.map_err(|e| transport(&e))?;
-    let status = response.status();
-    let headers = std::mem::take(response.headers_mut());
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-    {
-        return Ok(RawReply {
-            status,
-            headers,
-            body: None,
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Ok(RawReply {
-                status,
-                headers,
-                body: None,
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(RawReply {
-        status,
-        headers,
-        body: Some(body),
-    })
-}
-
-/// A transport failure with its causes, which is where the useful part of reqwest's text is.
-fn transport(error: &reqwest::Error) -> ServiceNowError {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ServiceNowError::Transport(clip(&text))
+    crate::http::send_capped(request, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| ServiceNowError::Transport(clip(&crate::http::error_chain(&e))))
 }
 
 /// `Bearer <token>` as a header value marked sensitive, so it never shows in debug output.
