@@ -87,7 +87,10 @@ impl Steward {
                     kind: "approval.refused".into(),
                     run_id: None,
                     actor: format!("slack:{}", clicker.user_id),
-                    body: json!({ "approval_id": approval_id.to_string(), "reason": format!("{refused:?}") }),
+                    body: json!({
+                        "approval_id": approval_id.to_string(),
+                        "reason": format!("{refused:?}"),
+                    }),
                 };
                 self.store().append_audit(scope, audit).await?;
                 // Told in the background: the click must be answered within Slack's 3 s.

@@ -45,7 +45,11 @@ where
             Ok(result) => drop(reply.send(result)),
             Err(crash) if crash.is_panic() => {
                 let text = panic_text(crash.into_panic());
-                error!(adapter = %adapter.get_id(), panic = %text, "An adapter call panicked; replacing the adapter.");
+                error!(
+                    adapter = %adapter.get_id(),
+                    panic = %text,
+                    "An adapter call panicked; replacing the adapter."
+                );
                 let reason = format!("a call panicked: {text}");
                 let _ = adapter
                     .stop_and_wait(Some(reason), Some(STOP_PATIENCE))

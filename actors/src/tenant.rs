@@ -517,7 +517,11 @@ async fn seal_refresh_token(
     let version = match store.put_secret(scope, key, name, token).await {
         Ok(version) => version,
         Err(e) => {
-            error!(tenant = %scope.tenant(), error = %e, "Sealing a rotated ServiceNow refresh token failed.");
+            error!(
+                tenant = %scope.tenant(),
+                error = %e,
+                "Sealing a rotated ServiceNow refresh token failed."
+            );
             return;
         }
     };

@@ -140,7 +140,8 @@ fn check_changes(changes: &[WireChange]) -> Result<(), LlmError> {
     for change in changes {
         if !is_field_name(&change.field) {
             return Err(invalid(format!(
-                "field name {:?} is not 1-{MAX_FIELD_CHARS} of a-z 0-9 _ starting with a letter or _",
+                "field name {:?} is not 1-{MAX_FIELD_CHARS} of a-z 0-9 _ \
+                 starting with a letter or _",
                 change.field
             )));
         }

@@ -291,7 +291,10 @@ async fn other_4xx_statuses_are_client_errors() {
         .await
         .unwrap_err();
         assert!(
-            matches!(&err, LlmError::Client { status: s, message } if *s == status && message == "nope"),
+            matches!(
+                &err,
+                LlmError::Client { status: s, message } if *s == status && message == "nope"
+            ),
             "{status}: {err:?}"
         );
     }
