@@ -100,7 +100,11 @@ impl From<WaitingRun> for WaitingView {
         let waits_on = match (w.approval_id, &w.channel) {
             (Some(id), Some(channel)) => format!("approval {id} in Slack channel {channel}"),
             (Some(id), None) => format!("approval {id} (request not yet posted)"),
-            (None, _) if w.state == states::PARKED => "timer (rate-limit window)".to_owned(),
+            (None, _) if w.state == states::PARKED => {
+                "a timer or a gate (a rate-limit or budget window, or paused writes; the run's \
+                 last error says which)"
+                    .to_owned()
+            }
             (None, _) => w.state.clone(),
         };
         Self {

@@ -26,10 +26,12 @@ pub mod states {
     pub const PARKED: &str = "parked";
     /// Ended by an operator before it finished.
     pub const CANCELLED: &str = "cancelled";
+    /// The tenant runs in shadow mode: the run went as far as the write and wrote nothing.
+    pub const SHADOWED: &str = "shadowed";
 
     /// States a run never leaves.
     pub const TERMINAL: &[&str] = &[
-        COMPLETED, REJECTED, DENIED, STALE, FAILED, EXPIRED, CANCELLED,
+        COMPLETED, REJECTED, DENIED, STALE, FAILED, EXPIRED, CANCELLED, SHADOWED,
     ];
 
     pub fn is_terminal(state: &str) -> bool {
@@ -43,6 +45,29 @@ pub mod states {
 pub enum Verdict {
     Approve,
     Reject,
+}
+
+/// What holds a run back before a step (see [`Step::Held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    /// Writes are paused, for the tenant or the whole platform (the kill switch).
+    Writes,
+    /// The tenant's LLM budget (calls or tokens, per hour or per day) has no room.
+    LlmBudget,
+    /// The run's webhook source started as many runs this minute as it may.
+    SourceCap,
+}
+
+impl Gate {
+    /// The gate's name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::Writes => "writes",
+            Gate::LlmBudget => "llm_budget",
+            Gate::SourceCap => "source_cap",
+        }
+    }
 }
 
 /// One journal entry. `kind` in the store is the serde tag.
@@ -72,6 +97,9 @@ pub enum Step {
         needs_approval: bool,
         approval_id: Option<ApprovalId>,
         summary: String,
+        /// Distinct approvers the diff needs (the two-person rule makes it 2).
+        #[serde(default = "one")]
+        approvers_required: u32,
     },
     ApprovalRequested {
         approval_id: ApprovalId,
@@ -83,6 +111,18 @@ pub enum Step {
         verdict: Verdict,
         by: String,
         by_name: String,
+    },
+    /// One approval of several the policy asks for (the two-person rule): recorded, and the
+    /// run waits for the next distinct approver.
+    ApprovalVoted {
+        approval_id: ApprovalId,
+        by: String,
+        by_name: String,
+    },
+    /// The record changed after the approver saw the diff: nothing was written, and the run
+    /// starts over from reading the record, for a fresh proposal and a fresh approval.
+    Reproposed {
+        reason: String,
     },
     /// Recorded before the `PATCH`; the marker identifies this run's work note.
     WriteIntended {
@@ -127,6 +167,14 @@ pub enum Step {
         by: String,
         reason: String,
     },
+    /// A gate holds the run before its next step: writes are paused, or a budget has no room
+    /// in its window. The run waits until `until` (Unix ms), or, when None, until the gate
+    /// opens and the run is woken; then it asks the gate again. A hold spends no park.
+    Held {
+        gate: Gate,
+        until: Option<i64>,
+        reason: String,
+    },
 }
 
 impl Step {
@@ -139,6 +187,8 @@ impl Step {
             Step::PolicyDecided { .. } => "policy_decided",
             Step::ApprovalRequested { .. } => "approval_requested",
             Step::ApprovalDecided { .. } => "approval_decided",
+            Step::ApprovalVoted { .. } => "approval_voted",
+            Step::Reproposed { .. } => "reproposed",
             Step::WriteIntended { .. } => "write_intended",
             Step::Written { .. } => "written",
             Step::Verified { .. } => "verified",
@@ -148,6 +198,7 @@ impl Step {
             Step::ApprovalEscalated { .. } => "approval_escalated",
             Step::ApprovalExpired { .. } => "approval_expired",
             Step::Retried { .. } => "retried",
+            Step::Held { .. } => "held",
         }
     }
 }
@@ -218,6 +269,25 @@ pub struct RunState {
     pub escalation_message: Option<(String, String)>,
     #[serde(default)]
     pub expired: bool,
+    /// The gate holding the run, while it is held; cleared by the next step of another kind.
+    #[serde(default)]
+    pub held: Option<Gate>,
+    /// How many times the run was held, in all.
+    #[serde(default)]
+    pub holds: u32,
+    /// Distinct approvers the diff needs.
+    #[serde(default = "one")]
+    pub approvers_required: u32,
+    /// Approvals recorded so far short of the required number: (Slack id, name).
+    #[serde(default)]
+    pub votes: Vec<(String, String)>,
+    /// How many times the run started over because the record changed under its approval.
+    #[serde(default)]
+    pub reproposals: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// What a run must do next.
@@ -252,9 +322,12 @@ impl RunState {
     /// Applies one step.
     pub fn apply(&mut self, step: &Step) {
         self.steps += 1;
-        if !matches!(step, Step::Parked { .. }) {
+        if !matches!(step, Step::Parked { .. } | Step::Held { .. }) {
             self.parked_until = None;
             self.parks = 0;
+        }
+        if !matches!(step, Step::Held { .. }) {
+            self.held = None;
         }
         match step {
             Step::Received {
@@ -281,7 +354,9 @@ impl RunState {
                 needs_approval,
                 approval_id,
                 summary,
+                approvers_required,
             } => {
+                self.approvers_required = *approvers_required;
                 self.decisions.clone_from(decisions);
                 self.diff = Some(diff.clone());
                 self.diff_hash = Some(diff_hash.clone());
@@ -300,6 +375,21 @@ impl RunState {
             } => {
                 self.verdict = Some((*verdict, by.clone(), by_name.clone()));
             }
+            Step::ApprovalVoted { by, by_name, .. } => {
+                if !self.votes.iter().any(|(id, _)| id == by) {
+                    self.votes.push((by.clone(), by_name.clone()));
+                }
+            }
+            Step::Reproposed { .. } => {
+                // Everything learned from the old record goes; the journal keeps it.
+                *self = Self {
+                    steps: self.steps,
+                    incident_ref: self.incident_ref.take(),
+                    requester: self.requester.take(),
+                    reproposals: self.reproposals + 1,
+                    ..Self::default()
+                };
+            }
             Step::WriteIntended { marker, .. } => self.write_marker = Some(marker.clone()),
             Step::Written { after, .. } => self.written = Some(after.clone()),
             Step::Verified { mismatches } => self.verified = Some(mismatches.clone()),
@@ -316,6 +406,11 @@ impl RunState {
                 self.escalation_message = channel.clone().zip(ts.clone());
             }
             Step::ApprovalExpired { .. } => self.expired = true,
+            Step::Held { gate, until, .. } => {
+                self.parked_until = Some(until.unwrap_or(i64::MAX));
+                self.held = Some(*gate);
+                self.holds += 1;
+            }
             Step::Retried { .. } => {
                 self.finished = None;
                 // A read-back that differed is read again rather than failed again.
@@ -334,8 +429,8 @@ impl RunState {
         }
     }
 
-    /// The next step, whether or not the run is parked.
-    fn next_step(&self) -> Next {
+    /// The next step, whether or not the run is parked or held.
+    pub fn next_step(&self) -> Next {
         if self.finished.is_some() {
             return Next::Done;
         }
@@ -426,6 +521,7 @@ mod tests {
             needs_approval,
             approval_id: Some(ApprovalId::new()),
             summary: "s".into(),
+            approvers_required: 1,
         }
     }
 
@@ -448,6 +544,83 @@ mod tests {
             },
             attempts: 1,
         }
+    }
+
+    #[test]
+    fn a_vote_short_of_the_required_approvers_keeps_the_run_waiting() {
+        let approval_id = ApprovalId::new();
+        let mut journal = vec![
+            received(),
+            Step::IncidentFetched {
+                incident: incident(),
+            },
+            triaged(),
+            decided(true),
+            Step::ApprovalRequested {
+                approval_id,
+                channel: "C1".into(),
+                ts: "1.2".into(),
+            },
+        ];
+        let vote = Step::ApprovalVoted {
+            approval_id,
+            by: "U1".into(),
+            by_name: "ana".into(),
+        };
+        journal.push(vote.clone());
+        journal.push(vote);
+        let state = RunState::fold(&journal);
+        assert_eq!(state.next(0), Next::AwaitApproval);
+        assert_eq!(state.votes, vec![("U1".to_owned(), "ana".to_owned())]);
+        journal.push(Step::ApprovalDecided {
+            approval_id,
+            verdict: Verdict::Approve,
+            by: "U2".into(),
+            by_name: "bo".into(),
+        });
+        assert_eq!(RunState::fold(&journal).next(0), Next::Write);
+    }
+
+    #[test]
+    fn a_reproposal_starts_the_run_over_from_reading_the_record() {
+        let approval_id = ApprovalId::new();
+        let mut journal = vec![
+            received(),
+            Step::IncidentFetched {
+                incident: incident(),
+            },
+            triaged(),
+            decided(true),
+            Step::ApprovalRequested {
+                approval_id,
+                channel: "C1".into(),
+                ts: "1.2".into(),
+            },
+            Step::ApprovalDecided {
+                approval_id,
+                verdict: Verdict::Approve,
+                by: "U2".into(),
+                by_name: "bo".into(),
+            },
+            Step::Reproposed {
+                reason: "urgency changed".into(),
+            },
+        ];
+        let state = RunState::fold(&journal);
+        assert_eq!(state.next(0), Next::Fetch);
+        assert_eq!(state.reproposals, 1);
+        assert!(state.verdict.is_none() && state.approval_id.is_none() && state.message.is_none());
+        assert!(
+            state.incident_ref.is_some(),
+            "the run still knows its record"
+        );
+        assert_eq!(state.steps, 7);
+        journal.push(Step::IncidentFetched {
+            incident: incident(),
+        });
+        journal.push(triaged());
+        journal.push(decided(true));
+        assert_eq!(RunState::fold(&journal).next(0), Next::RequestApproval);
     }
 
     #[test]
@@ -570,6 +743,55 @@ mod tests {
     }
 
     #[test]
+    fn a_held_run_waits_for_its_gate_without_spending_parks() {
+        let mut journal = vec![
+            received(),
+            Step::Parked {
+                until: 5,
+                reason: "rate limited".into(),
+            },
+            Step::Held {
+                gate: Gate::SourceCap,
+                until: Some(60_000),
+                reason: "source cap".into(),
+            },
+        ];
+        let state = RunState::fold(&journal);
+        assert_eq!(state.next(59_999), Next::Wait { until: 60_000 });
+        assert_eq!(state.next(60_000), Next::Fetch);
+        assert_eq!(state.stored_state(), states::PARKED);
+        assert_eq!(state.held, Some(Gate::SourceCap));
+        assert_eq!((state.parks, state.holds), (1, 1), "a hold is not a park");
+
+        journal.push(Step::Held {
+            gate: Gate::Writes,
+            until: None,
+            reason: "writes paused".into(),
+        });
+        let state = RunState::fold(&journal);
+        assert_eq!(state.next(i64::MAX - 1), Next::Wait { until: i64::MAX });
+        assert_eq!(
+            state.next_step(),
+            Next::Fetch,
+            "what it does once the gate opens"
+        );
+        assert_eq!(state.held, Some(Gate::Writes));
+
+        journal.push(Step::IncidentFetched {
+            incident: incident(),
+        });
+        let state = RunState::fold(&journal);
+        assert_eq!((state.held, state.parked_until), (None, None));
+        assert_eq!(state.holds, 2);
+        assert_eq!(state.stored_state(), states::TRIAGING);
+    }
+
+    #[test]
+    fn shadowed_is_terminal() {
+        assert!(states::is_terminal(states::SHADOWED));
+    }
+
+    #[test]
     fn a_finished_run_is_done_even_if_it_was_parked() {
         let mut state = RunState::fold(&[received()]);
         state.parked_until = Some(i64::MAX);
@@ -621,6 +843,8 @@ mod tests {
             "escalated",
             "escalation_message",
             "expired",
+            "held",
+            "holds",
         ] {
             old.as_object_mut().unwrap().remove(field);
         }
@@ -642,6 +866,11 @@ mod tests {
             },
             Step::ApprovalExpired {
                 approval_id: ApprovalId::new(),
+            },
+            Step::Held {
+                gate: Gate::LlmBudget,
+                until: Some(3_600_000),
+                reason: "r".into(),
             },
         ] {
             let json = serde_json::to_value(&step).unwrap();

@@ -3,10 +3,12 @@
 //! and its fold; the Cedar policy gate; the one retry owner; approval decisions.
 
 pub mod approvals;
+pub mod budgets;
 pub mod connectors;
 pub mod crash;
 pub mod inspect;
 pub mod journal;
+pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod providers;
@@ -21,8 +23,9 @@ pub mod timers;
 pub use approvals::{Clicker, DecisionOutcome};
 pub use inspect::{ActorKind, ActorView, WaitingView};
 pub use journal::{RunState, Step, Verdict, states};
+pub use metrics::{Metrics, TenantMetrics};
 pub use operator::{OperatorError, OperatorOutcome, OperatorRequest};
-pub use policy::PolicyGate;
+pub use policy::{APPROVERS_GROUP, ESCALATION_GROUP, PolicyGate};
 pub use providers::{LlmFactory, LlmProviders};
 pub use root::{ResumeGate, SingleNode, Steward, StewardOptions};
-pub use settings::{TenantSettings, secret_names};
+pub use settings::{PersonLink, Requester, TenantSettings, secret_names};

@@ -152,8 +152,30 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Sends one request to an adapter actor and waits for its answer.
+/// Sends one request to an adapter actor and waits for its answer, counting the call's outcome
+/// in `steward_adapter_calls_total` (every adapter call goes through here).
 pub async fn call<M, T, E>(
+    metrics: &crate::metrics::TenantMetrics,
+    actor: &ActorRef<M>,
+    timeout: Duration,
+    build: impl FnOnce(RpcReplyPort<Result<T, E>>) -> M,
+) -> Result<T, CallError<E>>
+where
+    M: crate::metrics::AdapterMsg,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let result = call_once(actor, timeout, build).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(CallError::Adapter(_)) => "error",
+        Err(CallError::Unavailable(_)) => "unavailable",
+    };
+    metrics.adapter_call(M::ADAPTER, outcome);
+    result
+}
+
+async fn call_once<M, T, E>(
     actor: &ActorRef<M>,
     timeout: Duration,
     build: impl FnOnce(RpcReplyPort<Result<T, E>>) -> M,

@@ -12,6 +12,7 @@ use steward_core::{RunId, TenantId};
 use steward_persistence::{Authenticator, MasterKey, Store, StoreError, TenantScope};
 use tracing::{error, info};
 
+use crate::budgets::PlatformLimits;
 use crate::inspect::{ActorView, TenantFailures, WAITING_STATES, tree};
 use crate::journal::{finished_write, states};
 use crate::providers::LlmProviders;
@@ -32,6 +33,10 @@ pub struct StewardOptions {
     pub timer_poll: Duration,
     /// LLM providers beyond the built-in `openai` and `anthropic`.
     pub llm_providers: LlmProviders,
+    /// The platform's budget ceilings, which tenants may lower.
+    pub limits: PlatformLimits,
+    /// The process's metrics (the binary builds one registry at boot and shares it).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for StewardOptions {
@@ -43,6 +48,8 @@ impl Default for StewardOptions {
             passivate_after: Duration::from_secs(30),
             timer_poll: Duration::from_secs(1),
             llm_providers: LlmProviders::default(),
+            limits: PlatformLimits::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -172,6 +179,8 @@ impl RootState {
             budget: self.args.options.budget.clone(),
             passivate_after: self.args.options.passivate_after,
             llm_providers: self.args.options.llm_providers.clone(),
+            limits: self.args.options.limits.clone(),
+            metrics: self.args.options.metrics.for_tenant(&tenant),
         };
         let spawned = Actor::spawn_linked(None, TenantSupervisor, init, myself.get_cell()).await;
         let (sup, _) = spawned.map_err(|e| {
@@ -191,6 +200,7 @@ pub struct Steward {
     store: Store,
     timers: Arc<std::sync::OnceLock<tokio::task::AbortHandle>>,
     started: std::time::Instant,
+    limits: PlatformLimits,
 }
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,6 +213,7 @@ impl Steward {
         options: StewardOptions,
     ) -> Result<Self, ActorProcessingErr> {
         let timer_poll = options.timer_poll;
+        let limits = options.limits.clone();
         let args = RootArgs {
             store: store.clone(),
             master_key,
@@ -214,6 +225,7 @@ impl Steward {
             store,
             timers: Arc::default(),
             started: std::time::Instant::now(),
+            limits,
         };
         let service = crate::timers::spawn(steward.clone(), timer_poll);
         let _ = steward.timers.set(service.abort_handle());
@@ -222,6 +234,32 @@ impl Steward {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The platform's budget ceilings.
+    pub fn limits(&self) -> &PlatformLimits {
+        &self.limits
+    }
+
+    /// Wakes every parked run of `tenant` (of every tenant when None) that this node owns, so
+    /// that a run held by a gate that opened (writes resumed) goes on. A run parked for
+    /// another reason reads its journal, finds it still waits, and passivates again. Called
+    /// when writes resume and at boot. Returns how many were woken.
+    pub async fn wake_parked(
+        &self,
+        tenant: Option<&TenantId>,
+        gate: &dyn ResumeGate,
+    ) -> Result<usize, StoreError> {
+        let runs = self.store.unfinished_runs(states::TERMINAL).await?;
+        let mut woken = 0;
+        for (owner, run_id, state) in runs {
+            let selected = tenant.is_none_or(|t| t == &owner);
+            if state == states::PARKED && selected && gate.may_own(&owner) {
+                self.wake(&owner, run_id).await;
+                woken += 1;
+            }
+        }
+        Ok(woken)
     }
 
     /// The tenant's supervisor, started if needed.

@@ -4,7 +4,7 @@
 //! comes soon is handled by the live actor, and is then passivated: its actor stops, its state
 //! is on disk, and its callback or timer starts a new actor from the journal.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use steward_adapters::llm::TriageRequest;
@@ -22,12 +22,17 @@ use crate::tenant::TenantMsg;
 use crate::tenant_runtime::SharedRuntime;
 
 mod announce;
+mod gates;
 mod waits;
 
 pub(crate) use announce::{Notice, announce};
 
 /// Fields ServiceNow treats as journals: writing appends an entry, reading returns "".
 pub const JOURNAL_FIELDS: &[&str] = &["work_notes", "comments"];
+
+/// How many times a run starts over when the record changes under its approval before it ends
+/// `stale`.
+pub const MAX_REPROPOSALS: u32 = 2;
 
 /// Stands in the work note for the approver's name until someone approves.
 pub const APPROVER_PLACEHOLDER: &str = "[the person who approves]";
@@ -124,7 +129,7 @@ impl Actor for RunActor {
                 RunMsg::Advance => {}
             }
             state.handled += 1;
-            let next = state.run.next(state.now());
+            let next = state.next_now().await;
             debug!(?next, "run step");
             match next {
                 Next::Done => {
@@ -134,7 +139,7 @@ impl Actor for RunActor {
                 Next::AwaitApproval | Next::Wait { .. } => state.idle(&myself),
                 _ => {
                     state.watch.stepping(&next, &state.run);
-                    state.step(next).await?;
+                    state.gated_step(next).await?;
                     myself.cast(RunMsg::Advance)?;
                 }
             }
@@ -195,8 +200,18 @@ impl RunActorState {
         Ok(())
     }
 
-    /// Does one step and records its outcome.
+    /// Does one step and records its outcome, timing it for `steward_step_duration_seconds`.
     async fn step(&mut self, next: Next) -> Result<(), ActorProcessingErr> {
+        let name = crate::metrics::step_name(&next);
+        let started = std::time::Instant::now();
+        let result = self.take_step(next).await;
+        if let Some(name) = name {
+            self.runtime.metrics.step_took(name, started.elapsed());
+        }
+        result
+    }
+
+    async fn take_step(&mut self, next: Next) -> Result<(), ActorProcessingErr> {
         let outcome = match next {
             Next::Fetch => self.fetch().await,
             Next::Triage => self.triage().await,
@@ -212,10 +227,31 @@ impl RunActorState {
             // An end decided inside a step (stale, denied) goes through `finish`, so the
             // approver's Slack message says how the run ended.
             Ok(Step::Finished { state, reason }) => self.finish(&state, &reason).await?,
+            Ok(step @ Step::Reproposed { .. }) => self.repropose(step).await?,
             Ok(step) => self.record(step, None).await?,
             Err(halt) => self.halted(halt).await?,
         }
         Ok(())
+    }
+
+    /// Starts over after a stale approval: the approver's message says nothing was written and a
+    /// fresh proposal follows, the old approval's timers go, and the run reads the record again.
+    async fn repropose(&mut self, step: Step) -> Result<(), StoreError> {
+        let Step::Reproposed { reason } = &step else {
+            return self.record(step, None).await;
+        };
+        let told = format!("{reason}. Steward asks for a fresh proposal against the record now.");
+        if let Some((channel, ts)) = self.run.message.clone() {
+            self.update_message(states::STALE, &told, &channel, &ts)
+                .await;
+        }
+        if let Some((channel, ts)) = self.run.escalation_message.clone() {
+            self.update_message(states::STALE, &told, &channel, &ts)
+                .await;
+        }
+        self.clear_timers().await;
+        let reason = reason.clone();
+        self.record(step, Some(&reason)).await
     }
 
     /// Records a step that stopped short: the run parks, or ends `failed`.
@@ -256,7 +292,7 @@ impl RunActorState {
         build: impl Fn(RpcReplyPort<Result<T, E>>) -> M,
     ) -> (Result<T, CallError<E>>, u32)
     where
-        M: Message,
+        M: crate::metrics::AdapterMsg,
         T: Send + 'static,
         E: Transient + Send + 'static,
     {
@@ -264,7 +300,7 @@ impl RunActorState {
         let timeout = rt.retry.call_timeout;
         retrying(&rt.retry, rt.store.clock().as_ref(), || async {
             let actor = pick(&rt.live_connectors(timeout).await);
-            call(&actor, timeout, &build).await
+            call(&rt.metrics, &actor, timeout, &build).await
         })
         .await
     }
@@ -360,6 +396,7 @@ impl RunActorState {
         let mut decisions = Vec::new();
         let mut entries = Vec::new();
         let mut needs_approval = false;
+        let mut approvers_required = 1;
         let mut model_note = None;
         for change in &proposal.changes {
             let d = self.runtime.policy.decide(&self.field_request(
@@ -372,7 +409,10 @@ impl RunActorState {
                 if change.field == "work_notes" {
                     model_note = Some(change.value.clone());
                 } else if is_journal || incident.field(&change.field) != change.value {
-                    needs_approval |= d.outcome == Outcome::WithApproval;
+                    if d.outcome == Outcome::WithApproval {
+                        needs_approval = true;
+                        approvers_required = approvers_required.max(d.approvers);
+                    }
                     entries.push(DiffEntry {
                         field: change.field.clone(),
                         old: if is_journal {
@@ -408,7 +448,10 @@ impl RunActorState {
             "Steward work note",
         ));
         if note_decision.outcome != Outcome::Denied {
-            needs_approval |= note_decision.outcome == Outcome::WithApproval;
+            if note_decision.outcome == Outcome::WithApproval {
+                needs_approval = true;
+                approvers_required = approvers_required.max(note_decision.approvers);
+            }
             let note = work_note(
                 &self.run_id,
                 &proposal.summary,
@@ -434,6 +477,11 @@ impl RunActorState {
             needs_approval,
             approval_id: needs_approval.then(steward_core::ApprovalId::new),
             summary: proposal.summary.clone(),
+            approvers_required: if needs_approval {
+                approvers_required
+            } else {
+                0
+            },
         })
     }
 
@@ -483,6 +531,10 @@ impl RunActorState {
     /// Checks the record still holds the values the approver saw, records the intent, writes.
     async fn write(&self) -> Result<Step, Halt> {
         let diff = self.diff()?;
+        // Only the diff the approval names is written: its hash must be the one decided.
+        if self.run.diff_hash.as_deref() != Some(diff.hash().as_str()) {
+            return Err(Fail("the diff does not match the hash the approval names".into()).into());
+        }
         let current = self.get_current(diff).await?;
         let stale: Vec<String> = diff
             .entries
@@ -500,6 +552,13 @@ impl RunActorState {
             .collect();
         if !stale.is_empty() {
             let reason = format!("the record changed since approval: {}", stale.join("; "));
+            if self.run.reproposals < MAX_REPROPOSALS {
+                return Ok(Step::Reproposed { reason });
+            }
+            let reason = format!(
+                "{reason}; it changed under {} fresh proposals too, so the run stops here",
+                self.run.reproposals
+            );
             return Ok(self.finished_step(states::STALE, &reason));
         }
         let marker = run_marker(&self.run_id);
@@ -587,13 +646,13 @@ impl RunActorState {
         build: impl Fn(RpcReplyPort<Result<T, E>>) -> M,
     ) -> Result<T, CallError<E>>
     where
-        M: Message,
+        M: crate::metrics::AdapterMsg,
         T: Send + 'static,
         E: Send + 'static,
     {
         let timeout = self.runtime.retry.call_timeout;
         let actor = pick(&self.runtime.live_connectors(timeout).await);
-        call(&actor, timeout, &build).await
+        call(&self.runtime.metrics, &actor, timeout, &build).await
     }
 
     /// This run's work-note marker.
@@ -697,12 +756,7 @@ impl RunActorState {
     }
 
     async fn update_message(&self, state: &str, reason: &str, channel: &str, ts: &str) {
-        let by = self
-            .run
-            .verdict
-            .as_ref()
-            .map(|v| v.2.clone())
-            .unwrap_or_default();
+        let by = self.approvers_named(|_, name| name.to_owned());
         let outcome = match state {
             states::COMPLETED => slack::Outcome::Written { by: &by },
             states::REJECTED => slack::Outcome::Rejected { by: &by },
@@ -771,13 +825,18 @@ impl RunActorState {
             new_approval,
             timers: self.timers_for(&step),
         };
-        match self
-            .runtime
-            .store
-            .append_step(&self.runtime.scope, write)
+        let rt = &self.runtime;
+        let appended = rt.store.append_step(&rt.scope, write);
+        match rt
+            .metrics
+            .metrics()
+            .time_query("append_step", appended)
             .await
         {
             Ok(()) => {
+                if next.finished.is_some() && self.run.finished.is_none() {
+                    rt.metrics.run_finished(next.stored_state());
+                }
                 self.run = next;
                 Ok(())
             }
@@ -804,13 +863,21 @@ impl RunActorState {
         result.map_err(|e| self.halt(&e, "reading the record back failed"))
     }
 
+    /// Everyone who approved, earlier votes first, each as `name(id, name)`, joined by "and";
+    /// empty when nobody approved.
+    fn approvers_named(&self, name: impl Fn(&str, &str) -> String) -> String {
+        let mut names: Vec<String> = self.run.votes.iter().map(|(id, n)| name(id, n)).collect();
+        if let Some((_, id, n)) = &self.run.verdict {
+            names.push(name(id, n));
+        }
+        names.join(" and ")
+    }
+
     fn patch_body(&self, diff: &Diff) -> serde_json::Map<String, serde_json::Value> {
-        let approver = self
-            .run
-            .verdict
-            .as_ref()
-            .map(|(_, id, name)| format!("{name} (Slack {id})"))
-            .unwrap_or_else(|| "policy (no approval required)".into());
+        let approver = match self.approvers_named(|id, name| format!("{name} (Slack {id})")) {
+            named if named.is_empty() => "policy (no approval required)".to_owned(),
+            named => named,
+        };
         let mut body = diff.patch_body();
         if let Some(serde_json::Value::String(note)) = body.get_mut("work_notes") {
             // Only the header names the approver; other text in the note stays as written.
@@ -969,7 +1036,7 @@ fn audit_for(run_id: &RunId, seq: u32, step: &Step, body: &serde_json::Value) ->
     let digest = hex::encode(Sha256::digest(body.to_string().as_bytes()));
     let mut facts = json!({ "seq": seq, "step_sha256": digest });
     let actor = match step {
-        Step::ApprovalDecided { by, .. } => format!("slack:{by}"),
+        Step::ApprovalDecided { by, .. } | Step::ApprovalVoted { by, .. } => format!("slack:{by}"),
         _ => "steward".to_owned(),
     };
     match step {
@@ -986,9 +1053,11 @@ fn audit_for(run_id: &RunId, seq: u32, step: &Step, body: &serde_json::Value) ->
         Step::PolicyDecided {
             decisions,
             diff_hash,
+            approvers_required,
             ..
         } => {
             facts["diff_sha256"] = json!(diff_hash);
+            facts["approvers_required"] = json!(approvers_required);
             facts["decisions"] =
                 json!(decisions
                 .iter()
@@ -997,6 +1066,11 @@ fn audit_for(run_id: &RunId, seq: u32, step: &Step, body: &serde_json::Value) ->
         }
         Step::ApprovalDecided { verdict, .. } => facts["verdict"] = json!(verdict),
         Step::Finished { state, .. } => facts["state"] = json!(state),
+        Step::Held { gate, reason, .. } => {
+            facts["gate"] = json!(gate);
+            facts["reason"] = json!(reason);
+        }
+        Step::Reproposed { reason } => facts["reason"] = json!(reason),
         _ => {}
     }
     AuditDraft {

@@ -65,6 +65,10 @@ pub struct TenantInit {
     pub passivate_after: Duration,
     /// LLM providers beyond the built-in ones.
     pub llm_providers: LlmProviders,
+    /// The platform's budget ceilings.
+    pub limits: crate::budgets::PlatformLimits,
+    /// The process's metrics, labelled with this tenant.
+    pub metrics: crate::metrics::TenantMetrics,
 }
 
 /// Messages to a tenant supervisor.
@@ -117,20 +121,27 @@ impl Actor for TenantSupervisor {
             .tenant(&scope)
             .await?
             .ok_or_else(|| format!("tenant {} is not configured", init.tenant))?;
-        let settings: TenantSettings = serde_json::from_value(record.settings)
+        let mut document = record.settings;
+        let controls = crate::settings::TenantControls::take(&mut document)
+            .map_err(|e| format!("tenant {} settings are invalid: {e}", init.tenant))?;
+        let settings: TenantSettings = serde_json::from_value(document)
             .map_err(|e| format!("tenant {} settings are invalid: {e}", init.tenant))?;
         let policy = PolicyGate::new(settings.policy.as_deref())?;
         let clients = Clients::build(&init, &scope, &settings).await?;
         let mut adapters = HashMap::new();
         let connectors = clients.spawn(&myself, &mut adapters).await?;
-        let runtime = Arc::new(TenantRuntime::new(
+        let mut runtime = TenantRuntime::new(
             init.store.clone(),
             scope,
             settings,
             policy,
             init.retry.clone(),
             connectors,
-        ));
+        );
+        runtime.controls = controls;
+        runtime.limits = init.limits.clone();
+        runtime.metrics = init.metrics.clone();
+        let runtime = Arc::new(runtime);
         Ok(TenantState {
             init,
             runtime,
@@ -286,6 +297,7 @@ impl TenantState {
             self.fail_run(run_id, &error, attempt).await;
             return;
         }
+        self.runtime.metrics.run_restarted();
         let backoff = budget
             .backoff
             .saturating_mul(1 << (attempt - 1).min(6) as u32);
@@ -343,8 +355,11 @@ impl TenantState {
             _ => return,
         };
         let write = finished_write(run_id, steps, states::FAILED, &reason);
-        if let Err(e) = rt.store.append_step(&rt.scope, write).await {
-            error!(run.id = %run_id, error = %e, "Marking a run failed after its crashes failed.");
+        match rt.store.append_step(&rt.scope, write).await {
+            Ok(()) => rt.metrics.run_finished(states::FAILED),
+            Err(e) => {
+                error!(run.id = %run_id, error = %e, "Marking a run failed after its crashes failed.");
+            }
         }
         if let Err(e) = rt.store.clear_timers(&rt.scope, run_id).await {
             error!(run.id = %run_id, error = %e, "Clearing a failed run's timers failed.");

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use steward_persistence::{Store, TenantScope};
 
+use crate::budgets::PlatformLimits;
 use crate::connectors::Connectors;
 use crate::policy::PolicyGate;
 use crate::retry::RetryPolicy;
-use crate::settings::TenantSettings;
+use crate::settings::{TenantControls, TenantSettings};
 
 /// A tenant's shared context, built by its supervisor when it starts.
 pub struct TenantRuntime {
@@ -19,6 +20,12 @@ pub struct TenantRuntime {
     pub retry: RetryPolicy,
     /// Base URL of the ServiceNow instance, for links in messages.
     pub servicenow_url: String,
+    /// Shadow mode and the tenant's budgets (default: neither set).
+    pub controls: TenantControls,
+    /// The platform's budget ceilings (default: [`PlatformLimits::default`]).
+    pub limits: PlatformLimits,
+    /// The process's metrics for this tenant (default: a registry of its own).
+    pub metrics: crate::metrics::TenantMetrics,
     connectors: RwLock<Connectors>,
     /// Counts adapter replacements, so a caller whose adapter stopped can wait for the next.
     replaced: tokio::sync::watch::Sender<u64>,
@@ -45,6 +52,9 @@ impl TenantRuntime {
             policy,
             retry,
             servicenow_url,
+            controls: TenantControls::default(),
+            limits: PlatformLimits::default(),
+            metrics: crate::metrics::TenantMetrics::default(),
             connectors: RwLock::new(connectors),
             replaced: tokio::sync::watch::Sender::new(0),
         }

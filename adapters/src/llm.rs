@@ -158,6 +158,15 @@ fn provider_text(text: &str, api_key: &SecretString) -> String {
     }
 }
 
+/// A reply parser's refusal made fit for an error: its reason may quote the reply, and so
+/// whatever the reply quoted, the API key included.
+fn scrub_reply_error(error: LlmError, api_key: &SecretString) -> LlmError {
+    match error {
+        LlmError::InvalidReply(reason) => LlmError::InvalidReply(provider_text(&reason, api_key)),
+        other => other,
+    }
+}
+
 /// The temperature as JSON, written the way it reads (`0.2`, not `0.20000000298023224` as a
 /// widened `f32` would be). A temperature that is not a finite number cannot form a request.
 fn wire_temperature(temperature: f32) -> Result<serde_json::Value, LlmError> {

@@ -21,6 +21,8 @@ mod record;
 mod wire;
 
 pub use auth::ServiceNowAuth;
+pub use record::{parse_incident_reply, parse_record_list_reply};
+pub use wire::table_error;
 
 use auth::TokenCache;
 use wire::RawReply;

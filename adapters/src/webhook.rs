@@ -1,6 +1,9 @@
 //! Webhook signatures in the Standard Webhooks scheme (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature`; HMAC-SHA256 under the key of a `whsec_` secret), and the timestamp rules
-//! every scheme here shares, Slack's included.
+//! every scheme here shares, Slack's included. A source chooses its scheme
+//! ([`steward_core::SignatureScheme`]); [`verify_delivery`] verifies under any of them: Standard
+//! Webhooks here, Slack's `v0` through [`crate::slack::verify_slack_signature`], and Stripe's
+//! `Stripe-Signature` in [`stripe`].
 //!
 //! Verification works on the exact bytes received and never parses the body: a body is only
 //! trusted, and only then parsed, once its signature has been checked. Checks run in a fixed
@@ -16,8 +19,17 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, Mac};
 use rand::RngCore as _;
 use secrecy::{ExposeSecret, SecretSlice};
+use serde_json::Value;
 use sha2::Sha256;
+use steward_core::IncidentRef;
 use subtle::ConstantTimeEq;
+
+mod schemes;
+pub mod stripe;
+
+pub use schemes::{
+    BODY_DELIVERY_ID_PREFIX, body_delivery_id, check_secret, generate_secret, verify_delivery,
+};
 
 /// How far, in seconds, a delivery's timestamp may lie from the receiver's clock, either way.
 pub const TOLERANCE_SECS: i64 = 300;
@@ -260,6 +272,29 @@ pub fn verify_standard_any(
 pub fn sign_standard(secret: &WebhookSecret, id: &str, timestamp: i64, body: &[u8]) -> String {
     let tag = secret.tag(id, &timestamp.to_string(), body);
     format!("{SIGNATURE_VERSION},{}", BASE64.encode(tag))
+}
+
+/// Finds the incident a verified delivery names, by a source's JSON pointers (RFC 6901): the
+/// first `sys_id_pointers` entry whose value is a valid sys_id, else the first `number_pointers`
+/// entry whose value is a valid incident number. Values that are not strings, and strings that
+/// [`IncidentRef`] refuses, are skipped. Webhook intake calls this on the parsed body; it is
+/// public so that the extraction can be exercised on its own.
+pub fn incident_at(
+    payload: &Value,
+    sys_id_pointers: &[String],
+    number_pointers: &[String],
+) -> Option<IncidentRef> {
+    let at = |p: &String| payload.pointer(p).and_then(Value::as_str);
+    sys_id_pointers
+        .iter()
+        .filter_map(at)
+        .find_map(IncidentRef::sys_id)
+        .or_else(|| {
+            number_pointers
+                .iter()
+                .filter_map(at)
+                .find_map(IncidentRef::number)
+        })
 }
 
 fn check_id(id: &str) -> Result<(), SignatureError> {

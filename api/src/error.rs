@@ -1,13 +1,17 @@
 //! Every failure the API reports, each owning its status. Bodies are
-//! `{"error": "<stable code>", "message": "<what went wrong and what to do>"}`.
+//! `{"error": "<stable code>", "message": "<what went wrong and what to do>"}`. A body never
+//! carries a database or driver message, a file path or a panic: those are logged, and the
+//! caller gets `internal` or `unavailable` with a fixed message.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use steward_adapters::webhook::SignatureError;
 use steward_persistence::StoreError;
 use tracing::error;
+
+use crate::hardening::Limited;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +36,18 @@ pub enum ApiError {
     /// The request is valid but the resource's current state refuses it.
     #[error("{0}")]
     Conflict(String),
-    #[error("the service is not ready: {0}")]
+    /// Not ready; the detail is logged, never sent.
+    #[error("the service is not ready")]
     Unavailable(String),
+    /// The client's address or tenant spent its request budget; sent before any handler ran.
+    #[error("too many requests from this {limited}; retry after {retry_after_secs} s")]
+    RateLimited {
+        limited: Limited,
+        retry_after_secs: u64,
+    },
+    /// The client did not finish sending the request in time.
+    #[error("the request was not received in time")]
+    RequestTimeout,
     #[error("internal error")]
     Internal(String),
 }
@@ -52,6 +66,8 @@ impl ApiError {
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -85,8 +101,82 @@ impl IntoResponse for ApiError {
                 error!(error = %detail, "Request failed.");
                 "internal error; the request was not applied".to_owned()
             }
+            Self::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "Not ready.");
+                "the service is not ready; try again shortly".to_owned()
+            }
             other => other.to_string(),
         };
-        (status, Json(json!({ "error": code, "message": message }))).into_response()
+        let mut response =
+            (status, Json(json!({ "error": code, "message": message }))).into_response();
+        if let Self::RateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        if matches!(self, Self::RequestTimeout) {
+            // The rest of the body is not read: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    async fn body_of(error: ApiError) -> (StatusCode, HeaderMap, String) {
+        let response = error.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_details_stay_out_of_the_body() {
+        let detail = "database error: error returned from database: (code: 5) database is locked \
+                      at /var/lib/steward/steward.db; panicked at persistence/src/runs.rs:42";
+        for error in [
+            ApiError::Internal(detail.into()),
+            ApiError::Unavailable(detail.into()),
+            ApiError::from(StoreError::Conflict(detail.into())),
+        ] {
+            let (status, _, body) = body_of(error).await;
+            assert!(status.is_server_error(), "{status}");
+            for leak in ["database", "/var/lib", "panicked", ".rs", "sqlx", "code: 5"] {
+                assert!(!body.contains(leak), "{leak} in {body}");
+            }
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(json["error"].is_string() && json["message"].is_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_says_when_to_retry_and_a_timeout_closes() {
+        let (status, headers, body) = body_of(ApiError::RateLimited {
+            limited: Limited::Tenant,
+            retry_after_secs: 7,
+        })
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::RETRY_AFTER], "7");
+        assert!(
+            body.contains("rate_limited") && body.contains("tenant"),
+            "{body}"
+        );
+
+        let (status, headers, _) = body_of(ApiError::RequestTimeout).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(headers[header::CONNECTION], "close");
     }
 }

@@ -3,8 +3,12 @@
 //! before they parse, map every failure to one status in [`error::ApiError`], and hand work to
 //! the actor system without waiting for it.
 
+mod controls;
 pub mod error;
+pub mod hardening;
 mod health;
+mod metrics;
+pub mod openapi;
 mod ops;
 pub mod ops_auth;
 mod ops_page;
@@ -18,15 +22,32 @@ mod webhooks;
 use axum::Router;
 use axum::routing::{delete, get, post, put};
 
+use openapi::Routes;
+
+pub use hardening::{RateLimit, RateLimits, ServerLimits, harden};
 pub use ops_auth::{OpsAuth, OpsSettings};
 pub use state::{ApiLimits, AppState};
 pub use tenancy::TenancySettings;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    routes().router.with_state(state)
+}
+
+/// Every path the router serves (OpenAPI syntax, `{param}`), for holding the OpenAPI document
+/// to the router.
+pub fn route_paths() -> Vec<&'static str> {
+    routes().paths
+}
+
+/// Every route, each documented by its handler's `#[utoipa::path]` and listed in
+/// [`openapi`]'s document.
+fn routes() -> Routes {
+    Routes::new()
         .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(openapi::serve))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/webhooks/{tenant}/{source}", post(webhooks::receive))
         .route("/v1/runs", post(runs::create).get(runs::list))
         .route("/v1/runs/{id}", get(runs::show))
@@ -36,6 +57,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ops/runs/{id}", get(ops::run))
         .route("/v1/ops/runs/{id}/retry", post(ops::retry))
         .route("/v1/ops/runs/{id}/cancel", post(ops::cancel))
+        .route("/v1/ops/writes", get(controls::ops_pauses))
+        .route("/v1/ops/writes/pause", post(controls::ops_pause))
+        .route("/v1/ops/writes/resume", post(controls::ops_resume))
         .route(
             "/v1/tenants",
             post(tenancy::create_tenant).get(tenancy::list_tenants),
@@ -61,8 +85,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/tenant/tokens/{id}", delete(tenancy::revoke_token))
         .route("/v1/tenant/check", post(tenancy::check))
+        .route("/v1/tenant/writes", get(controls::tenant_pauses))
+        .route("/v1/tenant/writes/pause", post(controls::tenant_pause))
+        .route("/v1/tenant/writes/resume", post(controls::tenant_resume))
+        .route("/v1/tenant/shadow", put(controls::put_shadow))
+        .route(
+            "/v1/tenant/budgets",
+            put(controls::put_budgets).get(controls::get_budgets),
+        )
         .route("/ops", get(ops_page::page))
         .route("/ops/login", post(ops_page::login))
         .route("/ops/logout", post(ops_page::logout))
-        .with_state(state)
 }

@@ -51,6 +51,14 @@ pub(crate) async fn authorize(
 }
 
 /// `GET /v1/ops/actors`: the live supervision tree with each tenant's waiting runs.
+#[utoipa::path(get, path = "/v1/ops/actors", tag = "ops",
+    responses(
+        (status = 200, description = "The tree", body = crate::openapi::ActorTree),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn actors(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -171,6 +179,25 @@ fn summary(run: &RunRecord) -> Value {
 
 /// `GET /v1/ops/runs?state=&source=&since=&until=&number=&tenant=&limit=&before=`: runs of
 /// every tenant, newest first; `next` pages on.
+#[utoipa::path(get, path = "/v1/ops/runs", tag = "ops",
+    params(
+        ("state" = Option<String>, Query, description = "One state, or several separated by commas"),
+        ("source" = Option<String>, Query, description = "A webhook source name"),
+        ("since" = Option<String>, Query, description = "Unix ms or RFC 3339"),
+        ("until" = Option<String>, Query, description = "Unix ms or RFC 3339"),
+        ("number" = Option<String>, Query, description = "An incident number"),
+        ("tenant" = Option<String>, Query, description = "A tenant id"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (default 50)"),
+        ("before" = Option<String>, Query, description = "A run id: the page after it"),
+    ),
+    responses(
+        (status = 200, description = "A page of runs", body = crate::openapi::OpsRunPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn runs(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -214,6 +241,16 @@ async fn run_scope(state: &AppState, id: &str) -> Result<(RunId, TenantScope), A
 
 /// `GET /v1/ops/runs/{id}`: the run, its journal, its state now, its stored snapshot, its
 /// crash snapshots and its audit entries.
+#[utoipa::path(get, path = "/v1/ops/runs/{id}", tag = "ops",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "The run", body = crate::openapi::OpsRun),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn run(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -242,7 +279,7 @@ pub(crate) async fn run(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     reason: String,
@@ -279,6 +316,22 @@ impl From<OperatorError> for ApiError {
 }
 
 /// `POST /v1/ops/runs/{id}/retry` with `{"reason", "operator"}`: resumes a failed run.
+#[utoipa::path(post, path = "/v1/ops/runs/{id}/retry", tag = "ops",
+    params(("id" = String, Path, description = "The run id")),
+    request_body(content = DecisionBody,
+        example = json!({"reason": "provider outage over", "operator": "ana"})),
+    responses(
+        (status = 200, description = "What it did", body = crate::openapi::OperatorOutcome),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn retry(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -293,6 +346,22 @@ pub(crate) async fn retry(
 }
 
 /// `POST /v1/ops/runs/{id}/cancel` with `{"reason", "operator"}`: ends a run `cancelled`.
+#[utoipa::path(post, path = "/v1/ops/runs/{id}/cancel", tag = "ops",
+    params(("id" = String, Path, description = "The run id")),
+    request_body(content = DecisionBody,
+        example = json!({"reason": "provider outage over", "operator": "ana"})),
+    responses(
+        (status = 200, description = "What it did", body = crate::openapi::OperatorOutcome),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -89,6 +89,9 @@ fn see_other(location: &'static str) -> Response {
 }
 
 /// `GET /ops`: the page for a signed-in session, the sign-in form otherwise.
+#[utoipa::path(get, path = "/ops", tag = "ops",
+    responses((status = 200, description = "The page, or the sign-in form", body = String, content_type = "text/html")),
+    security((), ("opsSession" = [])))]
 pub(crate) async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let csrf = session_cookie(&headers).and_then(|id| state.ops.session_csrf(&id));
     let Some(csrf) = csrf else {
@@ -114,6 +117,14 @@ fn form_field(body: &[u8], name: &str) -> Option<String> {
 }
 
 /// `POST /ops/login` with the form field `token`: a session cookie for the operator token.
+#[utoipa::path(post, path = "/ops/login", tag = "ops",
+    request_body(content = crate::openapi::LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: a session cookie, and on to `/ops`",
+            headers(("set-cookie" = String), ("location" = String))),
+        (status = 401, description = "Not the operator token: the form again", body = String, content_type = "text/html"),
+        (status = 413, description = "The form is over 4 KiB", body = String, content_type = "text/html"),
+    ))]
 pub(crate) async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -142,6 +153,11 @@ pub(crate) async fn login(
 }
 
 /// `POST /ops/logout` with the form field `csrf`: ends the session and clears the cookie.
+#[utoipa::path(post, path = "/ops/logout", tag = "ops",
+    request_body(content = crate::openapi::LogoutForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Signed out; on to `/ops`",
+        headers(("set-cookie" = String), ("location" = String)))),
+    security((), ("opsSession" = [])))]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -21,24 +21,33 @@ async fn authorize(
     headers: &HeaderMap,
     scope: &'static str,
 ) -> Result<TenantScope, ApiError> {
+    Ok(authorize_principal(state, headers, scope).await?.0)
+}
+
+/// As [`authorize`], with the token's label: who the call acts as.
+async fn authorize_principal(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: &'static str,
+) -> Result<(TenantScope, String), ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|t| !t.is_empty() && t.len() <= 256)
         .ok_or(ApiError::Unauthenticated)?;
-    let (tenant, scopes) = state
+    let principal = state
         .store
-        .authenticate_token(token)
+        .authenticate_token_labelled(token)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    if !scopes.iter().any(|s| s == scope || s == "admin") {
+    if !principal.scopes.iter().any(|s| s == scope || s == "admin") {
         return Err(ApiError::Forbidden(scope));
     }
-    Ok(tenant)
+    Ok((principal.scope, principal.label))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRun {
     incident: IncidentSpec,
@@ -47,23 +56,42 @@ struct CreateRun {
     requester_slack: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Exactly one of `sys_id` (32 hex digits) or `number` (such as `INC0010001`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IncidentSpec {
     #[serde(default)]
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     sys_id: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]+[0-9]+$", max_length = 40)]
     number: Option<String>,
 }
 
 /// `POST /v1/runs` (scope `runs:write`). An `Idempotency-Key` header deduplicates like a
 /// webhook delivery id.
+#[utoipa::path(post, path = "/v1/runs", tag = "runs",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 200 visible ASCII characters; a repeat names the first run")),
+    request_body(content = CreateRun, description = "At most 16 KiB",
+        example = json!({"incident": {"number": "INC0010001"}, "requester_slack": "U0DEMOREQ01"})),
+    responses(
+        (status = 202, description = "A run started", body = crate::openapi::RunAccepted),
+        (status = 200, description = "The `Idempotency-Key` was seen: its run", body = crate::openapi::RunAccepted),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["runs:write"])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let scope = authorize(&state, &headers, "runs:write").await?;
+    let (scope, token_label) = authorize_principal(&state, &headers, "runs:write").await?;
     let body = read_body(body, &headers, state.limits.api_body_bytes).await?;
     let req: CreateRun = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
@@ -99,7 +127,12 @@ pub(crate) async fn create(
         source: None,
         delivery_id: key,
         incident: incident.clone(),
-        trigger: json!({ "kind": "api", "requester_slack": req.requester_slack }),
+        // The token's label is the requester's principal: the tenant maps it to a person.
+        trigger: json!({
+            "kind": "api",
+            "requester_slack": req.requester_slack,
+            "token_label": token_label,
+        }),
         state: states::RECEIVED.into(),
         first_step: (
             step.kind().into(),
@@ -129,6 +162,16 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/runs/{id}` (scope `runs:read`): the run and its steps.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "The run and its journal", body = crate::openapi::RunWithSteps),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["runs:read"])))]
 pub(crate) async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -155,6 +198,19 @@ pub(crate) struct ListQuery {
 }
 
 /// `GET /v1/runs?limit=&before=` (scope `runs:read`): newest first; `next` pages on.
+#[utoipa::path(get, path = "/v1/runs", tag = "runs",
+    params(
+        ("limit" = Option<u32>, Query, description = "1 to 200 (default 50)"),
+        ("before" = Option<String>, Query, description = "A run id: the page after it"),
+    ),
+    responses(
+        (status = 200, description = "A page of the tenant's runs", body = crate::openapi::RunPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["runs:read"])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -22,6 +22,23 @@ use crate::webhooks::read_body;
 /// How long the handler waits for the decision before answering anyway.
 const DECISION_WAIT: Duration = Duration::from_millis(2500);
 
+/// A button click from Slack, answered within 3 seconds; an unknown action is acknowledged and
+/// ignored. A refused click is audited and told to the clicker privately, still `200`.
+#[utoipa::path(post, path = "/v1/slack/interactions/{tenant}", tag = "intake",
+    params(
+        ("tenant" = String, Path, description = "Tenant id"),
+        ("x-slack-request-timestamp" = String, Header, description = "Unix seconds, within 5 minutes"),
+    ),
+    request_body(content = crate::openapi::SlackForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Acknowledged"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::BadSignature),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("slackSignature" = [])))]
 pub(crate) async fn interaction(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
@@ -65,6 +82,7 @@ pub(crate) async fn interaction(
         user_id: action.user_id,
         user_name: action.user_name,
         channel: action.channel_id,
+        message_ts: action.message_ts,
     };
     let steward = state.steward.clone();
     let decision =

@@ -40,4 +40,7 @@ pub struct AppState {
     pub ops: Arc<OpsAuth>,
     /// The deployment's region and its peers, for onboarding.
     pub tenancy: Arc<TenancySettings>,
+    /// The process's metrics, served at `GET /metrics`; None when `[metrics]` turns them off
+    /// (the route then answers 404).
+    pub metrics: Option<steward_actors::Metrics>,
 }

@@ -1,7 +1,7 @@
 //! Tenant onboarding and administration. The platform (operator token) creates, lists, exports
 //! and offboards tenants; a tenant's admin token sets its connectors, secrets, policy, webhook
 //! sources and tokens. Secrets are write-only: answers say a secret is set and its version,
-//! never its value, except for the values generated here (tokens, `whsec_` secrets), shown
+//! never its value, except for the values generated here (tokens, webhook secrets), shown
 //! once in the answer that created them. Every change is an audit entry naming its actor, and
 //! a change to settings or secrets restarts the tenant's supervisor so it takes effect.
 
@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings};
 use steward_actors::{PolicyGate, secret_names};
-use steward_adapters::webhook::WebhookSecret;
-use steward_core::{Region, SourceName, TenantId};
+use steward_adapters::webhook;
+use steward_core::{Region, SignatureScheme, SourceName, TenantId};
 use steward_persistence::{
     AuditDraft, Authenticator, NewToken, TenantScope, WebhookSource, generate_api_token,
 };
@@ -62,14 +62,14 @@ impl Default for TenancySettings {
 }
 
 /// A tenant admin: the scope its token proves and the audit actor naming that token.
-struct Admin {
-    scope: TenantScope,
-    actor: String,
+pub(crate) struct Admin {
+    pub(crate) scope: TenantScope,
+    pub(crate) actor: String,
 }
 
 /// Authenticates a tenant token carrying `admin`; 401 for a bad token, 403 for a good one
 /// without the scope.
-async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError> {
+pub(crate) async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError> {
     let token = crate::ops_auth::bearer(headers)
         .filter(|t| !t.is_empty() && t.len() <= 256)
         .ok_or(ApiError::Unauthenticated)?;
@@ -89,7 +89,10 @@ async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError>
 }
 
 /// Parses a JSON body of at most 64 KiB into `T`, refusing unknown fields (400).
-async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     let bytes = read_body(body, headers, MAX_BODY_BYTES).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
@@ -100,7 +103,7 @@ fn digest(value: &impl serde::Serialize) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-fn draft(kind: &str, actor: &str, body: Value) -> AuditDraft {
+pub(crate) fn draft(kind: &str, actor: &str, body: Value) -> AuditDraft {
     AuditDraft {
         kind: kind.into(),
         run_id: None,
@@ -110,13 +113,13 @@ fn draft(kind: &str, actor: &str, body: Value) -> AuditDraft {
 }
 
 /// Makes the tenant's running supervisor, if any, start again with what is stored now.
-async fn reload(state: &AppState, tenant: &TenantId) {
+pub(crate) async fn reload(state: &AppState, tenant: &TenantId) {
     if let Err(e) = state.steward.reload_tenant(tenant).await {
         warn!(%tenant, error = %e, "The tenant's supervisor could not be restarted.");
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     id: String,
@@ -126,6 +129,20 @@ struct CreateTenant {
 /// `POST /v1/tenants` (operator): registers a tenant of this region and answers with its
 /// first admin token, shown once. A tenant homed in another region is 421 with that region's
 /// base URL when known.
+#[utoipa::path(post, path = "/v1/tenants", tag = "platform",
+    request_body(content = CreateTenant, example = json!({"id": "us-newco", "name": "NewCo"})),
+    responses(
+        (status = 201, description = "Created, with the first admin token", body = crate::openapi::TenantCreated),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 421, description = "Homed in another region", body = crate::openapi::Misdirected),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn create_tenant(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -181,6 +198,14 @@ fn misdirected(state: &AppState, id: &TenantId) -> Response {
 }
 
 /// `GET /v1/tenants` (operator): every tenant, by id.
+#[utoipa::path(get, path = "/v1/tenants", tag = "platform",
+    responses(
+        (status = 200, description = "Every tenant", body = crate::openapi::TenantList),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn list_tenants(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -201,6 +226,17 @@ async fn known_tenant(state: &AppState, id: &str) -> Result<TenantScope, ApiErro
 
 /// `GET /v1/tenants/{id}/export` (operator): the tenant's evidence as JSON lines: a `tenant`
 /// line, each audit entry in chain order, then each run with its steps.
+#[utoipa::path(get, path = "/v1/tenants/{id}/export", tag = "platform",
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "JSON lines: `tenant`, then `audit` entries, then `run`s with steps",
+            body = String, content_type = "application/x-ndjson"),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn export(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -236,7 +272,7 @@ pub(crate) async fn export(
     Ok((StatusCode::OK, headers, out).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeleteTenant {
     #[serde(default)]
@@ -249,6 +285,21 @@ struct DeleteTenant {
 /// `{"confirm": "<id>", "exported": true}` it answers 409 pointing at the export. Then it
 /// destroys the tenant's data keys, removes its rows except the audit chain, closes the chain
 /// with `tenant.offboarded` and a signed checkpoint, and stops the tenant's actors.
+#[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "platform",
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body(content = Option<DeleteTenant>,
+        example = json!({"confirm": "us-newco", "exported": true})),
+    responses(
+        (status = 200, description = "Offboarded", body = crate::openapi::Offboarded),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, description = "Not confirmed: export first", body = crate::openapi::ExportFirst),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("operatorToken" = []), ("opsSession" = [])))]
 pub(crate) async fn delete_tenant(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -367,13 +418,20 @@ fn secret(value: Option<String>) -> Option<SecretString> {
     value.map(SecretString::from)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ServiceNowBody {
+    #[schema(
+        pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+        max_length = 2048
+    )]
     instance_url: String,
+    #[schema(pattern = "^(password|refresh_token|client_credentials)$")]
     grant: String,
+    #[schema(pattern = "^[!#-\\[\\]-~]{1,256}$")]
     client_id: String,
     #[serde(default)]
+    #[schema(pattern = "^[!#-\\[\\]-~]{1,256}$")]
     username: Option<String>,
     #[serde(default)]
     client_secret: Option<String>,
@@ -384,6 +442,18 @@ struct ServiceNowBody {
 }
 
 /// `PUT /v1/tenant/connectors/servicenow` (admin).
+#[utoipa::path(put, path = "/v1/tenant/connectors/servicenow", tag = "tenant",
+    request_body(content = ServiceNowBody, description = "Instance, OAuth grant and its secrets (write-only)"),
+    responses(
+        (status = 200, description = "Stored; the tenant restarts with it", body = crate::openapi::ConnectorSet),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn put_servicenow(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -430,10 +500,15 @@ pub(crate) async fn put_servicenow(
     apply_connector(&state, &admin, "servicenow", settings, secrets, json!({})).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SlackBody {
+    #[schema(
+        pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+        max_length = 2048
+    )]
     api_base: String,
+    #[schema(pattern = "^[!#-\\[\\]-~]{1,64}$")]
     approval_channel: String,
     approvers: Vec<String>,
     #[serde(default)]
@@ -446,13 +521,93 @@ struct SlackBody {
     escalation_approvers: Vec<String>,
     #[serde(default)]
     expire_after_secs: Option<u64>,
+    /// Approver groups the tenant's policies name: group name to Slack user ids.
+    #[serde(default)]
+    approver_groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Who each Slack user is in ServiceNow and which API tokens they use, so that the person
+    /// who asked for a change never approves it.
+    #[serde(default)]
+    people: Vec<PersonBody>,
     #[serde(default)]
     bot_token: Option<String>,
     #[serde(default)]
     signing_secret: Option<String>,
 }
 
+/// One person across systems.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PersonBody {
+    slack_user: String,
+    #[serde(default)]
+    servicenow_user: Option<String>,
+    #[serde(default)]
+    token_labels: Vec<String>,
+}
+
+/// Approver groups by name, and the people mapping, as the settings keep them.
+type PeopleAndGroups = (
+    std::collections::BTreeMap<String, Vec<String>>,
+    Vec<steward_actors::PersonLink>,
+);
+
+/// Checks approver groups and the people mapping, and turns them into settings.
+fn people_and_groups(
+    groups: std::collections::BTreeMap<String, Vec<String>>,
+    people: Vec<PersonBody>,
+) -> Result<PeopleAndGroups, ApiError> {
+    if groups.len() > 50 || groups.values().any(|m| m.len() > 500) {
+        return Err(ApiError::Unprocessable(
+            "at most 50 approver groups of at most 500 members each".into(),
+        ));
+    }
+    for (name, members) in &groups {
+        check_word(name, "approver_groups", 64)?;
+        if name == steward_actors::APPROVERS_GROUP || name == steward_actors::ESCALATION_GROUP {
+            return Err(ApiError::Unprocessable(format!(
+                "the group `{name}` is the approver list itself; choose another name"
+            )));
+        }
+        for m in members {
+            check_word(m, "approver_groups members", 64)?;
+        }
+    }
+    if people.len() > 2000 || people.iter().any(|p| p.token_labels.len() > 20) {
+        return Err(ApiError::Unprocessable(
+            "at most 2000 people with at most 20 token labels each".into(),
+        ));
+    }
+    let mut links = Vec::with_capacity(people.len());
+    for p in people {
+        check_word(&p.slack_user, "people.slack_user", 64)?;
+        if let Some(u) = &p.servicenow_user {
+            check_word(u, "people.servicenow_user", 64)?;
+        }
+        for l in &p.token_labels {
+            check_word(l, "people.token_labels", 64)?;
+        }
+        links.push(steward_actors::PersonLink {
+            slack_user: p.slack_user,
+            servicenow_user: p.servicenow_user,
+            token_labels: p.token_labels,
+        });
+    }
+    Ok((groups, links))
+}
+
 /// `PUT /v1/tenant/connectors/slack` (admin): workspace, channel, approvers and secrets.
+#[utoipa::path(put, path = "/v1/tenant/connectors/slack", tag = "tenant",
+    request_body(content = SlackBody, description = "Channels, approvers, timings and the app secrets (write-only)"),
+    responses(
+        (status = 200, description = "Stored; the tenant restarts with it", body = crate::openapi::ConnectorSet),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn put_slack(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -479,9 +634,11 @@ pub(crate) async fn put_slack(
     s.expire_after_secs = req.expire_after_secs.unwrap_or(s.expire_after_secs);
     s.escalation_channel = req.escalation_channel;
     s.escalation_approvers = req.escalation_approvers;
+    (s.approver_groups, s.people) = people_and_groups(req.approver_groups, req.people)?;
     let approvers = json!({
         "approvers": s.approvers, "escalation_approvers": s.escalation_approvers,
-        "approval_channel": s.approval_channel,
+        "approval_channel": s.approval_channel, "approver_groups": s.approver_groups,
+        "people": s.people.len(),
     });
     let secrets = vec![
         (secret_names::SLACK_BOT_TOKEN, secret(req.bot_token)),
@@ -494,21 +651,41 @@ pub(crate) async fn put_slack(
     apply_connector(&state, &admin, "slack", settings, secrets, approvers).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LlmBody {
+    #[schema(pattern = "^[!#-\\[\\]-~]{1,64}$")]
     provider: String,
+    #[schema(pattern = "^[!#-\\[\\]-~]{1,200}$")]
     model: String,
+    #[schema(
+        pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+        max_length = 2048
+    )]
     base_url: String,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 200000)]
     max_tokens: Option<u32>,
     #[serde(default)]
     api_key: Option<String>,
 }
 
 /// `PUT /v1/tenant/connectors/llm` (admin): provider, model, base URL and key.
+#[utoipa::path(put, path = "/v1/tenant/connectors/llm", tag = "tenant",
+    request_body(content = LlmBody, description = "Provider, model, base URL and key (write-only)"),
+    responses(
+        (status = 200, description = "Stored; the tenant restarts with it", body = crate::openapi::ConnectorSet),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn put_llm(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -543,7 +720,7 @@ pub(crate) async fn put_llm(
     apply_connector(&state, &admin, "llm", settings, secrets, json!({})).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PolicyBody {
     cedar: String,
@@ -551,6 +728,18 @@ struct PolicyBody {
 
 /// `PUT /v1/tenant/policy` (admin): the tenant's Cedar policies; 422 with Cedar's message
 /// when they do not validate.
+#[utoipa::path(put, path = "/v1/tenant/policy", tag = "tenant",
+    request_body(content = PolicyBody),
+    responses(
+        (status = 200, description = "Stored", body = crate::openapi::PolicySet),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn put_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -570,10 +759,17 @@ pub(crate) async fn put_policy(
     Ok(Json(json!({ "policy_sha256": sha })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SourceBody {
     name: String,
+    /// How the sender signs: `standard-webhooks` (the default), `slack` or `stripe`.
+    #[serde(default)]
+    scheme: Option<String>,
+    /// The secret the sender already holds (a Slack app's signing secret, a Stripe endpoint
+    /// secret); without it Steward generates one. Write-only: never answered back.
+    #[serde(default)]
+    secret: Option<String>,
     #[serde(default)]
     sys_id_pointers: Vec<String>,
     #[serde(default)]
@@ -581,7 +777,29 @@ struct SourceBody {
 }
 
 /// `POST /v1/tenant/sources` (admin): creates (or replaces, with a new secret) a webhook
-/// source; the answer carries its generated `whsec_` secret, shown once.
+/// source verified under the signature scheme it names (`standard-webhooks` when it names
+/// none; an unknown name is 422).
+///
+/// The secret is the tenant's or Steward's. A `slack` sender is a Slack app, whose signing
+/// secret Slack issues, and a Stripe endpoint's secret is issued by Stripe: the tenant
+/// supplies those as `secret` (16 to 256 visible ASCII characters), and the answer does not
+/// repeat it. Without one, Steward generates a secret of the scheme's shape and answers it
+/// once: `whsec_` and base64 of 32 bytes for Standard Webhooks, 32 hex digits (Slack's shape)
+/// for `slack`, `whsec_` and 32 letters and digits (Stripe's shape) for `stripe`. A supplied
+/// Standard Webhooks secret must be a `whsec_` secret.
+#[utoipa::path(post, path = "/v1/tenant/sources", tag = "tenant",
+    request_body(content = SourceBody, example = json!({"name": "servicenow",
+        "sys_id_pointers": ["/incident/sys_id"], "number_pointers": ["/incident/number"]})),
+    responses(
+        (status = 201, description = "Created, with its secret", body = crate::openapi::SourceCreated),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn create_source(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -591,21 +809,27 @@ pub(crate) async fn create_source(
     let req: SourceBody = json_body(&headers, body).await?;
     let name = SourceName::parse(&req.name)
         .map_err(|e| ApiError::Unprocessable(format!("`name` is not a source name: {e}")))?;
+    let scheme = match req.scheme.as_deref() {
+        None => SignatureScheme::default(),
+        Some(s) => SignatureScheme::parse(s)
+            .map_err(|e| ApiError::Unprocessable(format!("`scheme`: {e}")))?,
+    };
+    let (value, generated) = source_secret(scheme, req.secret)?;
     let source = WebhookSource {
         secret_name: secret_names::webhook_source(name.as_str()),
         name,
-        scheme: "standard-webhooks".into(),
+        scheme: scheme.as_str().into(),
         sys_id_pointers: req.sys_id_pointers,
         number_pointers: req.number_pointers,
     };
-    let value = SecretString::from(WebhookSecret::generate());
     let version = state
         .store
         .put_secret(&admin.scope, &state.master_key, &source.secret_name, &value)
         .await?;
     state.store.upsert_source(&admin.scope, &source).await?;
     let audit = json!({
-        "source": source.name, "secret": { "name": source.secret_name, "version": version },
+        "source": source.name, "scheme": source.scheme,
+        "secret": { "name": source.secret_name, "version": version, "generated": generated },
         "sys_id_pointers": source.sys_id_pointers, "number_pointers": source.number_pointers,
     });
     state
@@ -613,16 +837,41 @@ pub(crate) async fn create_source(
         .append_audit(&admin.scope, draft("source.set", &admin.actor, audit))
         .await?;
     let url = format!("/v1/webhooks/{}/{}", admin.scope.tenant(), source.name);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "name": source.name, "url": url, "secret_version": version,
-            "secret": value.expose_secret(),
-        })),
-    ))
+    let mut answer = json!({
+        "name": source.name, "url": url, "scheme": source.scheme, "secret_version": version,
+    });
+    if generated {
+        answer["secret"] = json!(value.expose_secret());
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
-#[derive(Deserialize)]
+/// The secret of a source of `scheme`: the supplied one, checked against the scheme's shape
+/// (422 saying what is wrong, never quoting it), or a generated one. Says which it is.
+fn source_secret(
+    scheme: SignatureScheme,
+    supplied: Option<String>,
+) -> Result<(SecretString, bool), ApiError> {
+    match supplied {
+        Some(value) => {
+            check_webhook_secret(scheme, &value)?;
+            Ok((SecretString::from(value), false))
+        }
+        None => Ok((SecretString::from(webhook::generate_secret(scheme)), true)),
+    }
+}
+
+fn check_webhook_secret(scheme: SignatureScheme, value: &str) -> Result<(), ApiError> {
+    webhook::check_secret(scheme, value).map_err(|e| {
+        let why = match e {
+            webhook::SignatureError::BadSecret(why) => why,
+            other => other.to_string(),
+        };
+        ApiError::Unprocessable(format!("not a usable {scheme} secret: {why}"))
+    })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretBody {
     value: String,
@@ -646,6 +895,21 @@ fn settable_secret(name: &str) -> bool {
 
 /// `PUT /v1/tenant/secrets/{name}` (admin): seals a new version of one secret (a rotation);
 /// answers its version.
+#[utoipa::path(put, path = "/v1/tenant/secrets/{name}", tag = "tenant",
+    params(("name" = String, Path, description = "`servicenow.client_secret`, `servicenow.password`, \
+        `servicenow.refresh_token`, `slack.bot_token`, `slack.signing_secret`, `llm.api_key` or `webhook.<source>`")),
+    request_body(content = SecretBody),
+    responses(
+        (status = 200, description = "Sealed", body = crate::openapi::SecretSet),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn put_secret(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -657,10 +921,15 @@ pub(crate) async fn put_secret(
         return Err(ApiError::NotFound);
     }
     let req: SecretBody = json_body(&headers, body).await?;
-    if name.starts_with("webhook.") {
-        WebhookSecret::parse(&req.value).map_err(|_| {
-            ApiError::Unprocessable("a webhook secret must be a `whsec_` secret".into())
-        })?;
+    if let Some(source) = name.strip_prefix("webhook.") {
+        // The value must suit the source's scheme; a secret set ahead of its source is taken
+        // to be for Standard Webhooks, the scheme of a source created without naming one.
+        let source = SourceName::parse(source).map_err(|_| ApiError::NotFound)?;
+        let scheme = match state.store.source(&admin.scope, &source).await? {
+            Some(s) => SignatureScheme::parse(&s.scheme).map_err(internal)?,
+            None => SignatureScheme::default(),
+        };
+        check_webhook_secret(scheme, &req.value)?;
     }
     let versions = seal_all(&state, &admin, vec![(&name, secret(Some(req.value)))]).await?;
     let audit = json!({ "secret": name, "version": versions[&name]["version"] });
@@ -672,7 +941,7 @@ pub(crate) async fn put_secret(
     Ok(Json(json!({ "secret": name, "status": versions[&name] })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     label: String,
@@ -682,6 +951,18 @@ struct TokenBody {
 }
 
 /// `POST /v1/tenant/tokens` (admin): issues a token; its value is in this answer only.
+#[utoipa::path(post, path = "/v1/tenant/tokens", tag = "tenant",
+    request_body(content = TokenBody, example = json!({"label": "ci", "scopes": ["runs:read"], "expires_in_secs": 86400})),
+    responses(
+        (status = 201, description = "Issued, with its value", body = crate::openapi::TokenIssued),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn create_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -730,6 +1011,14 @@ pub(crate) async fn create_token(
 }
 
 /// `GET /v1/tenant/tokens` (admin): the tenant's tokens, without values.
+#[utoipa::path(get, path = "/v1/tenant/tokens", tag = "tenant",
+    responses(
+        (status = 200, description = "The tenant's tokens", body = crate::openapi::TokenList),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn list_tokens(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -741,6 +1030,16 @@ pub(crate) async fn list_tokens(
 
 /// `DELETE /v1/tenant/tokens/{id}` (admin): revokes one of the tenant's tokens; 404 for an
 /// id that is unknown, revoked already or another tenant's.
+#[utoipa::path(delete, path = "/v1/tenant/tokens/{id}", tag = "tenant",
+    params(("id" = String, Path, description = "The token's public id, `tok_…`")),
+    responses(
+        (status = 200, description = "Revoked", body = crate::openapi::TokenRevoked),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -759,6 +1058,15 @@ pub(crate) async fn revoke_token(
 
 /// `POST /v1/tenant/check` (admin): tests each connection of the tenant with its stored
 /// settings and secrets; each is `ok` or says what is wrong, never quoting a secret.
+#[utoipa::path(post, path = "/v1/tenant/check", tag = "tenant",
+    responses(
+        (status = 200, description = "Each connection: ok, or what is wrong", body = crate::openapi::CheckReport),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn check(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -818,17 +1126,36 @@ mod tests {
 /// How long a rotated webhook secret keeps verifying when the request names no expiry.
 const DEFAULT_OVERLAP_SECS: i64 = 7 * 24 * 3600;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// When the superseded secret stops verifying, in Unix seconds.
     #[serde(default)]
     old_expires_at: Option<i64>,
+    /// The new secret, when the sender issues it (a Slack app's regenerated signing secret, a
+    /// Stripe endpoint's rolled secret); without it Steward generates one.
+    #[serde(default)]
+    secret: Option<String>,
 }
 
-/// `POST /v1/tenant/sources/{name}/rotate` (admin): generates a new `whsec_` secret for the
-/// source, shown once in this answer; the old one keeps verifying until `old_expires_at`
-/// (default: 7 days from now). The store audits the rotation, without either value.
+/// `POST /v1/tenant/sources/{name}/rotate` (admin): gives the source a new secret, of its
+/// scheme's shape: the supplied `secret`, or a generated one shown once in this answer (see
+/// [`create_source`]). The old one keeps verifying until `old_expires_at` (default: 7 days
+/// from now), under the same scheme. The store audits the rotation, without either value.
+#[utoipa::path(post, path = "/v1/tenant/sources/{name}/rotate", tag = "tenant",
+    params(("name" = String, Path, description = "The source's name")),
+    request_body(content = Option<RotateBody>, example = json!({"old_expires_at": 1767225600})),
+    responses(
+        (status = 200, description = "Rotated, with the new secret", body = crate::openapi::SourceRotated),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthenticated),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("tenantToken" = ["admin"])))]
 pub(crate) async fn rotate_source(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -856,7 +1183,8 @@ pub(crate) async fn rotate_source(
             "`old_expires_at` must be between now and one year from now".into(),
         ));
     }
-    let value = SecretString::from(WebhookSecret::generate());
+    let scheme = SignatureScheme::parse(&source.scheme).map_err(internal)?;
+    let (value, generated) = source_secret(scheme, req.secret)?;
     let version = state
         .store
         .rotate_secret(
@@ -868,8 +1196,12 @@ pub(crate) async fn rotate_source(
             &admin.actor,
         )
         .await?;
-    Ok(Json(json!({
-        "name": source.name, "secret_version": version, "old_expires_at": expires,
-        "secret": value.expose_secret(),
-    })))
+    let mut answer = json!({
+        "name": source.name, "scheme": source.scheme, "secret_version": version,
+        "old_expires_at": expires,
+    });
+    if generated {
+        answer["secret"] = json!(value.expose_secret());
+    }
+    Ok(Json(answer))
 }

@@ -1,16 +1,16 @@
-//! `POST /v1/webhooks/{tenant}/{source}`: Standard Webhooks intake. The signature is checked over
-//! the raw bytes before anything is parsed; the delivery is deduplicated in the same
-//! transaction that creates the run; the answer never waits for the run itself.
+//! `POST /v1/webhooks/{tenant}/{source}`: signed webhook intake, under the signature scheme the
+//! source chose (Standard Webhooks, Slack `v0` or Stripe). The signature is checked over the raw
+//! bytes before anything is parsed; the delivery is deduplicated in the same transaction that
+//! creates the run; the answer never waits for the run itself.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use steward_actors::{Step, secret_names, states};
-use steward_adapters::webhook::{WebhookSecret, verify_standard_any};
-use steward_core::{IncidentRef, RunId, SourceName, TenantId};
+use steward_adapters::webhook::{SignatureError, incident_at, verify_delivery};
+use steward_core::{IncidentRef, RunId, SignatureScheme, SourceName, TenantId};
 use steward_persistence::{
     AuditDraft, Authenticator, IntakeOutcome, NewRun, TenantScope, WebhookSource,
 };
@@ -18,9 +18,67 @@ use steward_persistence::{
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// A signed delivery, under the source's scheme (Standard Webhooks, Slack `v0` or Stripe):
+/// verified over the raw bytes, then the incident is found by the source's JSON pointers and a
+/// run starts. A redelivered `webhook-id` (Slack and Stripe: the same body) names the same run.
+#[utoipa::path(post, path = "/v1/webhooks/{tenant}/{source}", tag = "intake",
+    params(
+        ("tenant" = String, Path, description = "Tenant id, such as `us-acme`"),
+        ("source" = String, Path, description = "The tenant's webhook source"),
+        ("webhook-id" = Option<String>, Header,
+            description = "Standard Webhooks: the delivery id; redeliveries repeat it"),
+        ("webhook-timestamp" = Option<String>, Header,
+            description = "Standard Webhooks: Unix seconds, within 5 minutes"),
+        ("x-slack-request-timestamp" = Option<String>, Header,
+            description = "Scheme `slack`: Unix seconds, within 5 minutes"),
+    ),
+    request_body(content = serde_json::Value, description = "The sender's event, at most 256 KiB of JSON"),
+    responses(
+        (status = 202, description = "A run started", body = crate::openapi::RunAccepted,
+            example = json!({"run_id": "0190f3c4-6a1e-7c1d-9a5b-2f4e8d7c6b5a", "status": "accepted"})),
+        (status = 200, description = "A redelivery: the run it started", body = crate::openapi::RunAccepted),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::BadSignature),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::TooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 500, response = crate::openapi::Internal),
+    ),
+    security(("webhookSignature" = []), ("slackSignature" = []), ("stripeSignature" = [])))]
 pub(crate) async fn receive(
     State(state): State<AppState>,
     Path((tenant, source)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let metrics = state.metrics.clone();
+    let answer = intake(state, tenant, source, headers, body).await;
+    if let (Err(error), Some(metrics)) = (&answer, metrics)
+        && let Some(reason) = rejection_reason(error)
+    {
+        metrics.webhook_rejected(reason);
+    }
+    answer
+}
+
+/// The label a refused delivery is counted under in `steward_webhook_rejections_total`: the
+/// error code of a 401 (the signature's or the clock's), 404, 413, 400 or 422. Other failures
+/// (429 before the handler, 500) are not the sender's delivery being refused.
+fn rejection_reason(error: &ApiError) -> Option<&'static str> {
+    match error {
+        ApiError::BadSignature(e) | ApiError::BadTimestamp(e) => Some(e.reason_code()),
+        ApiError::NotFound => Some("not_found"),
+        ApiError::TooLarge(_) => Some("body_too_large"),
+        ApiError::BadRequest(_) => Some("bad_request"),
+        ApiError::Unprocessable(_) => Some("unprocessable"),
+        _ => None,
+    }
+}
+
+async fn intake(
+    state: AppState,
+    tenant: String,
+    source: String,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -45,14 +103,27 @@ pub(crate) async fn receive(
         .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
     let incident = incident_ref(&config, &payload)?;
     let run = new_run(&source, &delivery.id, delivery.timestamp, incident, &body)?;
-    match state.store.record_intake(&scope, run).await? {
-        IntakeOutcome::Created(run_id) => {
-            wake(&state, tenant, run_id);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({ "run_id": run_id, "status": "accepted" })),
-            ))
-        }
+    // The delivery is verified: record it and start its run in a task of their own, so that a
+    // client that goes away now cannot stop an accepted delivery halfway (between its commit and
+    // its wake-up). Nothing after this point answers 429.
+    let intake = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let outcome = state.store.record_intake(&scope, run).await;
+            if let Ok(IntakeOutcome::Created(run_id)) = &outcome {
+                wake(&state, tenant, *run_id);
+            }
+            outcome
+        })
+    };
+    let outcome = intake
+        .await
+        .map_err(|e| ApiError::Internal(format!("recording the delivery stopped: {e}")))??;
+    match outcome {
+        IntakeOutcome::Created(run_id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "run_id": run_id, "status": "accepted" })),
+        )),
         IntakeOutcome::Duplicate(run_id) => Ok((
             StatusCode::OK,
             Json(json!({ "run_id": run_id, "status": "duplicate", "delivery_id": delivery.id })),
@@ -60,7 +131,8 @@ pub(crate) async fn receive(
     }
 }
 
-/// Reads at most `limit` bytes; a declared or actual larger body is `413`.
+/// Reads at most `limit` bytes; a declared or actual larger body is `413`, a body still
+/// arriving at the request's deadline `408`.
 pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -73,9 +145,13 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge(limit))
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::hardening::BodyDeadline::caused(&e) {
+            ApiError::RequestTimeout
+        } else {
+            ApiError::TooLarge(limit)
+        }
+    })
 }
 
 async fn verify(
@@ -100,39 +176,23 @@ async fn verify(
             "webhook secret `{name}` is missing"
         )));
     }
-    let keys = secrets
-        .iter()
-        .map(|secret| WebhookSecret::parse(secret.expose_secret()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::Internal(format!("webhook secret `{name}` is unusable: {e}")))?;
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let scheme = SignatureScheme::parse(&config.scheme)
+        .map_err(|e| ApiError::Internal(format!("source `{}`: {e}", config.name)))?;
+    let header = |n: &'static str| headers.get(n).and_then(|v| v.to_str().ok());
     let now = state.store.clock().now_secs();
-    verify_standard_any(
-        &keys,
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-        body,
-        now,
-    )
-    .map_err(ApiError::from_signature)
+    // A secret that cannot be used is Steward's problem, not the sender's: it is logged, and
+    // the sender gets the fixed internal answer, never a hint about the secret.
+    verify_delivery(scheme, &secrets, header, body, now).map_err(|e| match e {
+        SignatureError::BadSecret(why) => {
+            ApiError::Internal(format!("webhook secret `{name}` is unusable: {why}"))
+        }
+        other => ApiError::from_signature(other),
+    })
 }
 
 /// Finds the incident by the source's JSON pointers: sys_id pointers first, then numbers.
 fn incident_ref(config: &WebhookSource, payload: &Value) -> Result<IncidentRef, ApiError> {
-    let at = |p: &String| payload.pointer(p).and_then(Value::as_str);
-    let found = config
-        .sys_id_pointers
-        .iter()
-        .filter_map(at)
-        .find_map(IncidentRef::sys_id)
-        .or_else(|| {
-            config
-                .number_pointers
-                .iter()
-                .filter_map(at)
-                .find_map(IncidentRef::number)
-        });
+    let found = incident_at(payload, &config.sys_id_pointers, &config.number_pointers);
     found.ok_or_else(|| {
         ApiError::Unprocessable(format!(
             "no incident sys_id (at {}) or number (at {}) in the body; no run was started",

@@ -23,6 +23,7 @@ pub const TERMINAL: &[&str] = &[
     "failed",
     "expired",
     "cancelled",
+    "shadowed",
 ];
 
 /// What one scenario did and what its checks found.

@@ -6,9 +6,11 @@ pub mod diff;
 pub mod ids;
 pub mod incident;
 pub mod proposal;
+pub mod scheme;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use diff::{Diff, DiffEntry};
 pub use ids::{ApprovalId, IdError, Region, RunId, SourceName, TenantId};
 pub use incident::{Incident, IncidentRef};
 pub use proposal::{FieldChange, Proposal, Provenance, TokenUsage};
+pub use scheme::{SignatureScheme, UnknownScheme};

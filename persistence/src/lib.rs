@@ -54,10 +54,12 @@ mod approvals;
 mod audit;
 mod batch;
 mod codec;
+mod controls;
 mod crashes;
 mod envelope;
 mod error;
 mod intake;
+mod metrics;
 mod ops;
 mod redact;
 mod runs;
@@ -75,6 +77,7 @@ pub use approvals::{ApprovalRecord, DecideOutcome, Decision, NewApproval};
 pub use audit::{
     AuditDraft, AuditEntry, ChainBreak, GENESIS_HASH, VerifyReport, entry_hash, verify_entries,
 };
+pub use controls::{MeterAsk, MeterUsage, PauseChange, Reservation, WritePause};
 pub use crashes::{CrashRecord, NewCrash};
 pub use error::StoreError;
 pub use intake::{IntakeOutcome, NewRun};
@@ -87,5 +90,5 @@ pub use store::{Backend, POSTGRES_ROLES, PgOptions, Store, StoreOptions};
 pub use tenancy::{Checkpoint, NewToken, TenantSummary, TokenInfo};
 pub use tenants::TenantRecord;
 pub use timers::{CLAIM_LEASE_MS, NewTimer, TimerRecord};
-pub use tokens::generate_api_token;
+pub use tokens::{TokenPrincipal, generate_api_token};
 pub use vault::MasterKey;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
-use steward_core::SourceName;
+use steward_core::{SignatureScheme, SourceName};
 
 use crate::codec::{self, clip};
 use crate::{Store, StoreError, TenantScope};
@@ -15,7 +15,10 @@ const MAX_POINTER_BYTES: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookSource {
     pub name: SourceName,
-    /// Signature scheme, for example `standard-webhooks`.
+    /// The signature scheme its deliveries are verified with, by name: one of
+    /// [`SignatureScheme::NAMES`] (`standard-webhooks`, `slack`, `stripe`). Chosen when the
+    /// source is created; any other name is refused here, and by the database itself since
+    /// schema version 6, which also set every source stored before it to `standard-webhooks`.
     pub scheme: String,
     /// Name of the vault secret that verifies this source's signatures.
     pub secret_name: String,
@@ -28,7 +31,7 @@ pub struct WebhookSource {
 impl WebhookSource {
     /// Refuses a source that could never yield an incident or whose fields are malformed.
     fn validate(&self) -> Result<(), StoreError> {
-        codec::check_text(&self.scheme, "signature scheme", 64)?;
+        SignatureScheme::parse(&self.scheme).map_err(|e| StoreError::Invalid(e.to_string()))?;
         codec::check_text(&self.secret_name, "secret name", 200)?;
         if self.sys_id_pointers.is_empty() && self.number_pointers.is_empty() {
             return Err(StoreError::Invalid(format!(
@@ -187,5 +190,22 @@ mod tests {
         let mut s = source(&["/sys_id"], &[]);
         s.scheme = String::new();
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn only_known_schemes_are_stored() {
+        let mut s = source(&["/sys_id"], &[]);
+        for name in SignatureScheme::NAMES {
+            s.scheme = name.into();
+            assert!(s.validate().is_ok(), "{name}");
+        }
+        for bad in ["hmac", "Slack", "standard_webhooks"] {
+            s.scheme = bad.into();
+            let err = s.validate().unwrap_err();
+            assert!(
+                err.to_string().contains("unknown signature scheme"),
+                "{err}"
+            );
+        }
     }
 }

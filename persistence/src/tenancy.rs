@@ -103,6 +103,8 @@ struct CheckpointRow {
 /// The tables of tenant data removed at offboarding, children before parents.
 const OFFBOARD_TABLES: &[&str] = &[
     "timers",
+    "budget_meters",
+    "tenant_write_pauses",
     "run_crashes",
     "run_snapshots",
     "approvals",

@@ -30,10 +30,19 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// An authenticated API token: its tenant scope, its scopes and its label.
+#[derive(Debug)]
+pub struct TokenPrincipal {
+    pub scope: TenantScope,
+    pub scopes: Vec<String>,
+    pub label: String,
+}
+
 #[derive(FromRow)]
 struct TokenRow {
     token_hash: String,
     tenant_id: String,
+    label: String,
     scopes: String,
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
@@ -110,13 +119,25 @@ impl Store {
         &self,
         token: &str,
     ) -> Result<Option<(TenantScope, Vec<String>)>, StoreError> {
+        Ok(self
+            .authenticate_token_labelled(token)
+            .await?
+            .map(|t| (t.scope, t.scopes)))
+    }
+
+    /// As [`Store::authenticate_token`], with the token's label: the principal an API call
+    /// acts as.
+    pub async fn authenticate_token_labelled(
+        &self,
+        token: &str,
+    ) -> Result<Option<TokenPrincipal>, StoreError> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Ok(None);
         }
         let presented = token_hash(token);
         let mut tx = self.read_platform().await?;
         let row: Option<TokenRow> = sqlx::query_as(
-            "SELECT token_hash, tenant_id, scopes, expires_at, revoked_at FROM api_tokens \
+            "SELECT token_hash, tenant_id, label, scopes, expires_at, revoked_at FROM api_tokens \
              WHERE token_hash = $1",
         )
         .bind(&presented)
@@ -131,10 +152,11 @@ impl Store {
         }
         let tenant = codec::tenant_id(&row.tenant_id)?;
         let scopes = codec::from_json(&row.scopes, "token scopes")?;
-        Ok(Some((
-            TenantScope::assume(tenant, Authenticator::ApiToken),
+        Ok(Some(TokenPrincipal {
+            scope: TenantScope::assume(tenant, Authenticator::ApiToken),
             scopes,
-        )))
+            label: row.label,
+        }))
     }
 }
 

@@ -10,10 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use secrecy::SecretString;
 use steward_actors::settings::{TenantSettings, secret_names};
-use steward_actors::{SingleNode, Steward, StewardOptions};
+use steward_actors::{Metrics, SingleNode, Steward, StewardOptions};
 use steward_adapters::http::HttpSettings;
-use steward_api::{ApiLimits, AppState, OpsAuth, OpsSettings, TenancySettings};
-use steward_core::{Clock, Region, SourceName, SystemClock, TenantId};
+use steward_adapters::webhook::check_secret;
+use steward_api::{ApiLimits, AppState, OpsAuth, OpsSettings, ServerLimits, TenancySettings};
+use steward_core::{Clock, Region, SignatureScheme, SourceName, SystemClock, TenantId};
 use steward_persistence::{
     Authenticator, MasterKey, PgOptions, Store, StoreOptions, TenantRecord, TenantScope,
     WebhookSource,
@@ -53,6 +54,15 @@ pub struct ServeOptions {
     pub peer_base_urls: HashMap<Region, String>,
     /// Run on PostgreSQL instead of the `database` file (its clock is replaced by `clock`).
     pub postgres: Option<PgOptions>,
+    /// The HTTP server's timeouts, header limits and rate limits. [`ServeOptions::new`] has no
+    /// rate limit (embedded servers: tests, benchmarks, the demo); `steward serve` takes the
+    /// config's `[http]` section, whose defaults limit.
+    pub server_limits: ServerLimits,
+    /// Serve `GET /metrics` ([`ServeOptions::new`]: on; `steward serve`: the `[metrics]`
+    /// section, on only in `dev` unless it says otherwise).
+    pub metrics: bool,
+    /// How often every tenant's audit chain is verified for the metrics; None: never.
+    pub audit_verify_every: Option<Duration>,
 }
 
 impl ServeOptions {
@@ -72,6 +82,9 @@ impl ServeOptions {
             postgres: None,
             region: Region::Us,
             peer_base_urls: HashMap::new(),
+            server_limits: ServerLimits::default(),
+            metrics: true,
+            audit_verify_every: None,
         }
     }
 }
@@ -84,6 +97,7 @@ pub struct Server {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     purge: JoinHandle<()>,
+    audit_verify: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -99,6 +113,9 @@ impl Server {
         }
         let _ = (&mut self.task).await;
         self.purge.abort();
+        if let Some(task) = &self.audit_verify {
+            task.abort();
+        }
         self.steward.stop();
         self.store.close().await;
     }
@@ -152,8 +169,11 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         peer_base_urls: opts.peer_base_urls,
         http: opts.http.clone(),
     });
+    // The process's one metrics registry, shared by the actors and the API.
+    let metrics = Metrics::new();
     let mut actors = opts.actors;
     actors.http = opts.http;
+    actors.metrics = metrics.clone();
     let steward = Steward::start(store.clone(), master_key.clone(), actors)
         .await
         .map_err(|e| anyhow::anyhow!("starting the actor system: {e}"))?;
@@ -161,6 +181,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .resume(&SingleNode)
         .await
         .context("resuming unfinished runs")?;
+    // A run held while writes were paused needs a wake-up once they resume; resuming wakes
+    // the parked runs, and so does boot, in case the process stopped in between.
+    let woken = woken
+        + steward
+            .wake_parked(None, &SingleNode)
+            .await
+            .context("waking parked runs")?;
     let state = AppState {
         steward: steward.clone(),
         store: store.clone(),
@@ -168,6 +195,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         limits: ApiLimits::default(),
         ops,
         tenancy,
+        metrics: opts.metrics.then(|| metrics.clone()),
     };
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -175,15 +203,24 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     info!(%addr, woken, "Steward is serving.");
     let (tx, rx) = oneshot::channel::<()>();
-    let app = steward_api::router(state);
+    let (api_store, api_ops) = (state.store.clone(), state.ops.clone());
+    let app = steward_api::harden(
+        steward_api::router(state),
+        api_store,
+        api_ops,
+        &opts.server_limits,
+    );
+    let limits = opts.server_limits;
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
+        crate::http_server::serve(listener, app, &limits, async move {
+            let _ = rx.await;
+        })
+        .await
     });
     let purge = spawn_purge(store.clone(), opts.delivery_retention, opts.clock);
+    let audit_verify = opts
+        .audit_verify_every
+        .map(|every| spawn_audit_verify(store.clone(), metrics, every));
     Ok(Server {
         addr,
         steward,
@@ -191,6 +228,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         shutdown: Some(tx),
         task,
         purge,
+        audit_verify,
     })
 }
 
@@ -221,6 +259,45 @@ fn spawn_purge(store: Store, retention: Duration, clock: Arc<dyn Clock>) -> Join
     })
 }
 
+/// Verifies every tenant's audit chain each `every` (the first a full period after boot).
+fn spawn_audit_verify(store: Store, metrics: Metrics, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            verify_audit_chains(&store, &metrics).await;
+        }
+    })
+}
+
+/// Verifies each tenant's audit chain, as `steward audit verify` does, and counts each chain
+/// with a bad entry in `steward_audit_verification_failures_total`. Returns how many failed.
+pub async fn verify_audit_chains(store: &Store, metrics: &Metrics) -> usize {
+    let tenants = match store.list_tenants().await {
+        Ok(tenants) => tenants,
+        Err(e) => {
+            error!(error = %e, "Listing tenants for audit verification failed.");
+            return 0;
+        }
+    };
+    let mut failed = 0;
+    for tenant in tenants {
+        let scope = TenantScope::assume(tenant.id.clone(), Authenticator::Operator);
+        match store.verify_audit(&scope).await {
+            Ok(report) => {
+                if let Some(bad) = report.first_bad {
+                    error!(tenant = %tenant.id, seq = bad.seq, "An audit chain does not verify.");
+                    metrics.audit_verification_failed(&tenant.id);
+                    failed += 1;
+                }
+            }
+            Err(e) => error!(tenant = %tenant.id, error = %e, "Verifying an audit chain failed."),
+        }
+    }
+    failed
+}
+
 /// Writes a declared tenant into the store: settings, sealed secrets, sources, token.
 pub async fn apply_tenant(store: &Store, key: &MasterKey, spec: &TenantSpec) -> anyhow::Result<()> {
     steward_actors::PolicyGate::new(spec.settings.policy.as_deref())
@@ -231,10 +308,12 @@ pub async fn apply_tenant(store: &Store, key: &MasterKey, spec: &TenantSpec) -> 
             spec.id
         );
     }
+    let mut settings = serde_json::to_value(&spec.settings)?;
+    keep_controls(store, &spec.id, &mut settings).await?;
     let record = TenantRecord {
         id: spec.id.clone(),
         name: spec.name.clone(),
-        settings: serde_json::to_value(&spec.settings)?,
+        settings,
         created_at: store.clock().now_millis(),
     };
     store.upsert_tenant(&record).await?;
@@ -260,6 +339,28 @@ pub async fn apply_tenant(store: &Store, key: &MasterKey, spec: &TenantSpec) -> 
             store
                 .add_api_token(&scope, token, "config", &scopes, None)
                 .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Carries the tenant's controls set through the API (shadow mode, budgets) into the settings
+/// the config file declares, which know nothing of them.
+async fn keep_controls(
+    store: &Store,
+    tenant: &TenantId,
+    settings: &mut serde_json::Value,
+) -> anyhow::Result<()> {
+    use steward_actors::settings::TenantControls;
+    let scope = TenantScope::assume(tenant.clone(), Authenticator::Config);
+    let Some(stored) = store.tenant(&scope).await? else {
+        return Ok(());
+    };
+    if let (Some(from), Some(into)) = (stored.settings.as_object(), settings.as_object_mut()) {
+        for section in [TenantControls::SHADOW, TenantControls::BUDGETS] {
+            if let Some(value) = from.get(section) {
+                into.insert(section.to_owned(), value.clone());
+            }
         }
     }
     Ok(())
@@ -327,14 +428,22 @@ pub fn tenant_from_config(
                 );
             }
         }
+        let scheme = match &s.scheme {
+            None => SignatureScheme::default(),
+            Some(n) => SignatureScheme::parse(n)
+                .map_err(|e| anyhow::anyhow!("source `{}`: {e}", s.name))?,
+        };
+        let secret = read(&s.secret)?;
+        check_secret(scheme, secrecy::ExposeSecret::expose_secret(&secret))
+            .map_err(|e| anyhow::anyhow!("source `{}`: {e}", s.name))?;
         let source = WebhookSource {
             secret_name: secret_names::webhook_source(name.as_str()),
             name,
-            scheme: "standard-webhooks".into(),
+            scheme: scheme.as_str().into(),
             sys_id_pointers: s.sys_id_pointers.clone(),
             number_pointers: s.number_pointers.clone(),
         };
-        sources.push((source, read(&s.secret)?));
+        sources.push((source, secret));
     }
     let policy = match &t.policy_file {
         Some(p) => Some(

@@ -73,6 +73,14 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<crate::tenants_cli::SecretsCommand>,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
+    Openapi,
+    /// The kill switch, through a running server's API: pause or resume every write to
+    /// ServiceNow, for the platform or one tenant (`--tenant`).
+    Writes {
+        #[command(subcommand)]
+        command: Box<crate::writes_cli::WritesCommand>,
+    },
     /// Vault key tools, run against the database with the server stopped.
     Keys {
         #[command(subcommand)]
@@ -128,6 +136,10 @@ pub enum AuditCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()).await,
+        Command::Openapi => {
+            println!("{}", steward_api::openapi::to_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { reject } => crate::demo::run(reject).await,
         Command::Standins {
             servicenow,
@@ -153,6 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { command } => crate::runs_cli::run(*command).await,
         Command::Tenants { command } => crate::tenants_cli::run(*command).await,
         Command::Secrets { command } => crate::tenants_cli::run_secrets(*command).await,
+        Command::Writes { command } => crate::writes_cli::run(*command).await,
         Command::Keys {
             command:
                 KeysCommand::RotateMaster {
@@ -191,11 +204,15 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     opts.listen = config.listen;
+    opts.server_limits = config.http.limits().map_err(anyhow::Error::msg)?;
+    opts.metrics = config.metrics.enabled(config.profile);
+    opts.audit_verify_every = config.metrics.audit_verify_every(config.profile);
     opts.region = config.region;
     opts.peer_base_urls = config.peers().map_err(anyhow::Error::msg)?;
     opts.actors.budget.max_restarts = config.runs.max_restarts;
     opts.actors.budget.window = Duration::from_secs(config.runs.restart_window_secs);
     opts.actors.passivate_after = Duration::from_secs(config.runs.passivate_after_secs);
+    opts.actors.limits = config.limits.clone();
     opts.delivery_retention =
         Duration::from_secs(u64::from(config.delivery_retention_days) * 86_400);
     // Plain HTTP to connectors only in the dev profile or where a test setup allows it;

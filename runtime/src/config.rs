@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings};
+use steward_api::{RateLimit, RateLimits, ServerLimits};
 use steward_core::Region;
 
 /// Deployment profile. Production refuses insecure settings.
@@ -108,6 +110,16 @@ pub struct FileConfig {
     /// How run actors are restarted and passivated.
     #[serde(default)]
     pub runs: RunsConfig,
+    /// The platform's budget ceilings (`[limits]`): LLM calls and tokens per tenant per hour
+    /// and per day, runs per webhook source per minute. Tenants may set lower values.
+    #[serde(default)]
+    pub limits: steward_actors::budgets::PlatformLimits,
+    /// The HTTP server's timeouts, header limits and rate limits.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// `GET /metrics` and the periodic audit verification that feeds it (`[metrics]`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The operator token for the ops API and page (`/v1/ops/…`, `/ops`), at least 24
     /// characters; only its SHA-256 is kept. Without one, the ops surface refuses everyone.
     #[serde(default)]
@@ -150,6 +162,130 @@ impl Default for RunsConfig {
             restart_window_secs: 60,
             passivate_after_secs: 30,
         }
+    }
+}
+
+/// The metrics endpoint (`[metrics]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (no credential; counts, ages and latencies only). Default: on in
+    /// the `dev` profile, off in the others.
+    pub enabled: Option<bool>,
+    /// Seconds between verifications of every tenant's audit chain, each bad chain counted in
+    /// `steward_audit_verification_failures_total` (default 3600; 0 turns them off). Only
+    /// while metrics are served.
+    pub audit_verify_interval_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            audit_verify_interval_secs: 3600,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Whether `/metrics` is served under `profile`.
+    pub fn enabled(&self, profile: Profile) -> bool {
+        self.enabled.unwrap_or(profile == Profile::Dev)
+    }
+
+    /// How often the audit chains are verified; None when never.
+    pub fn audit_verify_every(&self, profile: Profile) -> Option<Duration> {
+        let secs = self.audit_verify_interval_secs;
+        (self.enabled(profile) && secs > 0).then(|| Duration::from_secs(secs))
+    }
+}
+
+/// The HTTP server's limits (`[http]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Seconds a client may take to send a request's line and headers; also how long an idle
+    /// keep-alive connection is kept. Then the connection is closed (default 10).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body once its headers are in; then the
+    /// answer is `408` (default 30).
+    pub request_timeout_secs: u64,
+    /// The largest request line and headers together, in bytes; larger is `431` (default
+    /// 16384).
+    pub max_header_bytes: usize,
+    /// The most header fields a request may carry; more is `431` (default 64).
+    pub max_headers: usize,
+    /// Rate limiting on or off (default on; off for benchmarks).
+    pub rate_limit: bool,
+    /// Requests per second per client address (default 100; 0 for no per-address limit). The
+    /// address is the connection's peer: behind a proxy, the proxy must limit per client.
+    pub per_address_per_second: u32,
+    /// Requests a client address may send at once (default 200).
+    pub per_address_burst: u32,
+    /// Requests per second per tenant, webhooks and token-authenticated calls together
+    /// (default 100; 0 for no per-tenant limit).
+    pub per_tenant_per_second: u32,
+    /// Requests a tenant may send at once (default 200).
+    pub per_tenant_burst: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (default none: the header is
+    /// never read, and every client behind a proxy shares the proxy's address).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let limits = ServerLimits::default();
+        let rate = RateLimits::recommended();
+        let (address, tenant) = (
+            rate.per_address.expect("recommended limits are set"),
+            rate.per_tenant.expect("recommended limits are set"),
+        );
+        Self {
+            header_read_timeout_secs: limits.header_read_timeout.as_secs(),
+            request_timeout_secs: limits.request_timeout.as_secs(),
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+            rate_limit: true,
+            per_address_per_second: address.per_second.get(),
+            per_address_burst: address.burst.get(),
+            per_tenant_per_second: tenant.per_second.get(),
+            per_tenant_burst: tenant.burst.get(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The server limits this section describes; refuses values no server should run with.
+    pub fn limits(&self) -> Result<ServerLimits, String> {
+        if !(1..=300).contains(&self.header_read_timeout_secs) {
+            return Err("http.header_read_timeout_secs must be 1 to 300".into());
+        }
+        if !(1..=3600).contains(&self.request_timeout_secs) {
+            return Err("http.request_timeout_secs must be 1 to 3600".into());
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err("http.max_header_bytes must be 1024 to 1048576".into());
+        }
+        if !(8..=1000).contains(&self.max_headers) {
+            return Err("http.max_headers must be 8 to 1000".into());
+        }
+        let rate = if self.rate_limit {
+            RateLimits {
+                per_address: RateLimit::new(self.per_address_per_second, self.per_address_burst),
+                per_tenant: RateLimit::new(self.per_tenant_per_second, self.per_tenant_burst),
+                trusted_proxies: self.trusted_proxies.clone(),
+            }
+        } else {
+            RateLimits::off()
+        };
+        Ok(ServerLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            rate,
+        })
     }
 }
 
@@ -211,6 +347,12 @@ pub struct SlackConfig {
     pub approvers: Vec<String>,
     pub bot_token: SecretRef,
     pub signing_secret: SecretRef,
+    /// Approver groups the tenant's policies name: group name to Slack user ids.
+    #[serde(default)]
+    pub approver_groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Who each Slack user is in ServiceNow and which API tokens they use.
+    #[serde(default)]
+    pub people: Vec<steward_actors::PersonLink>,
     /// Seconds before a reminder in the request's thread (default 4 h; 0 for none).
     #[serde(default)]
     pub remind_after_secs: Option<u64>,
@@ -255,6 +397,8 @@ impl SlackConfig {
         settings
             .escalation_approvers
             .clone_from(&self.escalation_approvers);
+        settings.approver_groups.clone_from(&self.approver_groups);
+        settings.people.clone_from(&self.people);
         settings
     }
 }
@@ -292,7 +436,11 @@ impl LlmFileConfig {
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: String,
-    /// The `whsec_…` secret shared with the sender.
+    /// How the sender signs: `standard-webhooks` (the default), `slack` or `stripe`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// The secret shared with the sender, of the scheme's shape: a `whsec_…` secret for
+    /// Standard Webhooks; the Slack app's signing secret or the Stripe endpoint secret.
     pub secret: SecretRef,
     #[serde(default)]
     pub sys_id_pointers: Vec<String>,
@@ -369,6 +517,7 @@ impl FileConfig {
         if self.profile == Profile::Production && self.allow_plain_http {
             return Err("production refuses allow_plain_http".into());
         }
+        self.http.limits()?;
         self.peers().map(drop)
     }
 
@@ -428,6 +577,41 @@ mod tests {
             .unwrap();
         assert_eq!(c.listen.port(), 7000);
         c.check().unwrap();
+    }
+
+    #[test]
+    fn a_source_names_its_scheme_and_its_secret_must_suit_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            ("sn_secret", "s"),
+            ("sn_password", "p"),
+            ("bot", "xoxb-1"),
+            ("signing", "sig"),
+            ("llm_key", "k"),
+            ("token", "stw_x"),
+            ("whsec", "8f742231b10e8888abcd99yyyzzz85a5"),
+        ];
+        for (file, value) in files {
+            std::fs::write(dir.path().join(file), value).unwrap();
+        }
+        let spec = |scheme: &str| {
+            let text = SAMPLE
+                .replace(r#"{ env = "ACME_TOKEN" }"#, r#"{ file = "token" }"#)
+                .replace(r#"{ env = "ACME_LLM_KEY" }"#, r#"{ file = "llm_key" }"#)
+                .replace(
+                    r#"{ name = "servicenow","#,
+                    &format!(r#"{{ name = "servicenow", scheme = "{scheme}","#),
+                );
+            let c: FileConfig = toml::from_str(&text).unwrap();
+            crate::boot::tenant_from_config(&c.tenants[0], dir.path())
+        };
+        assert_eq!(spec("slack").unwrap().sources[0].0.scheme, "slack");
+        let err = spec("standard-webhooks").err().unwrap().to_string();
+        assert!(err.contains("whsec_") && !err.contains("8f7422"), "{err}");
+        let err = spec("hmac").err().unwrap().to_string();
+        assert!(err.contains("unknown signature scheme"), "{err}");
+        let c: FileConfig = toml::from_str(SAMPLE).unwrap();
+        assert_eq!(c.tenants[0].sources[0].scheme, None, "the default");
     }
 
     #[test]
@@ -536,5 +720,60 @@ mod tests {
         assert!(
             matches!(&c.postgres_migrate_url, Some(SecretRef::File(p)) if p == Path::new("/run/owner"))
         );
+    }
+
+    #[test]
+    fn the_http_section_has_limiting_defaults_and_can_turn_rate_limits_off() {
+        let c: FileConfig = toml::from_str("").unwrap();
+        let limits = c.http.limits().unwrap();
+        assert_eq!(limits.rate, RateLimits::recommended());
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.max_header_bytes, 16 * 1024);
+
+        let c: FileConfig = toml::from_str(
+            "[http]\nrate_limit = false\nheader_read_timeout_secs = 2\nmax_headers = 40",
+        )
+        .unwrap();
+        let limits = c.http.limits().unwrap();
+        assert_eq!(limits.rate, RateLimits::off());
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(limits.max_headers, 40);
+
+        let c: FileConfig =
+            toml::from_str("[http]\nper_address_per_second = 0\nper_tenant_burst = 1").unwrap();
+        let rate = c.http.limits().unwrap().rate;
+        assert_eq!(rate.per_address, None);
+        assert_eq!(rate.per_tenant, RateLimit::new(100, 100));
+        assert!(rate.trusted_proxies.is_empty());
+
+        let c: FileConfig =
+            toml::from_str("[http]\ntrusted_proxies = [\"10.0.0.5\", \"::1\"]").unwrap();
+        assert_eq!(c.http.limits().unwrap().rate.trusted_proxies.len(), 2);
+        assert!(toml::from_str::<FileConfig>("[http]\ntrusted_proxies = [\"proxy\"]").is_err());
+
+        for bad in [
+            "[http]\nheader_read_timeout_secs = 0",
+            "[http]\nmax_header_bytes = 100",
+            "[http]\nmax_headers = 2",
+        ] {
+            let c: FileConfig = toml::from_str(bad).unwrap();
+            assert!(c.check().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<FileConfig>("[http]\nrate = 1").is_err());
+    }
+
+    #[test]
+    fn metrics_are_served_by_default_only_in_dev() {
+        let c: FileConfig = toml::from_str("").unwrap();
+        assert!(c.metrics.enabled(Profile::Dev));
+        assert!(!c.metrics.enabled(Profile::Production));
+        assert_eq!(c.metrics.audit_verify_every(Profile::Staging), None);
+        let on: FileConfig = toml::from_str("[metrics]\nenabled = true").unwrap();
+        assert!(on.metrics.enabled(Profile::Production));
+        let every = on.metrics.audit_verify_every(Profile::Production);
+        assert_eq!(every, Some(Duration::from_secs(3600)));
+        let off: FileConfig = toml::from_str("[metrics]\nenabled = false").unwrap();
+        assert!(!off.metrics.enabled(Profile::Dev));
+        assert!(toml::from_str::<FileConfig>("[metrics]\nport = 1").is_err());
     }
 }

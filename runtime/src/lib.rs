@@ -5,6 +5,8 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http_server;
 pub mod runs_cli;
 pub mod standins;
 pub mod tenants_cli;
+pub mod writes_cli;

@@ -388,6 +388,15 @@ fn step_details(body: &Value) -> String {
         "finished" => format!("{}: {}", t("state"), t("reason")),
         "retried" => format!("retried by {}: {}", t("by"), t("reason")),
         "parked" => format!("parked until {}: {}", when(&body["until"]), t("reason")),
+        "held" => match body["until"].as_i64() {
+            Some(_) => format!(
+                "held ({}) until {}: {}",
+                t("gate"),
+                when(&body["until"]),
+                t("reason")
+            ),
+            None => format!("held ({}): {}", t("gate"), t("reason")),
+        },
         _ => String::new(),
     }
 }

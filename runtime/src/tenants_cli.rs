@@ -62,12 +62,19 @@ pub enum TenantsCommand {
         #[arg(long)]
         file: PathBuf,
     },
-    /// Create a webhook source; prints its `whsec_` secret once.
+    /// Create a webhook source; prints its secret once when Steward generated it.
     Source {
         #[command(flatten)]
         server: ServerArgs,
         #[arg(long)]
         name: String,
+        /// How the sender signs: `standard-webhooks` (the default), `slack` or `stripe`.
+        #[arg(long)]
+        scheme: Option<String>,
+        /// A file holding the secret the sender already has (a Slack app's signing secret, a
+        /// Stripe endpoint secret); without it, Steward generates one.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
         /// JSON pointer to the incident sys_id in a body (repeatable).
         #[arg(long = "sys-id-pointer")]
         sys_id_pointers: Vec<String>,
@@ -169,11 +176,15 @@ pub async fn run(command: TenantsCommand) -> anyhow::Result<ExitCode> {
         TenantsCommand::Source {
             server,
             name,
+            scheme,
+            secret_file,
             sys_id_pointers,
             number_pointers,
         } => {
+            let secret = secret_file.as_deref().map(read_secret_file).transpose()?;
             let client = Client::new(&server, Role::TenantAdmin)?;
-            source(&client, &name, sys_id_pointers, number_pointers).await
+            let body = source_body(&name, scheme, secret, sys_id_pointers, number_pointers);
+            source(&client, body).await
         }
         TenantsCommand::Delete {
             server,
@@ -223,21 +234,52 @@ async fn connector(client: &Client, kind: &str, file: &Path) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-async fn source(
-    client: &Client,
+/// The `POST /v1/tenant/sources` body; `scheme` and `secret` only when given, so that the
+/// server's defaults apply.
+fn source_body(
     name: &str,
+    scheme: Option<String>,
+    secret: Option<SecretString>,
     sys_id_pointers: Vec<String>,
     number_pointers: Vec<String>,
-) -> anyhow::Result<ExitCode> {
-    let body = json!({
+) -> Value {
+    let mut body = json!({
         "name": name, "sys_id_pointers": sys_id_pointers, "number_pointers": number_pointers,
     });
+    if let Some(scheme) = scheme {
+        body["scheme"] = json!(scheme);
+    }
+    if let Some(secret) = secret {
+        body["secret"] = json!(secret.expose_secret());
+    }
+    body
+}
+
+async fn source(client: &Client, body: Value) -> anyhow::Result<ExitCode> {
     let answer = client.send("POST", "v1/tenant/sources", Some(body)).await?;
     println!("source:  {}", clean_value(&answer["name"]));
+    println!("scheme:  {}", clean_value(&answer["scheme"]));
     println!("url:     {}", clean_value(&answer["url"]));
-    println!("secret:  {}", clean_value(&answer["secret"]));
-    println!("(the secret is shown only now: give it to the sender)");
+    if answer["secret"].is_string() {
+        println!("secret:  {}", clean_value(&answer["secret"]));
+        println!("(the secret is shown only now: give it to the sender)");
+    } else {
+        println!(
+            "secret:  the one supplied, version {}",
+            clean_value(&answer["secret_version"])
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A secret from a file: its text without the final line break; an empty one is refused.
+fn read_secret_file(path: &Path) -> anyhow::Result<SecretString> {
+    let text = read_file(path)?;
+    let value = text.trim_end_matches(['\r', '\n']);
+    if value.is_empty() {
+        bail!("{} holds no secret", path.display());
+    }
+    Ok(SecretString::from(value.to_owned()))
 }
 
 /// Runs a `steward secrets …` command.
@@ -520,6 +562,33 @@ mod tests {
             "llm": { "ok": true },
         });
         assert_eq!(print_check(&fine), ExitCode::SUCCESS);
+    }
+
+    #[test]
+    fn a_source_names_its_scheme_and_secret_only_when_given() {
+        let plain = source_body("sn", None, None, vec!["/sys_id".into()], vec![]);
+        assert!(plain.get("scheme").is_none() && plain.get("secret").is_none());
+        let secret = Some(SecretString::from("8f742231b10e8888abcd99yyyzzz85a5"));
+        let slack = source_body(
+            "sn",
+            Some("slack".into()),
+            secret,
+            vec![],
+            vec!["/n".into()],
+        );
+        assert_eq!(slack["scheme"], "slack");
+        assert_eq!(slack["secret"], "8f742231b10e8888abcd99yyyzzz85a5");
+    }
+
+    #[test]
+    fn secret_files_lose_their_line_break_and_may_not_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing");
+        std::fs::write(&path, "8f742231b10e8888abcd99yyyzzz85a5\r\n").unwrap();
+        let secret = read_secret_file(&path).unwrap();
+        assert_eq!(secret.expose_secret(), "8f742231b10e8888abcd99yyyzzz85a5");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_secret_file(&path).is_err());
     }
 
     #[test]

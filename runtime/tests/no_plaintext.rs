@@ -1,6 +1,9 @@
 //! No secret leaves in plain text: the whole incident-triage path runs with recognizable secret
 //! values, then every place this test can reach is searched for them: the logs at TRACE, every
-//! API answer, crash snapshots, the audit log and the raw database files.
+//! API answer, crash snapshots, the audit log and the raw database files. Requests carrying
+//! recognizable credentials that are refused (bearer tokens, webhook and Slack signatures, an
+//! ops sign-in) go through the rate limiter too, and neither their credentials nor the valid
+//! signatures and session cookie of the accepted requests appear in any log line.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -11,8 +14,9 @@ use serde_json::{Map, Value, json};
 use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings, TenantSettings};
 use steward_actors::{secret_names, states};
 use steward_adapters::http::HttpSettings;
-use steward_adapters::slack::APPROVE_ACTION;
+use steward_adapters::slack::{APPROVE_ACTION, sign_slack};
 use steward_adapters::webhook::{WebhookSecret, sign_standard};
+use steward_api::{RateLimit, RateLimits};
 use steward_core::{Clock, RunId, SourceName, SystemClock, TenantId};
 use steward_persistence::{Authenticator, MasterKey, TenantScope, WebhookSource};
 use steward_runtime::boot::{self, ServeOptions, TenantSpec};
@@ -155,7 +159,13 @@ impl Answers {
     }
 }
 
-async fn send_webhook(base: &str, whsec: &str, sys_id: &str, answers: &mut Answers) -> RunId {
+/// Sends the incident's webhook; the run it started and the signature it carried.
+async fn send_webhook(
+    base: &str,
+    whsec: &str,
+    sys_id: &str,
+    answers: &mut Answers,
+) -> (RunId, String) {
     let body = serde_json::to_vec(
         &json!({ "event": "incident.created", "incident": { "sys_id": sys_id } }),
     )
@@ -163,12 +173,13 @@ async fn send_webhook(base: &str, whsec: &str, sys_id: &str, answers: &mut Answe
     let key = WebhookSecret::parse(whsec).unwrap();
     let id = "msg_canary0001";
     let ts = SystemClock.now_secs();
+    let signature = sign_standard(&key, id, ts, &body);
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/webhooks/{TENANT}/servicenow"))
         .header("content-type", "application/json")
         .header("webhook-id", id)
         .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sign_standard(&key, id, ts, &body))
+        .header("webhook-signature", &signature)
         .body(body)
         .send()
         .await
@@ -177,7 +188,95 @@ async fn send_webhook(base: &str, whsec: &str, sys_id: &str, answers: &mut Answe
     let text = response.text().await.unwrap();
     answers.0.push(text.clone());
     let answer: Value = serde_json::from_str(&text).unwrap();
-    RunId::parse(answer["run_id"].as_str().unwrap()).unwrap()
+    let run = RunId::parse(answer["run_id"].as_str().unwrap()).unwrap();
+    (run, signature)
+}
+
+/// Keeps the answer's text; its status.
+async fn keep(answers: &mut Answers, response: reqwest::Response) -> u16 {
+    let status = response.status().as_u16();
+    answers.0.push(response.text().await.unwrap());
+    status
+}
+
+/// Requests with credentials, most of them refused; the values that must never be logged.
+async fn probe_credentials(
+    base: &str,
+    signing_secret: &str,
+    answers: &mut Answers,
+) -> Vec<(&'static str, String)> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let wrong_bearer = "stw_canary-wrong-bearer-7f3a91c2";
+    let sent = http
+        .get(format!("{base}/v1/runs"))
+        .bearer_auth(wrong_bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keep(answers, sent).await, 401);
+
+    let wrong_webhook_signature = "v1,7f3a91c27f3a91c27f3a91c27f3a91c27f3a91c27f3=";
+    let sent = http
+        .post(format!("{base}/v1/webhooks/{TENANT}/servicenow"))
+        .header("webhook-id", "msg_canary0002")
+        .header("webhook-timestamp", SystemClock.now_secs().to_string())
+        .header("webhook-signature", wrong_webhook_signature)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keep(answers, sent).await, 401);
+
+    let ts = SystemClock.now_secs();
+    let body = b"payload=%7B%22type%22%3A%22block_actions%22%7D".to_vec();
+    let wrong_slack_signature = format!("v0={}", "7f3a91c2".repeat(8));
+    let valid_slack_signature = sign_slack(signing_secret, ts, &body);
+    for signature in [&wrong_slack_signature, &valid_slack_signature] {
+        let sent = http
+            .post(format!("{base}/v1/slack/interactions/{TENANT}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", signature.as_str())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = keep(answers, sent).await;
+        assert!(status < 500, "{status}");
+    }
+
+    let wrong_ops = "canary-wrong-ops-token-7f3a91c2";
+    let mut session = String::new();
+    for token in [wrong_ops, OPS_TOKEN] {
+        let sent = http
+            .post(format!("{base}/ops/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap();
+        if let Some(cookie) = sent.headers().get("set-cookie") {
+            let cookie = cookie.to_str().unwrap();
+            let value = cookie.split(';').next().unwrap();
+            session = value.split_once('=').unwrap().1.to_owned();
+        }
+        keep(answers, sent).await;
+    }
+    assert!(session.len() >= 16, "the operator signed in: {session:?}");
+    vec![
+        ("refused bearer token", wrong_bearer.to_owned()),
+        (
+            "refused webhook signature",
+            wrong_webhook_signature.to_owned(),
+        ),
+        ("refused Slack signature", wrong_slack_signature),
+        ("valid Slack signature", valid_slack_signature),
+        ("refused ops token", wrong_ops.to_owned()),
+        ("ops session cookie", session),
+    ]
 }
 
 async fn wait_terminal(store: &steward_persistence::Store, scope: &TenantScope, run: RunId) {
@@ -223,13 +322,20 @@ async fn the_flagship_path_leaves_no_secret_in_plain_text_anywhere() {
         ..HttpSettings::default()
     };
     opts.ops_token = Some(SecretString::from(OPS_TOKEN));
+    // Limits high enough never to refuse, so that every request passes through the limiter
+    // (which looks up a bearer token's tenant).
+    opts.server_limits.rate = RateLimits {
+        per_address: RateLimit::new(1000, 1000),
+        per_tenant: RateLimit::new(1000, 1000),
+        ..RateLimits::off()
+    };
     opts.tenants.push(spec(&standins, &settings, &whsec));
     let server = boot::start(opts).await.unwrap();
     let base = server.url();
     let scope = TenantScope::assume(TenantId::parse(TENANT).unwrap(), Authenticator::Operator);
 
     let mut answers = Answers::default();
-    let run = send_webhook(&base, &whsec, &sys_id, &mut answers).await;
+    let (run, webhook_signature) = send_webhook(&base, &whsec, &sys_id, &mut answers).await;
     let message = standins
         .wait_for_message(Duration::from_secs(30))
         .await
@@ -261,13 +367,14 @@ async fn the_flagship_path_leaves_no_secret_in_plain_text_anywhere() {
     answers
         .get(format!("{base}/v1/ops/actors"), OPS_TOKEN)
         .await;
+    let probed = probe_credentials(&base, &settings.slack_signing_secret, &mut answers).await;
     let audit = server.store.audit_entries(&scope, 0, 1000).await.unwrap();
     assert!(audit.len() > 3, "the run was audited");
     let crashes = server.store.crashes(&scope, run).await.unwrap();
     server.shutdown().await;
 
     let whsec_key = whsec.trim_start_matches("whsec_").to_owned();
-    let secrets = [
+    let mut secrets = vec![
         (
             "ServiceNow client secret",
             settings.oauth_client_secret.clone(),
@@ -284,13 +391,19 @@ async fn the_flagship_path_leaves_no_secret_in_plain_text_anywhere() {
         ("ops token", OPS_TOKEN.to_owned()),
         ("master key", MASTER_KEY_HEX.to_owned()),
         ("common canary marker", "7f3a91c2".to_owned()),
+        ("valid webhook signature", webhook_signature),
     ];
+    secrets.extend(probed);
 
     // Positive controls: each place searched really holds this run's data.
     let logged = logs.0.lock().unwrap().clone();
     assert!(
         contains(&logged, "TRACE") && contains(&logged, TENANT),
         "logs captured"
+    );
+    assert!(
+        contains(&logged, "sign-in to the ops page was refused"),
+        "the refused credentials reached the handlers that log"
     );
     assert!(
         answers.0.iter().any(|a| a.contains(&run.to_string())),

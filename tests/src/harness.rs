@@ -13,6 +13,7 @@ use steward_actors::{secret_names, states};
 use steward_adapters::http::HttpSettings;
 use steward_adapters::slack::sign_slack;
 use steward_adapters::webhook::WebhookSecret;
+use steward_api::ServerLimits;
 use steward_core::{Clock, RunId, SourceName, SystemClock, TenantId};
 use steward_persistence::{
     AuditEntry, Authenticator, MasterKey, RunRecord, StepRecord, TenantScope, WebhookSource,
@@ -30,6 +31,9 @@ use crate::webhook::{self, Delivery};
 
 /// The webhook source every tenant declares.
 pub const SOURCE: &str = "servicenow";
+
+/// The operator token of every harness server (the ops API and the platform routes).
+pub const OPS_TOKEN: &str = "e2e-operator-token-0123456789abcdef";
 
 /// How long a test waits for something that should happen in milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(5);
@@ -71,6 +75,8 @@ pub struct Scenario {
     incident: Map<String, Value>,
     llm_answer: ResponseTemplate,
     clock: Option<Arc<dyn Clock>>,
+    configure: Option<fn(&mut TenantSettings)>,
+    server_limits: ServerLimits,
 }
 
 impl Default for Scenario {
@@ -79,6 +85,8 @@ impl Default for Scenario {
             incident: fixtures::incident(),
             llm_answer: llm::answering(&fixtures::triage().to_string()),
             clock: None,
+            configure: None,
+            server_limits: ServerLimits::default(),
         }
     }
 }
@@ -114,9 +122,22 @@ impl Scenario {
         self
     }
 
+    /// The main tenant's settings are changed by `configure` (its policy, approvers, ...).
+    pub fn tenant_settings(mut self, configure: fn(&mut TenantSettings)) -> Self {
+        self.configure = Some(configure);
+        self
+    }
+
     /// Steward reads time from `clock` instead of the system clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Steward's HTTP server runs with `limits` (by default: [`ServerLimits::default`], which
+    /// has no rate limit).
+    pub fn server_limits(mut self, limits: ServerLimits) -> Self {
+        self.server_limits = limits;
         self
     }
 
@@ -136,6 +157,8 @@ impl Scenario {
             key: MasterKey::generate(),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             http: http_client(),
+            configure: self.configure,
+            server_limits: self.server_limits,
         };
         harness.boot().await;
         harness
@@ -192,6 +215,8 @@ pub struct Harness {
     key: MasterKey,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
+    configure: Option<fn(&mut TenantSettings)>,
+    server_limits: ServerLimits,
 }
 
 impl Harness {
@@ -211,10 +236,20 @@ impl Harness {
             ..RetryPolicy::default()
         };
         opts.tenants = vec![self.spec(&self.tenant), self.spec(&self.other)];
+        opts.ops_token = Some(SecretString::from(OPS_TOKEN));
+        opts.server_limits = self.server_limits.clone();
         self.server = Some(boot::start(opts).await.expect("Steward boots"));
     }
 
     fn spec(&self, t: &TenantFixture) -> TenantSpec {
+        let mut spec = self.default_spec(t);
+        if let Some(configure) = self.configure.filter(|_| t.id == self.tenant.id) {
+            configure(&mut spec.settings);
+        }
+        spec
+    }
+
+    fn default_spec(&self, t: &TenantFixture) -> TenantSpec {
         let secret = |v: &str| SecretString::from(v.to_owned());
         TenantSpec {
             id: t.id.clone(),

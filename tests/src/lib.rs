@@ -9,6 +9,8 @@ pub mod servicenow;
 pub mod slack;
 pub mod webhook;
 
-pub use harness::{Harness, PATIENCE, Reply, SOURCE, Scenario, TenantFixture, eventually};
-pub use slack::{APPROVER, OUTSIDER, Person, PostedMessage};
+pub use harness::{
+    Harness, OPS_TOKEN, PATIENCE, Reply, SOURCE, Scenario, TenantFixture, eventually,
+};
+pub use slack::{APPROVER, NETWORK_LEAD, OUTSIDER, Person, PostedMessage, SECOND_APPROVER};
 pub use webhook::Delivery;

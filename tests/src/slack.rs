@@ -29,7 +29,19 @@ pub const APPROVER: Person = Person {
     name: "ana.lima",
 };
 
-/// Someone in the workspace who is no approver.
+/// A second approver, for the two-person rule.
+pub const SECOND_APPROVER: Person = Person {
+    id: "U0APPROVER2",
+    name: "bruno.costa",
+};
+
+/// A network lead: in no approver list, only in the tenant's `network-leads` group.
+pub const NETWORK_LEAD: Person = Person {
+    id: "U0NETLEAD01",
+    name: "nadia.okafor",
+};
+
+/// Someone who may not decide anything.
 pub const OUTSIDER: Person = Person {
     id: "U0OUTSIDER9",
     name: "mallory",

@@ -554,7 +554,7 @@ async fn an_escalated_request_can_be_decided_once_by_an_escalation_approver() {
         rig.audit()
             .await
             .into_iter()
-            .find(|e| e.kind == "approval.refused" && e.body.contains("NotAnApprover"))
+            .find(|e| e.kind == "approval.refused" && e.body.contains("not_allowed"))
     })
     .await;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use steward_actors::states;
 use steward_adapters::slack::APPROVE_ACTION;
 use steward_tests::servicenow::WriteFault;
-use steward_tests::{APPROVER, Harness, Scenario, eventually};
+use steward_tests::{APPROVER, Harness, PostedMessage, Scenario, eventually};
 
 /// Triggers a run and waits for its approval request.
 async fn pending(h: &Harness) -> (steward_core::RunId, steward_tests::PostedMessage) {
@@ -20,6 +20,25 @@ async fn approve(h: &Harness, message: &steward_tests::PostedMessage) {
     assert_eq!(click.status, 200, "{}", click.text);
 }
 
+/// Waits for the `n`th approval request (1-based) that names `run`.
+async fn nth_request(h: &Harness, run: steward_core::RunId, n: usize) -> PostedMessage {
+    let named = format!("Run {run}");
+    eventually(&format!("approval request {n} for run {run}"), || async {
+        let requests: Vec<PostedMessage> = h
+            .slack
+            .posted()
+            .into_iter()
+            .filter(|m| m.blocks.to_string().contains(&named))
+            .collect();
+        let found = requests.get(n - 1).cloned();
+        if found.is_some() {
+            h.wait_for_state(run, states::AWAITING_APPROVAL).await;
+        }
+        found
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_edited_after_the_approval_request_is_not_overwritten() {
     let h = Scenario::new().start().await;
@@ -27,21 +46,19 @@ async fn a_record_edited_after_the_approval_request_is_not_overwritten() {
     h.servicenow.edit("urgency", "2");
 
     approve(&h, &message).await;
-    let finished = h.finished(run).await;
-    assert_eq!(finished.state, states::STALE, "{:?}", finished.last_error);
+    let fresh = nth_request(&h, run, 2).await;
     assert!(h.servicenow.patches().await.is_empty(), "no PATCH");
     assert_eq!(
         h.servicenow.record()["urgency"],
         "2",
         "the person's edit stands"
     );
-    let ended = h.step(run, "finished").await;
-    let reason = ended["reason"].as_str().unwrap_or_default();
+    let reproposed = h.step(run, "reproposed").await;
+    let reason = reproposed["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("urgency"),
         "the reason names the field: {reason}"
     );
-
     let updates = eventually("the outcome in Slack", || async {
         Some(h.slack.calls("chat.update").await).filter(|u| !u.is_empty())
     })
@@ -52,11 +69,45 @@ async fn a_record_edited_after_the_approval_request_is_not_overwritten() {
         "{}",
         updates[0]["blocks"]
     );
-    assert_eq!(
-        finished.last_error.as_deref(),
-        Some(reason),
-        "the run tells why it wrote nothing"
+    assert!(
+        fresh.blocks.to_string().contains("2"),
+        "the fresh request shows the record as it is now: {}",
+        fresh.blocks
     );
+
+    // The old message's button no longer decides anything.
+    let stale_click = h.click(&message, APPROVE_ACTION, APPROVER).await;
+    assert_eq!(stale_click.status, 200);
+    approve(&h, &fresh).await;
+    let finished = h.finished(run).await;
+    assert_eq!(
+        finished.state,
+        states::COMPLETED,
+        "{:?}",
+        finished.last_error
+    );
+    let patches = h.servicenow.patches().await;
+    assert_eq!(patches.len(), 1, "exactly one write, of the fresh approval");
+    assert_eq!(patches[0]["urgency"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_keeps_changing_ends_the_run_stale_without_a_write() {
+    let h = Scenario::new().start().await;
+    let (run, mut message) = pending(&h).await;
+    for round in 1..=3 {
+        h.servicenow
+            .edit("urgency", if round % 2 == 1 { "2" } else { "3" });
+        approve(&h, &message).await;
+        if round < 3 {
+            message = nth_request(&h, run, round + 1).await;
+        }
+    }
+    let finished = h.finished(run).await;
+    assert_eq!(finished.state, states::STALE, "{:?}", finished.last_error);
+    assert!(h.servicenow.patches().await.is_empty(), "no PATCH");
+    let reason = finished.last_error.unwrap_or_default();
+    assert!(reason.contains("fresh proposals"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,12 +224,14 @@ async fn of_two_approvals_for_one_incident_only_the_first_is_written() {
     approve(&h, &first_message).await;
     assert_eq!(h.finished(first).await.state, states::COMPLETED);
     approve(&h, &second_message).await;
-    let finished = h.finished(second).await;
-    assert_eq!(
-        finished.state,
-        states::STALE,
-        "the second approval was for values the record no longer holds"
-    );
+    // The second approval was for values the record no longer holds: nothing is written for
+    // it, and the run asks again against the record as it is now.
+    let fresh = nth_request(&h, second, 2).await;
     assert_eq!(h.servicenow.patches().await.len(), 1, "one PATCH");
     assert_eq!(h.servicenow.journal().len(), 1);
+    assert!(
+        h.steps(second).await.iter().any(|s| s.kind == "reproposed"),
+        "the second run started over"
+    );
+    assert_ne!(fresh.ts, second_message.ts);
 }

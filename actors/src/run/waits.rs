@@ -28,7 +28,10 @@ impl RunActorState {
             Step::ApprovalRequested { approval_id, .. } if self.run.verdict.is_none() => {
                 approval_timers(&self.runtime.settings.slack, self.now(), *approval_id)
             }
-            Step::Parked { until, .. } => vec![NewTimer {
+            Step::Parked { until, .. }
+            | Step::Held {
+                until: Some(until), ..
+            } => vec![NewTimer {
                 kind: kinds::RESUME.into(),
                 due_at: *until,
                 payload: json!({}),
@@ -268,6 +271,7 @@ impl RunActorState {
                 .await
             {
                 Ok(DecideOutcome::Decided(_)) => {
+                    rt.metrics.run_finished(next.stored_state());
                     self.run = next;
                     return Ok(());
                 }

@@ -12,7 +12,7 @@ use steward_core::{Proposal, Provenance, TokenUsage};
 use super::transport::{self, RawReply};
 use super::{
     LlmError, LlmProvider, LlmSettings, PROMPT_VERSION, TriageReply, TriageRequest, build_messages,
-    parse_proposal, proposal_schema, provider_text, wire_temperature,
+    parse_proposal, proposal_schema, provider_text, scrub_reply_error, wire_temperature,
 };
 
 /// The API version this client speaks.
@@ -69,7 +69,27 @@ impl Anthropic {
         }
     }
 
-    fn error_for(&self, reply: &RawReply) -> LlmError {
+    /// Reads the body of a successful Messages reply into a proposal and its provenance,
+    /// exactly as [`LlmProvider::triage`] does. Public so that the reply parser can be
+    /// exercised without a server.
+    pub fn read_reply(&self, body: &[u8]) -> Result<TriageReply, LlmError> {
+        let key = &self.settings.api_key;
+        let message: MessageReply = serde_json::from_slice(body).map_err(|e| {
+            let reason = format!("reply is not a message: {e}");
+            LlmError::InvalidReply(provider_text(&reason, key))
+        })?;
+        let proposal =
+            message_proposal(&message, &self.settings).map_err(|e| scrub_reply_error(e, key))?;
+        Ok(TriageReply {
+            proposal,
+            provenance: self.provenance(&message),
+        })
+    }
+
+    /// The error a reply with a failed status stands for, read from its status, its
+    /// `retry-after` header and its error envelope, as [`LlmProvider::triage`] does. Public so
+    /// that the error parser can be exercised without a server.
+    pub fn read_error(&self, reply: &RawReply) -> LlmError {
         let info = ErrorInfo::parse(&reply.body_text(), reply.status);
         let message = provider_text(&info.message, &self.settings.api_key);
         status_error(reply.status, &reply.headers, info.kind.as_deref(), message)
@@ -97,15 +117,9 @@ impl LlmProvider for Anthropic {
         tracing::debug!(status = reply.status.as_u16(), model = %self.settings.model,
             "anthropic message answered");
         if !reply.status.is_success() {
-            return Err(self.error_for(&reply));
+            return Err(self.read_error(&reply));
         }
-        let message: MessageReply = serde_json::from_slice(reply.success_body()?)
-            .map_err(|e| LlmError::InvalidReply(format!("reply is not a message: {e}")))?;
-        let proposal = message_proposal(&message, &self.settings)?;
-        Ok(TriageReply {
-            proposal,
-            provenance: self.provenance(&message),
-        })
+        self.read_reply(reply.success_body()?)
     }
 }
 

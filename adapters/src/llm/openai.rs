@@ -11,7 +11,7 @@ use steward_core::{Proposal, Provenance, TokenUsage};
 use super::transport::{self, RawReply};
 use super::{
     LlmError, LlmProvider, LlmSettings, PROMPT_VERSION, TriageReply, TriageRequest, build_messages,
-    parse_proposal, proposal_schema, provider_text, wire_temperature,
+    parse_proposal, proposal_schema, provider_text, scrub_reply_error, wire_temperature,
 };
 
 /// The name under which the schema is sent.
@@ -64,7 +64,27 @@ impl OpenAiCompatible {
         }
     }
 
-    fn error_for(&self, reply: &RawReply) -> LlmError {
+    /// Reads the body of a successful Chat Completions reply into a proposal and its
+    /// provenance, exactly as [`LlmProvider::triage`] does. Public so that the reply parser can
+    /// be exercised without a server.
+    pub fn read_reply(&self, body: &[u8]) -> Result<TriageReply, LlmError> {
+        let key = &self.settings.api_key;
+        let completion: ChatCompletion = serde_json::from_slice(body).map_err(|e| {
+            let reason = format!("reply is not a chat completion: {e}");
+            LlmError::InvalidReply(provider_text(&reason, key))
+        })?;
+        let proposal = completion_proposal(&completion, &self.settings)
+            .map_err(|e| scrub_reply_error(e, key))?;
+        Ok(TriageReply {
+            proposal,
+            provenance: self.provenance(&completion),
+        })
+    }
+
+    /// The error a reply with a failed status stands for, read from its status, its
+    /// `retry-after` headers and its error envelope, as [`LlmProvider::triage`] does. Public so
+    /// that the error parser can be exercised without a server.
+    pub fn read_error(&self, reply: &RawReply) -> LlmError {
         let envelope = ErrorInfo::parse(&reply.body_text(), reply.status);
         let message = provider_text(&envelope.message, &self.settings.api_key);
         status_error(reply.status, &reply.headers, &envelope, message)
@@ -89,15 +109,9 @@ impl LlmProvider for OpenAiCompatible {
         tracing::debug!(status = reply.status.as_u16(), model = %self.settings.model,
             "chat completion answered");
         if !reply.status.is_success() {
-            return Err(self.error_for(&reply));
+            return Err(self.read_error(&reply));
         }
-        let completion: ChatCompletion = serde_json::from_slice(reply.success_body()?)
-            .map_err(|e| LlmError::InvalidReply(format!("reply is not a chat completion: {e}")))?;
-        let proposal = completion_proposal(&completion, &self.settings)?;
-        Ok(TriageReply {
-            proposal,
-            provenance: self.provenance(&completion),
-        })
+        self.read_reply(reply.success_body()?)
     }
 }
 

@@ -11,7 +11,22 @@ use serde_json::{Map, Value};
 use steward_core::Incident;
 
 use super::ServiceNowError;
-use super::wire::clip;
+use super::wire::{clip, json_body};
+
+/// Reads the body of a successful single-record Table API reply (`{"result": {…}}`) as an
+/// incident, as the client does before checking that it is the record asked for. Public so that
+/// the record parser can be exercised without an instance.
+pub fn parse_incident_reply(body: &[u8]) -> Result<Incident, ServiceNowError> {
+    single_incident(json_body(body)?)
+}
+
+/// Reads the body of a successful list reply (`{"result": […]}`) as records of raw values, as
+/// the client does. Public so that the record parser can be exercised without an instance.
+pub fn parse_record_list_reply(
+    body: &[u8],
+) -> Result<Vec<BTreeMap<String, String>>, ServiceNowError> {
+    record_list(json_body(body)?)
+}
 
 /// The `result` object of a single-record reply, as an incident.
 pub(super) fn single_incident(reply: Value) -> Result<Incident, ServiceNowError> {

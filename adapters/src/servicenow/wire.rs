@@ -23,9 +23,14 @@ impl RawReply {
         let body = self.body.as_deref().ok_or_else(|| {
             ServiceNowError::Decode(format!("reply body is larger than {MAX_BODY_BYTES} bytes"))
         })?;
-        serde_json::from_slice(body)
-            .map_err(|e| ServiceNowError::Decode(clip(&format!("reply is not JSON: {e}"))))
+        json_body(body)
     }
+}
+
+/// A reply body as JSON; anything else is a [`ServiceNowError::Decode`].
+pub(super) fn json_body(body: &[u8]) -> Result<Value, ServiceNowError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ServiceNowError::Decode(clip(&format!("reply is not JSON: {e}"))))
 }
 
 /// Sends one request and reads at most [`MAX_BODY_BYTES`] of the answer.
@@ -54,8 +59,9 @@ pub(super) fn clip(text: &str) -> String {
 }
 
 /// Maps a Table API failure to an error. Takes the message and detail from the documented
-/// envelope `{"error":{"message","detail"},"status":"failure"}` when there is one.
-pub(super) fn table_error(reply: &RawReply) -> ServiceNowError {
+/// envelope `{"error":{"message","detail"},"status":"failure"}` when there is one. Public so
+/// that the error parser can be exercised without an instance.
+pub fn table_error(reply: &RawReply) -> ServiceNowError {
     let (message, detail) = envelope(&reply.body_text(), reply.status);
     let status = reply.status.as_u16();
     match reply.status {

@@ -3,11 +3,15 @@
 
 mod approvals;
 mod audit;
+mod controls;
 mod group_commit;
 mod intake;
 mod isolation;
+mod isolation_calls;
+mod metrics;
 mod ops;
 mod runs;
+mod schemes;
 mod support;
 mod tenancy;
 mod tenants;

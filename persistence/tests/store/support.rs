@@ -333,6 +333,37 @@ pub(crate) async fn open_at(place: &Place, clock: &FixedClock, migrate: bool) ->
     }
 }
 
+/// A fresh database with only the migrations up to version `last` applied, and a connection
+/// to it as the schema owner (the file itself on SQLite), for testing what a later migration
+/// does to rows stored before it. Open the store on the place to apply the rest.
+pub(crate) async fn migrated_through(last: i64) -> (Place, AnyConnection) {
+    use sqlx::migrate::Migrate as _;
+    let (place, url, migrator) = match backend() {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = SqliteConnectOptions::new()
+                .filename(dir.path().join("steward.db"))
+                .create_if_missing(true)
+                .to_url_lossy();
+            let migrator = sqlx::migrate!("./migrations/sqlite");
+            (Place::File(dir), url.to_string(), migrator)
+        }
+        Backend::Postgres => {
+            let db = PgDb::create().await;
+            let url = pg_url("steward_owner", &db.name);
+            let migrator = sqlx::migrate!("./migrations/postgres");
+            (Place::Postgres(db), url, migrator)
+        }
+    };
+    sqlx::any::install_default_drivers();
+    let mut conn = AnyConnection::connect(&url).await.unwrap();
+    conn.ensure_migrations_table().await.unwrap();
+    for migration in migrator.iter().filter(|m| m.version <= last) {
+        conn.apply(migration).await.unwrap();
+    }
+    (place, conn)
+}
+
 /// The service role's own connection to the test's PostgreSQL database.
 pub(crate) async fn service_connection(db: &TestDb) -> AnyConnection {
     let Place::Postgres(pg) = &db.place else {

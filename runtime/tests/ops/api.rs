@@ -31,7 +31,9 @@ async fn the_ops_api_refuses_no_token_a_wrong_token_and_a_tenant_token() {
             (403, Some("forbidden")),
             "{path}"
         );
-        assert_eq!(ops.get_as(path, Some(&"x".repeat(100_000))).await.0, 401);
+        assert_eq!(ops.get_as(path, Some(&"x".repeat(10_000))).await.0, 401);
+        // Past the server's head limit (16 KiB), the request never reaches a handler.
+        assert_eq!(ops.get_as(path, Some(&"x".repeat(100_000))).await.0, 431);
         assert_eq!(ops.ops_get(path).await.0, 200, "{path}");
     }
     for action in ["retry", "cancel"] {

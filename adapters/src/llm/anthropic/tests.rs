@@ -379,3 +379,25 @@ fn the_provider_is_named_anthropic() {
         "anthropic"
     );
 }
+
+#[tokio::test]
+async fn a_reply_of_the_wrong_shape_is_invalid_without_quoting_the_key_or_all_of_itself() {
+    let cases = [
+        json!({"id": "msg_1", "content": API_KEY}),
+        json!({"content": "x".repeat(5000)}),
+        message(
+            tool_call(json!({"summary": "s", "category": "c", "changes": API_KEY})),
+            "tool_use",
+        ),
+    ];
+    for body in cases {
+        let err = triage_with(ResponseTemplate::new(200).set_body_json(body))
+            .await
+            .unwrap_err();
+        let LlmError::InvalidReply(reason) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(!format!("{err} {err:?}").contains(API_KEY), "{err}");
+        assert!(reason.chars().count() <= 301, "{reason}");
+    }
+}

@@ -484,3 +484,30 @@ fn the_provider_is_named_openai() {
         "openai"
     );
 }
+
+#[tokio::test]
+async fn a_reply_of_the_wrong_shape_is_invalid_without_quoting_the_key_or_all_of_itself() {
+    let cases = [
+        json!({"id": "chatcmpl-1", "choices": API_KEY}),
+        json!({"choices": "x".repeat(5000)}),
+        completion(
+            Value::String(
+                json!({"summary": "s", "category": "c",
+                       "changes": [{"field": API_KEY, "value": "1"}]})
+                .to_string(),
+            ),
+            "stop",
+            Value::Null,
+        ),
+    ];
+    for body in cases {
+        let err = triage_with(ResponseTemplate::new(200).set_body_json(body))
+            .await
+            .unwrap_err();
+        let LlmError::InvalidReply(reason) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(!format!("{err} {err:?}").contains(API_KEY), "{err}");
+        assert!(reason.chars().count() <= 301, "{reason}");
+    }
+}

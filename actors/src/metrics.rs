@@ -1,0 +1,501 @@
+//! The process's metrics: one [`Registry`], built at boot and shared by the API and the actors,
+//! rendered at `GET /metrics` in the OpenMetrics text format (which Prometheus scrapes).
+//!
+//! Labels are bounded: `tenant` appears only on series whose count grows with the number of
+//! tenants; steps, adapters, outcomes, reasons and queries are fixed lists. No label or value
+//! carries a secret, an incident's text, a run id or anything a caller sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use steward_core::TenantId;
+use steward_persistence::{Store, StoreError};
+
+use crate::journal::states;
+
+/// The reasons a webhook delivery is refused for, each a series from the start.
+const REJECTION_REASONS: &[&str] = &[
+    "signature_mismatch",
+    "signature_malformed",
+    "missing_header",
+    "empty_body",
+    "timestamp_out_of_tolerance",
+    "timestamp_malformed",
+    "not_found",
+    "body_too_large",
+    "bad_request",
+    "unprocessable",
+];
+
+/// The store calls that are timed, each a series from the start.
+const QUERIES: &[&str] = &[
+    "append_step",
+    "list_tenants",
+    "run_state_counts",
+    "oldest_pending_approvals",
+];
+
+/// The unfinished states, each a series per tenant at every scrape.
+const UNFINISHED: &[&str] = &[
+    states::RECEIVED,
+    states::TRIAGING,
+    states::AWAITING_APPROVAL,
+    states::PARKED,
+    states::WRITING,
+    states::CLOSING,
+];
+
+/// The media type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantState {
+    tenant: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdapterLabels {
+    tenant: String,
+    adapter: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabel {
+    query: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 5 ms to about 41 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// Database latency buckets from 0.5 ms to about 4 s.
+fn db_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+struct Inner {
+    registry: Registry,
+    runs_finished: Family<TenantState, Counter>,
+    runs_unfinished: Family<TenantState, Gauge>,
+    step_duration: Histograms<StepLabel>,
+    webhook_rejections: Family<ReasonLabel, Counter>,
+    approval_oldest_age: Family<TenantLabel, Gauge>,
+    run_restarts: Family<TenantLabel, Counter>,
+    adapter_calls: Family<AdapterLabels, Counter>,
+    db_duration: Histograms<QueryLabel>,
+    db_errors: Family<QueryLabel, Counter>,
+    audit_failures: Family<TenantLabel, Counter>,
+    /// The server certificate's `notAfter`, Unix seconds. It is set when server TLS is
+    /// configured; Steward serves plain HTTP behind a terminating proxy today, so it stays 0.
+    tls_expiry: Gauge,
+    /// Serializes scrape-time refreshes, so two scrapes do not interleave clearing and setting.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+/// A handle to the process's metrics; clones share them.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every Steward metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let runs_finished = Family::<TenantState, Counter>::default();
+        registry.register(
+            "steward_runs_finished",
+            "Runs that reached a terminal state, by tenant and state",
+            runs_finished.clone(),
+        );
+        let runs_unfinished = Family::<TenantState, Gauge>::default();
+        registry.register(
+            "steward_runs",
+            "Unfinished runs by tenant and state, read from the store at scrape",
+            runs_unfinished.clone(),
+        );
+        let step_duration: Histograms<StepLabel> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "steward_step_duration_seconds",
+            "Time a run step took, from its start to its journal entry, by step",
+            step_duration.clone(),
+        );
+        let webhook_rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "steward_webhook_rejections",
+            "Webhook deliveries refused, by reason",
+            webhook_rejections.clone(),
+        );
+        let approval_oldest_age = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "steward_approval_oldest_pending_age_seconds",
+            "Age of the oldest pending approval, by tenant, read from the store at scrape",
+            approval_oldest_age.clone(),
+        );
+        let run_restarts = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "steward_run_restarts",
+            "Run actors restarted by their tenant supervisor after a crash",
+            run_restarts.clone(),
+        );
+        let adapter_calls = Family::<AdapterLabels, Counter>::default();
+        registry.register(
+            "steward_adapter_calls",
+            "Calls to adapter actors, by tenant, adapter and outcome (ok, error, unavailable)",
+            adapter_calls.clone(),
+        );
+        let db_duration: Histograms<QueryLabel> = Family::new_with_constructor(db_histogram);
+        registry.register(
+            "steward_db_query_duration_seconds",
+            "Time of the store calls Steward times: run step writes and the scrape-time reads",
+            db_duration.clone(),
+        );
+        let db_errors = Family::<QueryLabel, Counter>::default();
+        registry.register(
+            "steward_db_errors",
+            "Timed store calls that failed, by query",
+            db_errors.clone(),
+        );
+        let audit_failures = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "steward_audit_verification_failures",
+            "Audit chain verifications that found a bad entry, by tenant",
+            audit_failures.clone(),
+        );
+        let tls_expiry = Gauge::default();
+        registry.register(
+            "steward_tls_certificate_expiry_timestamp_seconds",
+            "Expiry of the server TLS certificate, Unix seconds; 0 while Steward serves no TLS",
+            tls_expiry.clone(),
+        );
+        // Series with fixed labels exist from the start at zero, so that a rule's `increase`
+        // sees their first event.
+        for reason in REJECTION_REASONS {
+            drop(webhook_rejections.get_or_create(&ReasonLabel { reason }));
+        }
+        for query in QUERIES {
+            drop(db_errors.get_or_create(&QueryLabel { query }));
+        }
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                runs_finished,
+                runs_unfinished,
+                step_duration,
+                webhook_rejections,
+                approval_oldest_age,
+                run_restarts,
+                adapter_calls,
+                db_duration,
+                db_errors,
+                audit_failures,
+                tls_expiry,
+                refresh: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// This handle with the tenant label its actors put on their series.
+    pub fn for_tenant(&self, tenant: &TenantId) -> TenantMetrics {
+        TenantMetrics {
+            metrics: self.clone(),
+            tenant: tenant.to_string(),
+        }
+    }
+
+    /// A webhook delivery refused with the error code `reason` (one of a fixed set).
+    pub fn webhook_rejected(&self, reason: &'static str) {
+        let labels = ReasonLabel { reason };
+        self.inner.webhook_rejections.get_or_create(&labels).inc();
+    }
+
+    /// A verification of `tenant`'s audit chain found a bad entry.
+    pub fn audit_verification_failed(&self, tenant: &TenantId) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.inner.audit_failures.get_or_create(&labels).inc();
+    }
+
+    /// Sets the server certificate's expiry (Unix seconds), once server TLS exists.
+    pub fn set_tls_expiry(&self, unix_secs: i64) {
+        self.inner.tls_expiry.set(unix_secs);
+    }
+
+    /// Times one store call under `query`, counting it as an error when it fails.
+    pub async fn time_query<T>(
+        &self,
+        query: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        let labels = QueryLabel { query };
+        let seconds = started.elapsed().as_secs_f64();
+        self.inner
+            .db_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+        if result.is_err() {
+            self.inner.db_errors.get_or_create(&labels).inc();
+        }
+        result
+    }
+
+    /// Reads the scrape-time gauges from the store (the tenant list and two grouped counts),
+    /// then renders every metric. Each tenant's series exist at zero from its first scrape, so
+    /// that a rule's `increase` sees their first event and an idle tenant shows its zeros. A
+    /// failed read leaves its gauges empty and counts a database error; the rest is still
+    /// rendered.
+    pub async fn scrape(&self, store: &Store) -> String {
+        let _one_at_a_time = self.inner.refresh.lock().await;
+        let tenants = self
+            .time_query("list_tenants", store.list_tenants())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.offboarded_at.is_none())
+            .map(|t| t.id.to_string())
+            .collect::<Vec<_>>();
+        for tenant in &tenants {
+            self.zero_tenant(tenant);
+        }
+        self.refresh_runs(store, &tenants).await;
+        self.refresh_approvals(store, &tenants).await;
+        self.render()
+    }
+
+    /// Creates the tenant's counter series at zero (an existing series is left as it is).
+    fn zero_tenant(&self, tenant: &str) {
+        let inner = &self.inner;
+        for state in states::TERMINAL {
+            let labels = TenantState {
+                tenant: tenant.to_owned(),
+                state: (*state).to_owned(),
+            };
+            drop(inner.runs_finished.get_or_create(&labels));
+        }
+        let labels = TenantLabel {
+            tenant: tenant.to_owned(),
+        };
+        drop(inner.run_restarts.get_or_create(&labels));
+        drop(inner.audit_failures.get_or_create(&labels));
+    }
+
+    async fn refresh_runs(&self, store: &Store, tenants: &[String]) {
+        let counts = self
+            .time_query("run_state_counts", store.run_state_counts(states::TERMINAL))
+            .await;
+        let gauges = &self.inner.runs_unfinished;
+        gauges.clear();
+        for tenant in tenants {
+            for state in UNFINISHED {
+                let labels = TenantState {
+                    tenant: tenant.clone(),
+                    state: (*state).to_owned(),
+                };
+                gauges.get_or_create(&labels).set(0);
+            }
+        }
+        for (tenant, state, n) in counts.unwrap_or_default() {
+            let labels = TenantState {
+                tenant: tenant.to_string(),
+                state,
+            };
+            gauges.get_or_create(&labels).set(n);
+        }
+    }
+
+    /// Each tenant's oldest pending approval's age; 0 for a tenant with none pending.
+    async fn refresh_approvals(&self, store: &Store, tenants: &[String]) {
+        let now = store.clock().now_millis();
+        let oldest = self
+            .time_query("oldest_pending_approvals", store.oldest_pending_approvals())
+            .await;
+        let gauges = &self.inner.approval_oldest_age;
+        gauges.clear();
+        for tenant in tenants {
+            let labels = TenantLabel {
+                tenant: tenant.clone(),
+            };
+            gauges.get_or_create(&labels).set(0);
+        }
+        for (tenant, requested_at) in oldest.unwrap_or_default() {
+            let labels = TenantLabel {
+                tenant: tenant.to_string(),
+            };
+            gauges
+                .get_or_create(&labels)
+                .set((now - requested_at).max(0) / 1000);
+        }
+    }
+
+    /// The exposition text of every metric, as they stand.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry);
+        text
+    }
+}
+
+/// The metrics a tenant's actors record, labelled with the tenant.
+#[derive(Clone, Debug)]
+pub struct TenantMetrics {
+    metrics: Metrics,
+    tenant: String,
+}
+
+impl Default for TenantMetrics {
+    /// A handle to a registry of its own, for runtimes built outside a running tree.
+    fn default() -> Self {
+        Self {
+            metrics: Metrics::new(),
+            tenant: String::new(),
+        }
+    }
+}
+
+impl TenantMetrics {
+    /// The process-wide handle.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A run of this tenant reached the terminal `state`.
+    pub fn run_finished(&self, state: &str) {
+        let labels = TenantState {
+            tenant: self.tenant.clone(),
+            state: state.to_owned(),
+        };
+        self.metrics
+            .inner
+            .runs_finished
+            .get_or_create(&labels)
+            .inc();
+    }
+
+    /// A crashed run actor of this tenant was started again.
+    pub fn run_restarted(&self) {
+        let labels = TenantLabel {
+            tenant: self.tenant.clone(),
+        };
+        self.metrics.inner.run_restarts.get_or_create(&labels).inc();
+    }
+
+    /// A run step of `step` (a fixed name) took `took`.
+    pub fn step_took(&self, step: &'static str, took: Duration) {
+        let labels = StepLabel { step };
+        let histogram = self.metrics.inner.step_duration.get_or_create(&labels);
+        histogram.observe(took.as_secs_f64());
+    }
+
+    /// One call to `adapter` ended with `outcome`: `ok`, `error` (the adapter answered with an
+    /// error) or `unavailable` (no answer: timed out, dropped, or the actor was gone).
+    pub fn adapter_call(&self, adapter: &'static str, outcome: &'static str) {
+        let labels = AdapterLabels {
+            tenant: self.tenant.clone(),
+            adapter,
+            outcome,
+        };
+        self.metrics
+            .inner
+            .adapter_calls
+            .get_or_create(&labels)
+            .inc();
+    }
+}
+
+/// A message type of an adapter actor, named for the `adapter` label.
+pub trait AdapterMsg: ractor::Message {
+    const ADAPTER: &'static str;
+}
+
+impl AdapterMsg for crate::connectors::LlmMsg {
+    const ADAPTER: &'static str = "llm";
+}
+
+impl AdapterMsg for crate::connectors::ServiceNowMsg {
+    const ADAPTER: &'static str = "servicenow";
+}
+
+impl AdapterMsg for crate::connectors::SlackMsg {
+    const ADAPTER: &'static str = "slack";
+}
+
+/// The label of a step a run actor takes; None for the nexts that take none (waiting, done).
+pub(crate) fn step_name(next: &crate::journal::Next) -> Option<&'static str> {
+    use crate::journal::Next;
+    Some(match next {
+        Next::Fetch => "fetch",
+        Next::Triage => "triage",
+        Next::Decide => "decide",
+        Next::RequestApproval => "request_approval",
+        Next::Write => "write",
+        Next::Confirm => "confirm",
+        Next::Verify => "verify",
+        Next::Close => "close",
+        Next::AwaitApproval | Next::Done | Next::Wait { .. } => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_renders_with_its_help_and_type() {
+        let metrics = Metrics::new();
+        let tenant = metrics.for_tenant(&TenantId::parse("us-acme").unwrap());
+        tenant.run_finished(states::COMPLETED);
+        tenant.step_took("fetch", Duration::from_millis(12));
+        tenant.adapter_call("llm", "ok");
+        metrics.webhook_rejected("signature_mismatch");
+        let text = metrics.render();
+        assert!(
+            text.contains("steward_runs_finished_total{tenant=\"us-acme\",state=\"completed\"} 1")
+        );
+        assert!(text.contains("steward_step_duration_seconds_count{step=\"fetch\"} 1"));
+        assert!(text.contains("steward_webhook_rejections_total{reason=\"signature_mismatch\"} 1"));
+        assert!(text.contains("# TYPE steward_tls_certificate_expiry_timestamp_seconds gauge"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

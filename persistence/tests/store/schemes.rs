@@ -1,0 +1,141 @@
+//! A webhook source's signature scheme: stored with the source, only known names, and every
+//! source stored before schemes could be chosen reads as Standard Webhooks.
+
+use sqlx::{Connection, Executor};
+use steward_core::{FixedClock, SignatureScheme, SourceName};
+use steward_persistence::{Backend, StoreError, WebhookSource};
+
+use crate::support::{T0_SECS, TestDb, migrated_through, open_at, scope};
+
+/// The last migration before sources chose their scheme.
+const BEFORE_SCHEMES: i64 = 5;
+
+fn source(name: &str, scheme: &str) -> WebhookSource {
+    WebhookSource {
+        name: SourceName::parse(name).unwrap(),
+        scheme: scheme.into(),
+        secret_name: format!("webhook.{name}"),
+        sys_id_pointers: vec!["/incident/sys_id".into()],
+        number_pointers: vec![],
+    }
+}
+
+async fn each_scheme_is_stored_with_its_source() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    for name in SignatureScheme::NAMES {
+        let s = source(name, name);
+        db.store.upsert_source(&acme, &s).await.unwrap();
+        assert_eq!(db.store.source(&acme, &s.name).await.unwrap(), Some(s));
+    }
+    // A source re-created with another scheme keeps the new one.
+    let changed = source("slack", "stripe");
+    db.store.upsert_source(&acme, &changed).await.unwrap();
+    let stored = db.store.source(&acme, &changed.name).await.unwrap();
+    assert_eq!(stored.unwrap().scheme, "stripe");
+}
+
+async fn unknown_schemes_are_refused_by_the_store_and_the_database() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    for bad in ["hmac", "Slack", "", "standard_webhooks"] {
+        let err = db
+            .store
+            .upsert_source(&acme, &source("sn", bad))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err}");
+    }
+    assert_eq!(
+        db.store
+            .source(&acme, &source("sn", "x").name)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Past the store, the database refuses too: a row written by other means, and a change.
+    let mut raw = db.raw().await;
+    let insert = "INSERT INTO webhook_sources (tenant_id, name, scheme, secret_name, \
+                  sys_id_pointers, number_pointers, created_at, updated_at) \
+                  VALUES ('us-acme', 'raw', 'hmac', 'webhook.raw', '[]', '[]', 0, 0)";
+    let err = raw.execute(insert).await.unwrap_err();
+    assert!(err.to_string().contains("scheme"), "{err}");
+    db.store
+        .upsert_source(&acme, &source("kept", "slack"))
+        .await
+        .unwrap();
+    let update = "UPDATE webhook_sources SET scheme = 'hmac' WHERE name = 'kept'";
+    let err = raw.execute(update).await.unwrap_err();
+    assert!(err.to_string().contains("scheme"), "{err}");
+    let kept = db.store.source(&acme, &source("kept", "x").name).await;
+    assert_eq!(kept.unwrap().unwrap().scheme, "slack");
+}
+
+/// Sources stored under schema version 5, whatever their `scheme` column said, were verified as
+/// Standard Webhooks; after the migration they say so. On PostgreSQL the migration runs as the
+/// schema owner, to whom forced row-level security applies as well, and the force is back on.
+async fn sources_stored_before_schemes_become_standard_webhooks() {
+    let (place, mut owner) = migrated_through(BEFORE_SCHEMES).await;
+    let mut tx = owner.begin().await.unwrap();
+    if crate::support::backend() == Backend::Postgres {
+        tx.execute("SELECT set_config('steward.tenant', 'us-acme', true)")
+            .await
+            .unwrap();
+    }
+    tx.execute(
+        "INSERT INTO tenants (id, region, name, settings, created_at, updated_at) \
+         VALUES ('us-acme', 'us', 'Acme', '{}', 0, 0)",
+    )
+    .await
+    .unwrap();
+    for (name, scheme) in [
+        ("legacy", "whatever-it-said"),
+        ("plain", "standard-webhooks"),
+    ] {
+        let sql = format!(
+            "INSERT INTO webhook_sources (tenant_id, name, scheme, secret_name, \
+             sys_id_pointers, number_pointers, created_at, updated_at) VALUES ('us-acme', \
+             '{name}', '{scheme}', 'webhook.{name}', '[\"/incident/sys_id\"]', '[]', 0, 0)"
+        );
+        tx.execute(sql.as_str()).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    owner.close().await.unwrap();
+
+    let clock = FixedClock::at_secs(T0_SECS);
+    let store = open_at(&place, &clock, true).await;
+    let acme = scope("us-acme");
+    for name in ["legacy", "plain"] {
+        let stored = store.source(&acme, &SourceName::parse(name).unwrap()).await;
+        assert_eq!(
+            stored.unwrap().unwrap().scheme,
+            "standard-webhooks",
+            "{name}"
+        );
+    }
+    let db = TestDb {
+        store,
+        clock,
+        place,
+    };
+    if db.backend() == Backend::Postgres {
+        let mut raw = db.raw().await;
+        let forced: bool = sqlx::query_scalar(
+            "SELECT relforcerowsecurity FROM pg_class WHERE relname = 'webhook_sources'",
+        )
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+        assert!(
+            forced,
+            "row-level security is forced again after the migration"
+        );
+    }
+}
+
+crate::support::conformance!(
+    each_scheme_is_stored_with_its_source,
+    unknown_schemes_are_refused_by_the_store_and_the_database,
+    sources_stored_before_schemes_become_standard_webhooks,
+);

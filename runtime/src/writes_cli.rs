@@ -1,0 +1,252 @@
+//! `steward writes pause|resume|status [--tenant T]`: the kill switch, through a running
+//! server's API. Without `--tenant` it acts on the whole platform and presents the operator
+//! token (`--token-file` or `STEWARD_OPS_TOKEN`); with `--tenant` it acts on that tenant and
+//! presents the tenant's admin token (`--token-file` or `STEWARD_TOKEN`). Every change is
+//! audited with who and why. Text from the server is printed with control characters escaped.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use url::Url;
+
+/// How long one request to the server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `steward writes …`.
+#[derive(Debug, Subcommand)]
+pub enum WritesCommand {
+    /// Stop every write to ServiceNow at once: runs that reach their write wait, parked.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+        /// Why (1 to 1000 characters); audited.
+        #[arg(long)]
+        reason: String,
+        /// Your name, for the platform switch; defaults to STEWARD_OPERATOR, then USER.
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Let writes go on; the runs held at their write resume.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+        /// Why (1 to 1000 characters); audited.
+        #[arg(long)]
+        reason: String,
+        /// Your name, for the platform switch; defaults to STEWARD_OPERATOR, then USER.
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// Show the pauses in force.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Where the server is, which switch, and how to prove the right to it.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The server's base URL.
+    #[arg(long, env = "STEWARD_URL", default_value = "http://127.0.0.1:8080")]
+    url: Url,
+    /// The tenant whose switch to use (with its admin token); without it, the platform's
+    /// (with the operator token).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A file holding the token; without it, STEWARD_OPS_TOKEN (platform) or STEWARD_TOKEN
+    /// (tenant) is read.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    fn token(&self) -> anyhow::Result<SecretString> {
+        let var = if self.tenant.is_some() {
+            "STEWARD_TOKEN"
+        } else {
+            "STEWARD_OPS_TOKEN"
+        };
+        let token = match &self.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?,
+            None => std::env::var(var)
+                .with_context(|| format!("give the token with --token-file or {var}"))?,
+        };
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            bail!("the token is empty");
+        }
+        Ok(SecretString::from(token))
+    }
+
+    fn path(&self, action: Option<&str>) -> String {
+        let base = if self.tenant.is_some() {
+            "v1/tenant/writes"
+        } else {
+            "v1/ops/writes"
+        };
+        match action {
+            Some(a) => format!("{base}/{a}"),
+            None => base.to_owned(),
+        }
+    }
+
+    fn body(&self, reason: &str, operator: Option<&str>) -> anyhow::Result<Value> {
+        if let Some(tenant) = &self.tenant {
+            return Ok(json!({ "reason": reason, "tenant": tenant }));
+        }
+        let operator = operator
+            .map(str::to_owned)
+            .or_else(|| std::env::var("STEWARD_OPERATOR").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|o| !o.is_empty())
+            .context("name yourself with --operator (or STEWARD_OPERATOR)")?;
+        Ok(json!({ "reason": reason, "operator": operator }))
+    }
+}
+
+/// Runs a `steward writes …` command.
+pub async fn run(command: WritesCommand) -> anyhow::Result<ExitCode> {
+    crate::boot::install_crypto_provider();
+    match command {
+        WritesCommand::Pause {
+            target,
+            reason,
+            operator,
+        } => change(&target, "pause", &reason, operator.as_deref()).await,
+        WritesCommand::Resume {
+            target,
+            reason,
+            operator,
+        } => change(&target, "resume", &reason, operator.as_deref()).await,
+        WritesCommand::Status { target } => status(&target).await,
+    }
+}
+
+async fn send(target: &Target, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request
+        .bearer_auth(target.token()?.expose_secret())
+        .send()
+        .await
+        .with_context(|| format!("reaching Steward at {}", target.url))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = body["message"].as_str().unwrap_or("no message");
+        bail!("Steward answered {status}: {}", clean(message));
+    }
+    Ok(body)
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
+}
+
+fn url(target: &Target, action: Option<&str>) -> anyhow::Result<Url> {
+    if !matches!(target.url.scheme(), "http" | "https") {
+        bail!("--url must be an http or https URL");
+    }
+    let path = target.path(action);
+    target
+        .url
+        .join(&path)
+        .with_context(|| format!("building the URL for {path}"))
+}
+
+async fn change(
+    target: &Target,
+    action: &str,
+    reason: &str,
+    operator: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let body = target.body(reason, operator)?;
+    let request = client()?.post(url(target, Some(action))?).json(&body);
+    let answer = send(target, request).await?;
+    let scope = clean(answer["scope"].as_str().unwrap_or("?"));
+    if answer["paused"] == true {
+        println!("writes are paused for {scope}");
+    } else {
+        println!("writes are no longer paused for {scope}");
+    }
+    if let Some(woken) = answer["woken"].as_u64() {
+        println!("parked runs woken: {woken}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(target: &Target) -> anyhow::Result<ExitCode> {
+    let request = client()?.get(url(target, None)?);
+    let answer = send(target, request).await?;
+    let pauses = answer["pauses"].as_array().cloned().unwrap_or_default();
+    if pauses.is_empty() {
+        println!("writes are not paused");
+    }
+    for p in &pauses {
+        let place = match p["tenant"].as_str() {
+            Some(t) => format!("tenant {}", clean(t)),
+            None => "the platform".into(),
+        };
+        println!(
+            "paused for {place} by {}: {}",
+            clean(p["actor"].as_str().unwrap_or("?")),
+            clean(p["reason"].as_str().unwrap_or(""))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Control characters escaped, so server text cannot drive the terminal.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(tenant: Option<&str>) -> Target {
+        Target {
+            url: Url::parse("http://127.0.0.1:8080").unwrap(),
+            tenant: tenant.map(str::to_owned),
+            token_file: None,
+        }
+    }
+
+    #[test]
+    fn the_tenant_switch_uses_the_tenant_routes_and_names_the_tenant() {
+        let t = target(Some("us-acme"));
+        assert_eq!(t.path(Some("pause")), "v1/tenant/writes/pause");
+        assert_eq!(
+            t.body("freeze", None).unwrap(),
+            json!({"reason": "freeze", "tenant": "us-acme"})
+        );
+        let p = target(None);
+        assert_eq!(p.path(None), "v1/ops/writes");
+        assert_eq!(
+            p.body("upgrade", Some("ana")).unwrap(),
+            json!({"reason": "upgrade", "operator": "ana"})
+        );
+    }
+
+    #[test]
+    fn server_text_cannot_drive_the_terminal() {
+        assert_eq!(clean("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+    }
+}
