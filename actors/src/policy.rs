@@ -895,6 +895,41 @@ mod tests {
         }
 
         #[test]
+        fn an_engine_out_of_time_denies_every_request(
+            frags in proptest::collection::vec(frag(), 0..4),
+            field in proptest::sample::select(FIELDS),
+            value in proptest::sample::select(VALUES),
+        ) {
+            let gate = PolicyGate::new(Some(&cedar(&frags))).unwrap().with_deadline(Duration::ZERO);
+            prop_assert_eq!(gate.decide(&request(field, value)).outcome, Outcome::Denied);
+            let listed = groups(&[APPROVERS_GROUP]);
+            prop_assert!(!gate.may_approve(&approve(field, "U1", &listed, false)).allowed);
+        }
+
+        #[test]
+        fn missing_entity_data_never_allows(
+            frags in proptest::collection::vec(frag(), 0..4),
+            field in proptest::sample::select(FIELDS),
+            value in proptest::sample::select(VALUES),
+            action in proptest::sample::select(WRITES),
+        ) {
+            // Cedar given the request but none of the entities it names: whatever the policies,
+            // the answer is an error or a deny, never an allow.
+            let gate = PolicyGate::new(Some(&cedar(&frags))).unwrap();
+            let run = uid("Steward::Run", "r1").unwrap();
+            let resource = uid("Steward::Field", &format!("incident.{field}")).unwrap();
+            let action = uid("Steward::Action", action).unwrap();
+            let context = Context::from_pairs([
+                ("value".to_owned(), RestrictedExpression::new_string(value.into())),
+                ("old_value".to_owned(), RestrictedExpression::new_string(String::new())),
+            ])
+            .unwrap();
+            let request = Request::new(run, action, resource, context, Some(&gate.schema)).unwrap();
+            let answer = gate.answer(&request, &Entities::empty());
+            prop_assert!(!matches!(answer, Ok((true, _))), "{answer:?}");
+        }
+
+        #[test]
         fn text_that_is_not_a_valid_policy_set_never_loads(src in ".{0,200}") {
             // Whatever loads validated; the guards hold in whatever loads.
             if let Ok(gate) = PolicyGate::new(Some(&src)) {
