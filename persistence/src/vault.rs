@@ -24,9 +24,16 @@ const DEV_MASTER_KEY: [u8; 32] = *b"steward-dev-master-key-not-prod!";
 const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// The key that wraps every tenant's data key. Never stored; `Debug` shows only its id.
+///
+/// A key may carry the key it replaces ([`MasterKey::with_previous`]): data keys still wrapped
+/// by the previous key then open too, and new data keys are wrapped by this one. That is how
+/// the master key rotates without downtime: every node is restarted with the new key and the
+/// old one as previous, `steward keys rotate-master` re-wraps the data keys while they serve,
+/// and the previous key is then dropped from the configuration.
 pub struct MasterKey {
     key: SecretBox<[u8; 32]>,
     id: String,
+    previous: Option<Box<MasterKey>>,
 }
 
 impl MasterKey {
@@ -36,6 +43,41 @@ impl MasterKey {
         Self {
             key: SecretBox::new(Box::new(bytes)),
             id,
+            previous: None,
+        }
+    }
+
+    /// This key, also able to open data keys wrapped by `previous` (which keeps no previous
+    /// key of its own). The same key as previous is ignored.
+    pub fn with_previous(mut self, previous: MasterKey) -> Self {
+        if previous.id != self.id {
+            self.previous = Some(Box::new(previous.without_previous()));
+        }
+        self
+    }
+
+    /// This key alone, without the key it replaces.
+    pub fn without_previous(mut self) -> Self {
+        self.previous = None;
+        self
+    }
+
+    /// The id of the key this one replaces, when it carries one.
+    pub fn previous_key_id(&self) -> Option<String> {
+        self.previous.as_ref().map(|p| p.id.clone())
+    }
+
+    /// The key this one replaces, when it carries one.
+    pub fn previous(&self) -> Option<&MasterKey> {
+        self.previous.as_deref()
+    }
+
+    /// The key, of this one and its previous, whose id is `id`.
+    fn for_id(&self, id: &str) -> Option<&MasterKey> {
+        if self.id == id {
+            Some(self)
+        } else {
+            self.previous.as_deref().filter(|p| p.id == id)
         }
     }
 
@@ -90,6 +132,7 @@ impl Clone for MasterKey {
         Self {
             key: SecretBox::new(Box::new(*self.bytes())),
             id: self.id.clone(),
+            previous: self.previous.clone(),
         }
     }
 }
@@ -98,6 +141,7 @@ impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MasterKey")
             .field("key_id", &self.id)
+            .field("previous_key_id", &self.previous_key_id())
             .finish_non_exhaustive()
     }
 }
@@ -139,14 +183,15 @@ struct WrappedRow {
 }
 
 impl WrappedRow {
-    /// Unwraps this data key with `master`, refusing a row recorded under another key id.
+    /// Unwraps this data key with `master` or the key it replaces, refusing a row recorded
+    /// under any other key id.
     fn unwrap_with(&self, master: &MasterKey) -> Result<DataKey, StoreError> {
-        if self.master_key_id != master.id {
+        let Some(master) = master.for_id(&self.master_key_id) else {
             return Err(StoreError::WrongMasterKey {
                 expected: self.master_key_id.clone(),
                 found: master.key_id(),
             });
-        }
+        };
         let ad = envelope::data_key_ad(&self.tenant_id, self.version, &self.master_key_id);
         let fail = |reason: &dyn std::fmt::Display| {
             StoreError::Crypto(format!(
@@ -514,7 +559,8 @@ impl Store {
                 .fetch_optional(&mut **tx)
                 .await?;
         match recorded {
-            Some(expected) if expected == key.id => Ok(()),
+            // During a rotation the vault still names the previous key until it completes.
+            Some(expected) if key.for_id(&expected).is_some() => Ok(()),
             Some(expected) => Err(StoreError::WrongMasterKey {
                 expected,
                 found: key.key_id(),

@@ -148,3 +148,91 @@ async fn rotating_a_thousand_tenants_is_timed() {
     assert_eq!(rewrapped, 1000);
     assert!(opens_with(&store, &new, 999).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_while_servers_run_with_both_keys_never_fails_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let (old, new) = (MasterKey::generate(), MasterKey::generate());
+    tenants_with_secrets(&store, &old, 40).await;
+
+    // Every node restarts with the new key, carrying the old one as previous.
+    let both = new.clone().with_previous(old.clone());
+    assert_eq!(both.previous_key_id(), Some(old.key_id()));
+    store.check_master_key(&both).await.unwrap();
+
+    // A node keeps serving every tenant's secret while the rotation runs.
+    let serving = {
+        let (store, both) = (store.clone(), both.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            for round in 0..20 {
+                for n in 0..40 {
+                    let value = opens_with(&store, &both, n).await.unwrap_or_else(|e| {
+                        panic!("round {round}, tenant {n}: a read failed during rotation: {e}")
+                    });
+                    assert_eq!(value, format!("secret-of-tenant-{n}"));
+                    reads += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            reads
+        })
+    };
+    // A tenant onboarded during the rotation gets a data key wrapped by the new key.
+    tenants_with_secrets_from(&store, &both, 40, 41).await;
+    let rewrapped = store
+        .rotate_master_key(&old, &new, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(rewrapped, 40, "the tenant onboarded meanwhile needed none");
+    assert_eq!(serving.await.unwrap(), 800);
+
+    // After the rotation the new key alone opens everything; the old one is refused.
+    store.check_master_key(&new).await.unwrap();
+    store.check_master_key(&both).await.unwrap();
+    for n in 0..41 {
+        assert_eq!(
+            opens_with(&store, &new, n).await.unwrap(),
+            format!("secret-of-tenant-{n}")
+        );
+    }
+    assert!(matches!(
+        store.check_master_key(&old).await,
+        Err(StoreError::WrongMasterKey { .. })
+    ));
+    assert!(opens_with(&store, &old, 0).await.is_err());
+}
+
+/// Tenants `from..to`, each with a sealed secret, under `key` (which may carry a previous key).
+async fn tenants_with_secrets_from(store: &Store, key: &MasterKey, from: usize, to: usize) {
+    for n in from..to {
+        let scope = scope(n);
+        let record = TenantRecord {
+            id: scope.tenant().clone(),
+            name: format!("Tenant {n}"),
+            settings: json!({}),
+            created_at: 0,
+        };
+        store.upsert_tenant(&record).await.unwrap();
+        let value = SecretString::from(format!("secret-of-tenant-{n}"));
+        store.put_secret(&scope, key, SECRET, &value).await.unwrap();
+    }
+}
+
+#[test]
+fn a_key_never_carries_itself_or_a_chain_of_previous_keys() {
+    let (a, b, c) = (
+        MasterKey::generate(),
+        MasterKey::generate(),
+        MasterKey::generate(),
+    );
+    assert_eq!(a.clone().with_previous(a.clone()).previous_key_id(), None);
+    let chained = c.with_previous(b.clone().with_previous(a));
+    assert_eq!(chained.previous_key_id(), Some(b.key_id()));
+    assert_eq!(
+        chained.previous().and_then(MasterKey::previous_key_id),
+        None
+    );
+    assert!(format!("{chained:?}").contains(&b.key_id()));
+}

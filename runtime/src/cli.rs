@@ -95,9 +95,11 @@ pub enum KeysCommand {
     RotateMaster {
         #[arg(long, env = "STEWARD_CONFIG")]
         config: Option<PathBuf>,
-        /// File holding the new master key (64 hex digits or base64 of 32 bytes).
+        /// File holding the new master key (64 hex digits or base64 of 32 bytes), for a
+        /// rotation with the server stopped. Without it, the configuration's
+        /// `previous_master_key` is re-wrapped to its `master_key` while servers run with both.
         #[arg(long)]
-        new_key_file: PathBuf,
+        new_key_file: Option<PathBuf>,
     },
 }
 
@@ -172,7 +174,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     config,
                     new_key_file,
                 },
-        } => rotate_master(config.as_deref(), &new_key_file).await,
+        } => rotate_master(config.as_deref(), new_key_file.as_deref()).await,
     }
 }
 
@@ -265,18 +267,31 @@ fn refuse_plain_http(spec: &boot::TenantSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configured master key, carrying the previous one while a rotation is under way.
 fn master_key(config: &FileConfig, base: &Path) -> anyhow::Result<MasterKey> {
-    match &config.master_key {
-        Some(r) => {
-            let value = r.read(base).map_err(anyhow::Error::msg)?;
-            let key = MasterKey::parse(secrecy::ExposeSecret::expose_secret(&value))?;
-            if key.is_dev() && config.profile != Profile::Dev {
-                anyhow::bail!("the dev master key is refused outside the dev profile");
-            }
-            Ok(key)
+    let read = |r: &crate::config::SecretRef, what: &str| -> anyhow::Result<MasterKey> {
+        let value = r.read(base).map_err(anyhow::Error::msg)?;
+        let key = MasterKey::parse(secrecy::ExposeSecret::expose_secret(&value))
+            .with_context(|| what.to_owned())?;
+        if key.is_dev() && config.profile != Profile::Dev {
+            anyhow::bail!("the dev master key is refused outside the dev profile");
         }
-        None if config.profile == Profile::Dev => Ok(MasterKey::dev()),
+        Ok(key)
+    };
+    let current = match &config.master_key {
+        Some(r) => read(r, "master_key")?,
+        None if config.profile == Profile::Dev => MasterKey::dev(),
         None => anyhow::bail!("a master key is required outside the dev profile"),
+    };
+    match &config.previous_master_key {
+        Some(r) => {
+            let previous = read(r, "previous_master_key")?;
+            if previous.key_id() == current.key_id() {
+                anyhow::bail!("previous_master_key is the master key itself; remove it");
+            }
+            Ok(current.with_previous(previous))
+        }
+        None => Ok(current),
     }
 }
 
@@ -365,27 +380,50 @@ fn postgres_options(config: &FileConfig, base: &Path) -> anyhow::Result<Option<P
 /// printing `n/N tenants` as it goes.
 async fn rotate_master(
     config_path: Option<&Path>,
-    new_key_file: &Path,
+    new_key_file: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
     let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
-    let old = master_key(&config, base)?;
-    let text = std::fs::read_to_string(new_key_file)
-        .with_context(|| format!("reading {}", new_key_file.display()))?;
-    let new = MasterKey::parse(&text)?;
-    if new.is_dev() && config.profile != Profile::Dev {
-        anyhow::bail!("the dev master key is refused outside the dev profile");
-    }
+    let configured = master_key(&config, base)?;
+    let live = new_key_file.is_none();
+    let (old, new) = match (new_key_file, configured.previous()) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "the configuration names a previous_master_key: a rotation is under way; run \
+             `steward keys rotate-master` without --new-key-file to finish it"
+        ),
+        (Some(file), None) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let new = MasterKey::parse(&text)?;
+            if new.is_dev() && config.profile != Profile::Dev {
+                anyhow::bail!("the dev master key is refused outside the dev profile");
+            }
+            (configured, new)
+        }
+        (None, Some(previous)) => (previous.clone(), configured.clone().without_previous()),
+        (None, None) => anyhow::bail!(
+            "give --new-key-file, or configure the new key as master_key and the current one \
+             as previous_master_key to rotate while servers run"
+        ),
+    };
     let store = open_store(&config, base).await?;
     println!("rotating master key {} to {}", old.key_id(), new.key_id());
     let rewrapped = store
         .rotate_master_key(&old, &new, |done, total| println!("{done}/{total} tenants"))
         .await?;
-    println!(
-        "result: re-wrapped {rewrapped} data keys; the vault now requires master key {}. \
-         Configure it before starting the server.",
-        new.key_id()
-    );
+    if live {
+        println!(
+            "result: re-wrapped {rewrapped} data keys; the vault now requires master key {}. \
+             Remove previous_master_key from every node's configuration at its next restart.",
+            new.key_id()
+        );
+    } else {
+        println!(
+            "result: re-wrapped {rewrapped} data keys; the vault now requires master key {}. \
+             Configure it before starting the server.",
+            new.key_id()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

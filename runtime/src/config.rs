@@ -101,6 +101,10 @@ pub struct FileConfig {
     /// and then runs on the well-known dev key.
     #[serde(default)]
     pub master_key: Option<SecretRef>,
+    /// The master key `master_key` replaces, while a rotation is under way: data keys still
+    /// wrapped by it open too. Remove it once `steward keys rotate-master` has finished.
+    #[serde(default)]
+    pub previous_master_key: Option<SecretRef>,
     /// How long delivery ids are remembered for deduplication, in days (at least 7).
     #[serde(default = "default_retention")]
     pub delivery_retention_days: u32,
@@ -485,6 +489,12 @@ impl FileConfig {
         }
         if let Some(v) = var("STEWARD_MASTER_KEY_FILE") {
             self.master_key = Some(SecretRef::File(PathBuf::from(v)));
+        }
+        if var("STEWARD_PREVIOUS_MASTER_KEY").is_some() {
+            self.previous_master_key = Some(SecretRef::Env("STEWARD_PREVIOUS_MASTER_KEY".into()));
+        }
+        if let Some(v) = var("STEWARD_PREVIOUS_MASTER_KEY_FILE") {
+            self.previous_master_key = Some(SecretRef::File(PathBuf::from(v)));
         }
         if var("STEWARD_OPS_TOKEN").is_some() {
             self.ops_token = Some(SecretRef::Env("STEWARD_OPS_TOKEN".into()));

@@ -117,3 +117,54 @@ fn rotate_master_refuses_an_unreadable_new_key_without_quoting_it() {
     assert!(out.contains("master key must be"), "{out}");
     assert!(!out.contains("not-a-key-secret-value"), "{out}");
 }
+
+#[tokio::test]
+async fn a_live_rotation_rewraps_the_previous_key_to_the_configured_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("steward.db");
+    let (old, new) = (
+        MasterKey::parse(OLD_KEY).unwrap(),
+        MasterKey::parse(NEW_KEY).unwrap(),
+    );
+    seed(&db, &old).await;
+    std::fs::write(dir.path().join("master.key"), NEW_KEY).unwrap();
+    std::fs::write(dir.path().join("previous.key"), OLD_KEY).unwrap();
+    let config = format!(
+        "profile = \"staging\"\ndatabase = {:?}\nmaster_key = {{ file = \"master.key\" }}\n\
+         previous_master_key = {{ file = \"previous.key\" }}\n",
+        db.display().to_string()
+    );
+    std::fs::write(dir.path().join("steward.toml"), config).unwrap();
+    // A server would start with both keys, before the rotation has run.
+    let both = new.clone().with_previous(old.clone());
+    let store = Store::open(StoreOptions::new(&db)).await.unwrap();
+    store.check_master_key(&both).await.unwrap();
+    store.close().await;
+
+    let out = Command::new(STEWARD)
+        .args(["keys", "rotate-master", "--config"])
+        .arg(dir.path().join("steward.toml"))
+        .env_remove("STEWARD_MASTER_KEY")
+        .env_remove("STEWARD_DATABASE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("3/3 tenants") && text.contains("Remove previous_master_key"),
+        "{text}"
+    );
+
+    let store = Store::open(StoreOptions::new(&db)).await.unwrap();
+    store.check_master_key(&new).await.unwrap();
+    assert!(store.check_master_key(&old).await.is_err());
+
+    // Giving a new key while a rotation is configured is refused: finish that one first.
+    std::fs::write(dir.path().join("new.key"), OLD_KEY).unwrap();
+    let (ok, out) = rotate(dir.path());
+    assert!(!ok && out.contains("rotation is under way"), "{out}");
+}
