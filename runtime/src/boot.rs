@@ -120,6 +120,13 @@ impl Server {
         self.store.close().await;
     }
 
+    /// Serves until the task ends (a listener error), keeping the server for a later
+    /// [`Server::shutdown`].
+    pub async fn serving(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("server task")??;
+        Ok(())
+    }
+
     /// Serves until the task ends (it ends on shutdown or a listener error).
     pub async fn wait(mut self) -> anyhow::Result<()> {
         (&mut self.task).await.context("server task")??;

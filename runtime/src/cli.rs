@@ -239,13 +239,44 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         opts.tenants.push(spec);
     }
-    let server = boot::start(opts).await?;
-    let wait = server.wait();
-    tokio::select! {
-        result = wait => result?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("Shutting down."),
+    let mut server = boot::start(opts).await?;
+    let signalled = tokio::select! {
+        result = server.serving() => {
+            result?;
+            false
+        }
+        () = shutdown_signal() => true,
+    };
+    if signalled {
+        tracing::info!("Shutting down.");
+        server.shutdown().await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (what a container runtime sends to stop a process).
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }
 
 /// Refuses a tenant whose connector URLs are not HTTPS, at startup rather than at call time.

@@ -239,3 +239,45 @@ fn serve_refuses_a_staging_config_without_a_master_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("master key"));
 }
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_config(dir.path(), port);
+    let child = Command::new(STEWARD)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("steward.toml"))
+        .current_dir(dir.path())
+        .env("STEWARD_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut serve = Serve(child);
+    wait_ready(port);
+    let pid = serve.0.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = serve.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "steward did not stop within 15 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "a SIGTERM stop is a clean exit: {status}");
+    let stderr = serve.0.stderr.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("Shutting down")),
+        "{lines:?}"
+    );
+}
