@@ -48,6 +48,12 @@ pub enum ApiError {
     /// The client did not finish sending the request in time.
     #[error("the request was not received in time")]
     RequestTimeout,
+    /// The tenant is homed in another region: nothing of the request is stored here.
+    #[error("{message}")]
+    Misdirected {
+        message: String,
+        home_base_url: Option<String>,
+    },
     #[error("internal error")]
     Internal(String),
 }
@@ -68,6 +74,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::Misdirected { .. } => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -107,8 +114,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response =
-            (status, Json(json!({ "error": code, "message": message }))).into_response();
+        let mut body = json!({ "error": code, "message": message });
+        if let Self::Misdirected { home_base_url, .. } = &self {
+            body["home_base_url"] = json!(home_base_url);
+        }
+        let mut response = (status, Json(body)).into_response();
         if let Self::RateLimited {
             retry_after_secs, ..
         } = &self

@@ -35,6 +35,7 @@ const DECISION_WAIT: Duration = Duration::from_millis(2500);
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::BadSignature),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 421, description = "The tenant is homed in another region; nothing was stored", body = crate::openapi::Misdirected),
         (status = 413, response = crate::openapi::TooLarge),
         (status = 500, response = crate::openapi::Internal),
     ),
@@ -46,6 +47,7 @@ pub(crate) async fn interaction(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let tenant = TenantId::parse(&tenant).map_err(|_| ApiError::NotFound)?;
+    crate::tenancy::check_home(&state, &tenant)?;
     let scope = TenantScope::assume(tenant, Authenticator::SlackSignature);
     let secret = state
         .store

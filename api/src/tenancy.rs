@@ -183,6 +183,22 @@ fn conflict_or(e: steward_persistence::StoreError) -> ApiError {
     }
 }
 
+/// Refuses a tenant homed in another region with `421` and that region's base URL, before
+/// anything of the request is read or stored.
+pub(crate) fn check_home(state: &AppState, id: &TenantId) -> Result<(), ApiError> {
+    if id.region() == state.tenancy.region {
+        return Ok(());
+    }
+    Err(ApiError::Misdirected {
+        message: format!(
+            "tenant {id} is homed in region {}; this deployment serves {}",
+            id.region(),
+            state.tenancy.region
+        ),
+        home_base_url: state.tenancy.peer_base_urls.get(&id.region()).cloned(),
+    })
+}
+
 fn misdirected(state: &AppState, id: &TenantId) -> Response {
     let home = state.tenancy.peer_base_urls.get(&id.region());
     let body = json!({
@@ -218,6 +234,7 @@ pub(crate) async fn list_tenants(
 /// A tenant named in a platform path, known to the platform; 404 otherwise.
 async fn known_tenant(state: &AppState, id: &str) -> Result<TenantScope, ApiError> {
     let id = TenantId::parse(id).map_err(|_| ApiError::NotFound)?;
+    check_home(state, &id)?;
     if !state.store.tenant_exists(&id).await? {
         return Err(ApiError::NotFound);
     }
@@ -234,6 +251,7 @@ async fn known_tenant(state: &AppState, id: &str) -> Result<TenantScope, ApiErro
         (status = 401, response = crate::openapi::Unauthenticated),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 421, description = "The tenant is homed in another region", body = crate::openapi::Misdirected),
         (status = 500, response = crate::openapi::Internal),
     ),
     security(("operatorToken" = []), ("opsSession" = [])))]
@@ -296,6 +314,7 @@ struct DeleteTenant {
         (status = 403, response = crate::openapi::Forbidden),
         (status = 413, response = crate::openapi::TooLarge),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 421, description = "The tenant is homed in another region", body = crate::openapi::Misdirected),
         (status = 409, description = "Not confirmed: export first", body = crate::openapi::ExportFirst),
         (status = 500, response = crate::openapi::Internal),
     ),

@@ -40,6 +40,7 @@ use crate::state::AppState;
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::BadSignature),
         (status = 404, response = crate::openapi::NotFound),
+        (status = 421, description = "The tenant is homed in another region; nothing was stored", body = crate::openapi::Misdirected),
         (status = 413, response = crate::openapi::TooLarge),
         (status = 422, response = crate::openapi::Unprocessable),
         (status = 500, response = crate::openapi::Internal),
@@ -84,6 +85,7 @@ async fn intake(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // Which tenant and source; unknown ones are indistinguishable to the caller.
     let tenant = TenantId::parse(&tenant).map_err(|_| ApiError::NotFound)?;
+    crate::tenancy::check_home(&state, &tenant)?;
     let source = SourceName::parse(&source).map_err(|_| ApiError::NotFound)?;
     let scope = TenantScope::assume(tenant.clone(), Authenticator::WebhookSignature);
     let config = state

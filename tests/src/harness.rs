@@ -151,7 +151,7 @@ impl Scenario {
             slack,
             llm,
             tenant: TenantFixture::new("us-acme", "C0ACMEAPPR1"),
-            other: TenantFixture::new("eu-globex", "C0GLOBEXAP2"),
+            other: TenantFixture::new("us-globex", "C0GLOBEXAP2"),
             server: None,
             dir: tempfile::tempdir().expect("a temporary folder"),
             key: MasterKey::generate(),

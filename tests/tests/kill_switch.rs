@@ -164,7 +164,7 @@ async fn a_pause_needs_the_admin_token_and_a_reason() {
         .post_json(
             "/v1/tenant/writes/pause",
             Some(&admin),
-            &json!({"reason": "x", "tenant": "eu-globex"}),
+            &json!({"reason": "x", "tenant": "us-globex"}),
         )
         .await;
     assert_eq!(other.status, 404, "another tenant is not found");
