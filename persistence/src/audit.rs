@@ -309,7 +309,14 @@ impl Store {
     /// Serializes appends to the scope's tenant's chain until `tx` ends. SQLite's single
     /// writer already does; on PostgreSQL the tenant's row is locked, so two transactions
     /// never read the same head.
-    async fn lock_chain(&self, tx: &mut WriteTx, scope: &TenantScope) -> Result<(), StoreError> {
+    /// Orders this transaction after every other one holding the tenant's lock (its row, on
+    /// PostgreSQL; SQLite has one writer already). Audit appends take it, and so does every
+    /// write that numbers rows by `MAX + 1` (secret versions, the first data key).
+    pub(crate) async fn lock_chain(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+    ) -> Result<(), StoreError> {
         if self.is_postgres() {
             sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
                 .bind(scope.id())

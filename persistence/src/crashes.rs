@@ -130,12 +130,18 @@ impl Store {
     ) -> Result<u32, StoreError> {
         let columns = CrashColumns::of(&crash);
         let mut tx = self.begin_write_as(scope).await?;
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
-                .bind(scope.id())
-                .bind(crash.run_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
+        // The run's row is locked (PostgreSQL) so two crash records of one run at once do not
+        // both take the same `MAX + 1`; SQLite has one writer already.
+        let lock = if self.is_postgres() {
+            "SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+        } else {
+            "SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2"
+        };
+        let exists: Option<i64> = sqlx::query_scalar(lock)
+            .bind(scope.id())
+            .bind(crash.run_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("run {}", crash.run_id)));
         }

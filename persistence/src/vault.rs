@@ -381,6 +381,9 @@ impl Store {
             )));
         }
         self.ensure_master_key(tx, key).await?;
+        // Two writers of one tenant's secrets at once would both number the same version (or
+        // both make the first data key): the tenant's lock orders them.
+        self.lock_chain(tx, scope).await?;
         let dek = self.tenant_data_key(tx, scope, key).await?;
         let next: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM sealed_secrets \
@@ -440,6 +443,7 @@ impl Store {
         actor: &str,
     ) -> Result<u32, StoreError> {
         let mut tx = self.begin_tenant_write(scope).await?;
+        self.lock_chain(&mut tx, scope).await?;
         let previous: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(version) FROM sealed_secrets WHERE tenant_id = $1 AND name = $2",
         )

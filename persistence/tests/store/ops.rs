@@ -331,7 +331,25 @@ async fn a_runs_audit_holds_only_its_own_entries() {
     );
 }
 
+/// Crash records of one run written at once are numbered apart, none lost.
+async fn concurrent_crash_records_of_one_run_are_numbered_apart() {
+    let db = TestDb::new().await;
+    let run = db.intake("us-acme").await;
+    let acme = scope("us-acme");
+    let writes = (1..=6).map(|attempt| {
+        let (store, acme) = (db.store.clone(), acme.clone());
+        tokio::spawn(async move { store.record_crash(&acme, crash(run, attempt)).await })
+    });
+    let mut seqs = Vec::new();
+    for write in writes {
+        seqs.push(write.await.unwrap().unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=6).collect::<Vec<u32>>());
+}
+
 crate::support::conformance!(
+    concurrent_crash_records_of_one_run_are_numbered_apart,
     crash_snapshots_are_numbered_redacted_and_kept_with_their_run,
     crash_snapshots_belong_to_one_tenant,
     oversized_and_hostile_crash_text_is_cut_not_refused,

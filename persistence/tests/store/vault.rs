@@ -347,7 +347,36 @@ async fn malformed_secret_names_and_values_are_refused() {
     assert!(matches!(ghost, Err(StoreError::NotFound(_))));
 }
 
+/// Eight writers of one secret at once, on a tenant with no data key yet: each gets its own
+/// version, one data key is made, and the newest version opens.
+async fn concurrent_writes_of_one_secret_each_get_their_own_version() {
+    let db = TestDb::new().await;
+    let key = MasterKey::generate();
+    let acme = scope("us-acme");
+    let writes = (0..8).map(|n| {
+        let (store, key, acme) = (db.store.clone(), key.clone(), acme.clone());
+        tokio::spawn(async move {
+            let value = secret(&format!("value-{n}"));
+            store.put_secret(&acme, &key, "llm.api_key", &value).await
+        })
+    });
+    let mut versions = Vec::new();
+    for write in writes {
+        versions.push(write.await.unwrap().unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<u32>>());
+    let newest = db
+        .store
+        .secret(&acme, &key, "llm.api_key")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(newest.expose_secret().starts_with("value-"));
+}
+
 crate::support::conformance!(
+    concurrent_writes_of_one_secret_each_get_their_own_version,
     secrets_round_trip_with_a_new_version_each_time,
     each_tenant_gets_its_own_data_key,
     a_ciphertext_moved_to_another_tenant_does_not_open,
