@@ -19,6 +19,7 @@ pub mod settings;
 pub mod tenant;
 pub mod tenant_runtime;
 pub mod timers;
+pub mod trace_context;
 
 pub use approvals::{Clicker, DecisionOutcome};
 pub use inspect::{ActorKind, ActorView, WaitingView};

@@ -1,6 +1,8 @@
 //! LLM providers beyond the built-in `openai` (any Chat Completions endpoint) and `anthropic`:
 //! a tenant whose settings name another provider gets the one registered under that name.
 //! Steward's binary registers none; an embedding application (or a test) may.
+//! A registered provider's `base_url` passes the same egress allow-list as the built-in ones
+//! (`tenant::check_egress`, before its factory is called).
 
 use std::collections::BTreeMap;
 use std::fmt;

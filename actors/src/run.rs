@@ -76,6 +76,9 @@ pub struct RunActorState {
     /// Reloads handled, the first included; the supervisor compares it with the ones it sent.
     reloads: u64,
     watch: RunWatch,
+    /// The trace context of the request that started the run (its trigger's `traceparent`):
+    /// the parent of each step's span.
+    trace_parent: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl Actor for RunActor {
@@ -101,6 +104,7 @@ impl Actor for RunActor {
             handled: 0,
             reloads: 0,
             watch: args.watch,
+            trace_parent: None,
         })
     }
 
@@ -112,6 +116,9 @@ impl Actor for RunActor {
     ) -> Result<(), ActorProcessingErr> {
         let span =
             info_span!("run", run.id = %state.run_id, tenant = %state.runtime.scope.tenant());
+        if let Some(parent) = &state.trace_parent {
+            crate::trace_context::set_parent(&span, parent);
+        }
         async {
             state.watch.handling(&msg);
             match msg {
@@ -180,6 +187,7 @@ impl RunActorState {
         let Some(run) = run else {
             return Err(StoreError::NotFound(format!("run {}", self.run_id)));
         };
+        self.trace_parent = crate::trace_context::from_trigger(&run.trigger);
         self.source = run
             .source
             .map(|s| s.to_string())
@@ -201,14 +209,37 @@ impl RunActorState {
     }
 
     /// Does one step and records its outcome, timing it for `steward_step_duration_seconds`.
+    /// Each step has a `run.step` span (a child of the run's recorded trace context, when
+    /// there is one) carrying the tenant, run id, step name and outcome, never incident text.
     async fn step(&mut self, next: Next) -> Result<(), ActorProcessingErr> {
         let name = crate::metrics::step_name(&next);
+        let span = info_span!(
+            "run.step",
+            steward.tenant = %self.runtime.scope.tenant(),
+            steward.run_id = %self.run_id,
+            steward.step = name.unwrap_or("none"),
+            steward.outcome = tracing::field::Empty,
+        );
+        if let Some(parent) = &self.trace_parent {
+            crate::trace_context::set_parent(&span, parent);
+        }
         let started = std::time::Instant::now();
-        let result = self.take_step(next).await;
+        let result = self.take_step(next).instrument(span.clone()).await;
         if let Some(name) = name {
             self.runtime.metrics.step_took(name, started.elapsed());
         }
+        span.record("steward.outcome", self.step_outcome(result.is_ok()));
         result
+    }
+
+    /// A step's outcome for its span: `error`, the run's end state, `parked`, or `ok`.
+    fn step_outcome(&self, ok: bool) -> &str {
+        match (&self.run.finished, self.run.parked_until) {
+            _ if !ok => "error",
+            (Some((state, _)), _) => state,
+            (None, Some(_)) => "parked",
+            (None, None) => "ok",
+        }
     }
 
     async fn take_step(&mut self, next: Next) -> Result<(), ActorProcessingErr> {
@@ -300,7 +331,9 @@ impl RunActorState {
         let timeout = rt.retry.call_timeout;
         retrying(&rt.retry, rt.store.clock().as_ref(), || async {
             let actor = pick(&rt.live_connectors(timeout).await);
-            call(&rt.metrics, &actor, timeout, &build).await
+            call(&rt.metrics, &actor, timeout, &build)
+                .instrument(info_span!("adapter.call", steward.adapter = M::ADAPTER))
+                .await
         })
         .await
     }

@@ -12,6 +12,10 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Refuse plain `http://` URLs (production). Tests and the demo talk to loopback over HTTP.
     pub https_only: bool,
+    /// The outbound hosts each region's tenants may be connected to, checked before a
+    /// tenant's clients are built. The default is the production lists plus loopback, for
+    /// tests and the demo; `steward serve` always sets it from the `[egress]` config.
+    pub egress: crate::egress::Egress,
 }
 
 impl Default for HttpSettings {
@@ -20,6 +24,7 @@ impl Default for HttpSettings {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             https_only: false,
+            egress: crate::egress::Egress::default().with_loopback(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! interaction payloads, and webhook signature schemes. Nothing here knows about the database,
 //! and nothing here retries on its own: the caller owns retries.
 
+pub mod egress;
 pub mod http;
 pub mod llm;
 pub mod servicenow;

@@ -15,6 +15,7 @@ mod ops_page;
 mod runs;
 mod slack;
 pub mod state;
+mod telemetry;
 pub mod tenancy;
 mod tenancy_check;
 mod webhooks;
@@ -31,7 +32,10 @@ pub use tenancy::TenancySettings;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    routes().router.with_state(state)
+    routes()
+        .router
+        .layer(axum::middleware::from_fn(telemetry::http_span))
+        .with_state(state)
 }
 
 /// Every path the router serves (OpenAPI syntax, `{param}`), for holding the OpenAPI document

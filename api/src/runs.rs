@@ -122,7 +122,7 @@ pub(crate) async fn create(
         delivery_id: key.clone(),
         requester: req.requester_slack.clone(),
     };
-    let run = NewRun {
+    let mut run = NewRun {
         id,
         source: None,
         delivery_id: key,
@@ -145,6 +145,7 @@ pub(crate) async fn create(
             body: json!({ "incident": incident }),
         },
     };
+    crate::telemetry::record_traceparent(&mut run.trigger, &headers);
     let tenant = scope.tenant().clone();
     match state.store.record_intake(&scope, run).await? {
         IntakeOutcome::Created(run_id) => {

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings};
 use steward_actors::{PolicyGate, secret_names};
+use steward_adapters::egress::EgressKind;
 use steward_adapters::webhook;
 use steward_core::{Region, SignatureScheme, SourceName, TenantId};
 use steward_persistence::{
@@ -418,6 +419,22 @@ fn check_url(url: &str, field: &str) -> Result<(), ApiError> {
     }
 }
 
+/// 422 unless `url`'s host is on the allow-list of the tenant's home region for `kind`.
+fn check_egress(
+    state: &AppState,
+    admin: &Admin,
+    kind: EgressKind,
+    url: &str,
+) -> Result<(), ApiError> {
+    let region = admin.scope.tenant().region();
+    state
+        .tenancy
+        .http
+        .egress
+        .check(region, kind, url)
+        .map_err(|refused| ApiError::Unprocessable(refused.to_string()))
+}
+
 fn check_word(value: &str, field: &str, max: usize) -> Result<(), ApiError> {
     let ok = !value.is_empty()
         && value.len() <= max
@@ -481,6 +498,7 @@ pub(crate) async fn put_servicenow(
     let admin = admin(&state, &headers).await?;
     let req: ServiceNowBody = json_body(&headers, body).await?;
     check_url(&req.instance_url, "instance_url")?;
+    check_egress(&state, &admin, EgressKind::ServiceNow, &req.instance_url)?;
     check_word(&req.client_id, "client_id", 256)?;
     match req.grant.as_str() {
         "password" if req.username.is_none() => {
@@ -635,6 +653,7 @@ pub(crate) async fn put_slack(
     let admin = admin(&state, &headers).await?;
     let req: SlackBody = json_body(&headers, body).await?;
     check_url(&req.api_base, "api_base")?;
+    check_egress(&state, &admin, EgressKind::Slack, &req.api_base)?;
     check_word(&req.approval_channel, "approval_channel", 64)?;
     if req.approvers.len() > 500 || req.escalation_approvers.len() > 500 {
         return Err(ApiError::Unprocessable(
@@ -715,6 +734,7 @@ pub(crate) async fn put_llm(
     check_word(&req.provider, "provider", 64)?;
     check_word(&req.model, "model", 200)?;
     check_url(&req.base_url, "base_url")?;
+    check_egress(&state, &admin, EgressKind::Llm, &req.base_url)?;
     let temperature = req.temperature.unwrap_or(0.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::Unprocessable(

@@ -1,12 +1,14 @@
 //! `POST /v1/tenant/check`: tests each connection of a tenant with its stored settings and
 //! secrets. ServiceNow: an OAuth token, then one page of the incident list with
 //! `sysparm_limit=1`. Slack: `auth.test`. LLM: the provider's `models` listing. Each check is
-//! `ok` or says what is wrong; no message quotes a secret or a response body.
+//! `ok` or says what is wrong; no message quotes a secret or a response body. A URL whose host
+//! is off the home region's allow-list fails before any request, with the reason runs give.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use steward_actors::secret_names;
 use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings};
+use steward_adapters::egress::EgressKind;
 use steward_persistence::TenantScope;
 
 use crate::state::AppState;
@@ -73,6 +75,18 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// The allow-list check runs make before their clients are built, with the same reason,
+    /// so a stored URL no longer allowed fails here without a request.
+    fn allowed(&self, kind: EgressKind, url: &str) -> Outcome {
+        let region = self.scope.tenant().region();
+        self.state
+            .tenancy
+            .http
+            .egress
+            .check(region, kind, url)
+            .map_err(|refused| refused.to_string())
+    }
+
     async fn secret(&self, name: &str) -> Result<SecretString, String> {
         match self
             .state
@@ -88,6 +102,7 @@ impl Checker<'_> {
 
     async fn servicenow(&self, value: Option<&Value>) -> Outcome {
         let sn: ServiceNowSettings = section(value, "servicenow")?;
+        self.allowed(EgressKind::ServiceNow, &sn.instance_url)?;
         let mut form = vec![
             ("grant_type".to_owned(), sn.grant.clone()),
             ("client_id".to_owned(), sn.client_id.clone()),
@@ -140,6 +155,7 @@ impl Checker<'_> {
 
     async fn slack(&self, value: Option<&Value>) -> Outcome {
         let slack: SlackSettings = section(value, "slack")?;
+        self.allowed(EgressKind::Slack, &slack.api_base)?;
         self.secret(secret_names::SLACK_SIGNING_SECRET).await?;
         let bot = self.secret(secret_names::SLACK_BOT_TOKEN).await?;
         let response = self
@@ -170,6 +186,7 @@ impl Checker<'_> {
 
     async fn llm(&self, value: Option<&Value>) -> Outcome {
         let llm: LlmConfig = section(value, "llm")?;
+        self.allowed(EgressKind::Llm, &llm.base_url)?;
         let key = self.secret(secret_names::LLM_API_KEY).await?;
         let request = self.http.get(endpoint(&llm.base_url, "models"));
         let request = match llm.provider.as_str() {

@@ -104,7 +104,8 @@ async fn intake(
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
     let incident = incident_ref(&config, &payload)?;
-    let run = new_run(&source, &delivery.id, delivery.timestamp, incident, &body)?;
+    let mut run = new_run(&source, &delivery.id, delivery.timestamp, incident, &body)?;
+    crate::telemetry::record_traceparent(&mut run.trigger, &headers);
     // The delivery is verified: record it and start its run in a task of their own, so that a
     // client that goes away now cannot stop an accepted delivery halfway (between its commit and
     // its wake-up). Nothing after this point answers 429.

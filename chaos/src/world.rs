@@ -438,6 +438,11 @@ master_key = {{ file = "master.key" }}
 ops_token = {{ file = "ops_token" }}
 allow_plain_http = true
 
+[egress.us]
+llm = ["127.0.0.1"]
+servicenow = ["127.0.0.1"]
+slack = ["127.0.0.1"]
+
 [[tenants]]
 id = "{TENANT}"
 name = "Chaos"

@@ -63,6 +63,9 @@ pub struct ServeOptions {
     pub metrics: bool,
     /// How often every tenant's audit chain is verified for the metrics; None: never.
     pub audit_verify_every: Option<Duration>,
+    /// The span exporter installed with the process's subscriber (`[telemetry]`), flushed by
+    /// [`Server::shutdown`]; None: spans are not exported.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl ServeOptions {
@@ -85,6 +88,7 @@ impl ServeOptions {
             server_limits: ServerLimits::default(),
             metrics: true,
             audit_verify_every: None,
+            telemetry: None,
         }
     }
 }
@@ -98,9 +102,15 @@ pub struct Server {
     task: JoinHandle<std::io::Result<()>>,
     purge: JoinHandle<()>,
     audit_verify: Option<JoinHandle<()>>,
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl Server {
+    /// The span exporter, when spans are exported (to flush them, say).
+    pub fn telemetry(&self) -> Option<&crate::telemetry::Telemetry> {
+        self.telemetry.as_ref()
+    }
+
     /// The base URL, `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -118,6 +128,9 @@ impl Server {
         }
         self.steward.stop();
         self.store.close().await;
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.flush().await;
+        }
     }
 
     /// Serves until the task ends (a listener error), keeping the server for a later
@@ -166,6 +179,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .await
         .context("checking the master key")?;
     for tenant in &opts.tenants {
+        check_egress(&opts.http.egress, tenant)?;
         apply_tenant(&store, &opts.master_key, tenant)
             .await
             .with_context(|| format!("applying tenant {}", tenant.id))?;
@@ -236,6 +250,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         task,
         purge,
         audit_verify,
+        telemetry: opts.telemetry,
     })
 }
 
@@ -303,6 +318,16 @@ pub async fn verify_audit_chains(store: &Store, metrics: &Metrics) -> usize {
         }
     }
     failed
+}
+
+/// Refuses a declared tenant whose connector URLs are off its home region's egress allow-list,
+/// naming the kind, the host and the region, before anything of it is stored.
+pub fn check_egress(
+    egress: &steward_adapters::egress::Egress,
+    spec: &TenantSpec,
+) -> anyhow::Result<()> {
+    steward_actors::tenant::check_egress(egress, &spec.id, &spec.settings)
+        .map_err(|refused| anyhow::anyhow!("tenant {}: {refused}", spec.id))
 }
 
 /// Writes a declared tenant into the store: settings, sealed secrets, sources, token.

@@ -180,21 +180,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// JSON logs to stderr, filtered by `STEWARD_LOG` (default `info`).
 pub fn init_logs(json: bool) {
+    init_logs_with(json, None);
+}
+
+/// Logs as [`init_logs`] does, and, with `telemetry`, the spans that pass the same filter
+/// exported as OpenTelemetry traces. Only the first call in a process takes effect.
+pub fn init_logs_with(json: bool, telemetry: Option<&crate::telemetry::Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("STEWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(telemetry.map(|t| t.layer()));
     let _ = if json {
-        builder.json().try_init()
+        registry.with(fmt.json()).try_init()
     } else {
-        builder.compact().try_init()
+        registry.with(fmt.compact()).try_init()
     };
 }
 
 async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    init_logs(true);
     let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
     config.check().map_err(anyhow::Error::msg)?;
+    let telemetry = match config.telemetry.options().map_err(anyhow::Error::msg)? {
+        Some(options) => Some(crate::telemetry::Telemetry::start(&options)?),
+        None => None,
+    };
+    init_logs_with(true, telemetry.as_ref());
     let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
     let master_key = master_key(&config, base)?;
     let mut opts = ServeOptions::new(config.database.clone(), master_key);
@@ -222,6 +235,10 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let https_only = config.profile != Profile::Dev && !config.allow_plain_http;
     opts.http = HttpSettings {
         https_only,
+        egress: config
+            .egress
+            .egress(config.profile)
+            .map_err(anyhow::Error::msg)?,
         ..HttpSettings::default()
     };
     for t in &config.tenants {
@@ -239,6 +256,7 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         opts.tenants.push(spec);
     }
+    opts.telemetry = telemetry.clone();
     let mut server = boot::start(opts).await?;
     let signalled = tokio::select! {
         result = server.serving() => {
@@ -250,6 +268,9 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     if signalled {
         tracing::info!("Shutting down.");
         server.shutdown().await;
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings};
+use steward_adapters::egress::{Egress, EgressKind, HostPattern};
 use steward_api::{RateLimit, RateLimits, ServerLimits};
 use steward_core::Region;
 
@@ -124,6 +125,13 @@ pub struct FileConfig {
     /// `GET /metrics` and the periodic audit verification that feeds it (`[metrics]`).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// OpenTelemetry trace export over OTLP/HTTP (`[telemetry]`); off unless an endpoint is set.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The outbound hosts each region's tenants may be connected to, per connector kind
+    /// (`[egress.us]`, `[egress.eu]`).
+    #[serde(default)]
+    pub egress: EgressConfig,
     /// The operator token for the ops API and page (`/v1/ops/…`, `/ops`), at least 24
     /// characters; only its SHA-256 is kept. Without one, the ops surface refuses everyone.
     #[serde(default)]
@@ -143,6 +151,58 @@ fn default_region() -> Region {
 }
 fn default_retention() -> u32 {
     7
+}
+
+/// `[egress]`: per region (`us`, `eu`), per connector kind (`llm`, `servicenow`, `slack`), the
+/// host patterns a tenant homed there may be connected to: an exact host (`slack.com`,
+/// `127.0.0.1`) or `*.` and a suffix (`*.service-now.com`), without scheme or port. A list given
+/// replaces that kind's default; an empty list allows nothing. The defaults: LLM
+/// `api.openai.com` and `api.anthropic.com` for `us`, `api.mistral.ai` for `eu`; ServiceNow
+/// `*.service-now.com` and Slack `slack.com` in both. The `dev` profile adds `127.0.0.1`,
+/// `localhost` and `[::1]` to every default list (for the stand-ins); no other profile does,
+/// so a staging test setup on loopback lists them itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    #[serde(default)]
+    pub us: RegionEgressConfig,
+    #[serde(default)]
+    pub eu: RegionEgressConfig,
+}
+
+/// One region's lists in `[egress]`; a kind left out keeps its default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionEgressConfig {
+    pub llm: Option<Vec<String>>,
+    pub servicenow: Option<Vec<String>>,
+    pub slack: Option<Vec<String>>,
+}
+
+impl EgressConfig {
+    /// The allow-lists for this profile; refuses a pattern that is not a host pattern.
+    pub fn egress(&self, profile: Profile) -> Result<Egress, String> {
+        let mut egress = Egress::default();
+        if profile == Profile::Dev {
+            egress = egress.with_loopback();
+        }
+        for (region, lists) in [(Region::Us, &self.us), (Region::Eu, &self.eu)] {
+            for (kind, list) in [
+                (EgressKind::Llm, &lists.llm),
+                (EgressKind::ServiceNow, &lists.servicenow),
+                (EgressKind::Slack, &lists.slack),
+            ] {
+                let Some(list) = list else { continue };
+                let patterns = list
+                    .iter()
+                    .map(|text| HostPattern::parse(text))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("egress.{region}.{kind}: {e}"))?;
+                *egress.region_mut(region).kind_mut(kind) = patterns;
+            }
+        }
+        Ok(egress)
+    }
 }
 
 /// Restart budget and passivation of run actors.
@@ -166,6 +226,50 @@ impl Default for RunsConfig {
             restart_window_secs: 60,
             passivate_after_secs: 30,
         }
+    }
+}
+
+/// OpenTelemetry traces (`[telemetry]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector's base URL (for example `http://127.0.0.1:4318`); spans are
+    /// posted, batched, to `{otlp_endpoint}/v1/traces` as protobuf. Unset: nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of the exported spans (default `steward`).
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "steward".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The export settings, or None when no endpoint is set; refuses an endpoint that is not an
+    /// http(s) URL and an empty service name.
+    pub fn options(&self) -> Result<Option<crate::telemetry::TelemetryOptions>, String> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let ok = url::Url::parse(endpoint)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(format!(
+                "telemetry.otlp_endpoint must be an http(s) URL (got {endpoint})"
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err("telemetry.service_name must not be empty".into());
+        }
+        Ok(Some(crate::telemetry::TelemetryOptions::new(
+            endpoint,
+            &self.service_name,
+        )))
     }
 }
 
@@ -528,6 +632,8 @@ impl FileConfig {
             return Err("production refuses allow_plain_http".into());
         }
         self.http.limits()?;
+        self.telemetry.options()?;
+        self.egress.egress(self.profile)?;
         self.peers().map(drop)
     }
 
@@ -773,6 +879,28 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_is_off_unless_an_endpoint_is_set() {
+        let c: FileConfig = toml::from_str("").unwrap();
+        assert!(c.telemetry.options().unwrap().is_none());
+        assert_eq!(c.telemetry.service_name, "steward");
+        let on: FileConfig = toml::from_str(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nservice_name = \"s\"",
+        )
+        .unwrap();
+        let options = on.telemetry.options().unwrap().unwrap();
+        assert_eq!(options.traces_url, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(options.service_name, "s");
+        for bad in [
+            "[telemetry]\notlp_endpoint = \"collector:4318\"",
+            "[telemetry]\notlp_endpoint = \"http://c\"\nservice_name = \"\"",
+        ] {
+            let c: FileConfig = toml::from_str(bad).unwrap();
+            assert!(c.check().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<FileConfig>("[telemetry]\nsampler = 1").is_err());
+    }
+
+    #[test]
     fn metrics_are_served_by_default_only_in_dev() {
         let c: FileConfig = toml::from_str("").unwrap();
         assert!(c.metrics.enabled(Profile::Dev));
@@ -785,5 +913,43 @@ mod tests {
         let off: FileConfig = toml::from_str("[metrics]\nenabled = false").unwrap();
         assert!(!off.metrics.enabled(Profile::Dev));
         assert!(toml::from_str::<FileConfig>("[metrics]\nport = 1").is_err());
+    }
+
+    #[test]
+    fn egress_defaults_by_profile_and_lists_replace_a_kind() {
+        use steward_adapters::egress::EgressKind::{Llm, ServiceNow};
+        let loopback = "http://127.0.0.1:9/v1";
+        let c: FileConfig = toml::from_str(SAMPLE).unwrap();
+        let staging = c.egress.egress(c.profile).unwrap();
+        assert_eq!(staging, Egress::default(), "no loopback outside dev");
+        assert!(staging.check(Region::Us, Llm, loopback).is_err());
+        let dev = c.egress.egress(Profile::Dev).unwrap();
+        assert!(dev.check(Region::Eu, Llm, loopback).is_ok());
+
+        let text =
+            format!("{SAMPLE}\n[egress.eu]\nllm = [\"llm.eu.example\", \"*.internal.example\"]\n");
+        let c: FileConfig = toml::from_str(&text).unwrap();
+        c.check().unwrap();
+        let e = c.egress.egress(c.profile).unwrap();
+        assert!(
+            e.check(Region::Eu, Llm, "https://llm.eu.example/v1")
+                .is_ok()
+        );
+        assert!(
+            e.check(Region::Eu, Llm, "https://api.mistral.ai/v1")
+                .is_err()
+        );
+        assert!(
+            e.check(Region::Eu, ServiceNow, "https://acme.service-now.com")
+                .is_ok(),
+            "other kinds keep their defaults"
+        );
+
+        let bad = format!("{SAMPLE}\n[egress.us]\nslack = [\"slack.com:443\"]\n");
+        let c: FileConfig = toml::from_str(&bad).unwrap();
+        let err = c.check().unwrap_err();
+        assert!(err.contains("egress.us.slack"), "{err}");
+        let unknown = format!("{SAMPLE}\n[egress.us]\nteams = []\n");
+        assert!(toml::from_str::<FileConfig>(&unknown).is_err());
     }
 }

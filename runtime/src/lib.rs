@@ -8,5 +8,6 @@ pub mod demo;
 pub mod http_server;
 pub mod runs_cli;
 pub mod standins;
+pub mod telemetry;
 pub mod tenants_cli;
 pub mod writes_cli;

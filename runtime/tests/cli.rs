@@ -108,6 +108,10 @@ listen = "127.0.0.1:{port}"
 database = "steward.db"
 master_key = {{ file = "master.key" }}
 
+[egress.us]
+llm = ["llm.example"]
+servicenow = ["cli.service-now.example"]
+
 [[tenants]]
 id = "us-cli"
 name = "CLI test"

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use steward_actors::retry::RetryPolicy;
 use steward_actors::settings::{LlmConfig, ServiceNowSettings, SlackSettings, TenantSettings};
 use steward_actors::{secret_names, states};
+use steward_adapters::egress::Egress;
 use steward_adapters::http::HttpSettings;
 use steward_adapters::slack::sign_slack;
 use steward_adapters::webhook::WebhookSecret;
@@ -20,6 +21,7 @@ use steward_persistence::{
     generate_api_token,
 };
 use steward_runtime::boot::{self, ServeOptions, Server, TenantSpec};
+use steward_runtime::telemetry::{Telemetry, TelemetryOptions};
 use tempfile::TempDir;
 use wiremock::ResponseTemplate;
 
@@ -77,6 +79,7 @@ pub struct Scenario {
     clock: Option<Arc<dyn Clock>>,
     configure: Option<fn(&mut TenantSettings)>,
     server_limits: ServerLimits,
+    otlp_endpoint: Option<String>,
 }
 
 impl Default for Scenario {
@@ -87,6 +90,7 @@ impl Default for Scenario {
             clock: None,
             configure: None,
             server_limits: ServerLimits::default(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -141,8 +145,22 @@ impl Scenario {
         self
     }
 
+    /// Spans are exported to the OTLP/HTTP collector at `endpoint`. The exporter is installed
+    /// with the process's `tracing` subscriber, so only the first scenario of a test binary
+    /// that asks for it gets it.
+    pub fn otlp_endpoint(mut self, endpoint: &str) -> Self {
+        self.otlp_endpoint = Some(endpoint.to_owned());
+        self
+    }
+
     /// Starts the mocks and Steward.
     pub async fn start(self) -> Harness {
+        let telemetry = self.otlp_endpoint.map(|endpoint| {
+            let options = TelemetryOptions::new(&endpoint, "steward-e2e");
+            let telemetry = Telemetry::start(&options).expect("the span exporter builds");
+            steward_runtime::cli::init_logs_with(false, Some(&telemetry));
+            telemetry
+        });
         let servicenow = ServiceNowMock::start(self.incident).await;
         let slack = SlackMock::start().await;
         let llm = LlmMock::start(self.llm_answer).await;
@@ -159,6 +177,7 @@ impl Scenario {
             http: http_client(),
             configure: self.configure,
             server_limits: self.server_limits,
+            telemetry,
         };
         harness.boot().await;
         harness
@@ -217,6 +236,7 @@ pub struct Harness {
     http: reqwest::Client,
     configure: Option<fn(&mut TenantSettings)>,
     server_limits: ServerLimits,
+    telemetry: Option<Telemetry>,
 }
 
 impl Harness {
@@ -226,6 +246,8 @@ impl Harness {
             https_only: false,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            // The production allow-lists plus loopback, where every mock listens.
+            egress: Egress::default().with_loopback(),
         };
         opts.clock = Arc::clone(&self.clock);
         opts.actors.retry = RetryPolicy {
@@ -238,6 +260,7 @@ impl Harness {
         opts.tenants = vec![self.spec(&self.tenant), self.spec(&self.other)];
         opts.ops_token = Some(SecretString::from(OPS_TOKEN));
         opts.server_limits = self.server_limits.clone();
+        opts.telemetry = self.telemetry.clone();
         self.server = Some(boot::start(opts).await.expect("Steward boots"));
     }
 
@@ -372,6 +395,23 @@ impl Harness {
     pub async fn send_to(&self, tenant: &str, source: &str, delivery: &Delivery) -> Reply {
         let url = self.webhook_url(tenant, source);
         send(webhook_request(&self.http, &url, delivery)).await
+    }
+
+    /// Posts `delivery` to the main tenant's source with `headers` added.
+    pub async fn send_with(&self, delivery: &Delivery, headers: &[(&str, &str)]) -> Reply {
+        let url = self.webhook_url(self.tenant.id.as_str(), SOURCE);
+        let mut request = webhook_request(&self.http, &url, delivery);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(request).await
+    }
+
+    /// Exports every finished span now, when the scenario exports spans.
+    pub async fn flush_spans(&self) {
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.flush().await;
+        }
     }
 
     fn webhook_url(&self, tenant: &str, source: &str) -> String {

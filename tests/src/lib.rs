@@ -5,6 +5,7 @@
 pub mod fixtures;
 pub mod harness;
 pub mod llm;
+pub mod otlp;
 pub mod servicenow;
 pub mod slack;
 pub mod webhook;

@@ -177,6 +177,7 @@ impl Rig {
             https_only: false,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            ..HttpSettings::default()
         };
         opts.clock = Arc::new(self.clock.clone());
         opts.actors.retry = RetryPolicy {

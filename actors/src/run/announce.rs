@@ -48,6 +48,7 @@ pub(crate) async fn announce(
         handled: 0,
         reloads: 0,
         watch: RunWatch::new(),
+        trace_parent: None,
     };
     match notice {
         Notice::Ended { state, reason } => {

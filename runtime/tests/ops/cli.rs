@@ -58,6 +58,11 @@ master_key = {{ file = "master.key" }}
 allow_plain_http = true
 ops_token = {{ file = "ops_token" }}
 
+[egress.us]
+llm = ["127.0.0.1"]
+servicenow = ["127.0.0.1"]
+slack = ["127.0.0.1"]
+
 [[tenants]]
 id = "{TENANT}"
 name = "CLI ops"
