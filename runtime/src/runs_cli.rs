@@ -379,6 +379,12 @@ fn step_details(body: &Value) -> String {
         ),
         "approval_requested" => format!("posted to {} at {}", t("channel"), t("ts")),
         "approval_decided" => format!("{} by {} ({})", t("verdict"), t("by_name"), t("by")),
+        "approval_voted" => format!(
+            "approved by {} ({}); another approver is needed",
+            t("by_name"),
+            t("by")
+        ),
+        "reproposed" => format!("the record changed; asking again: {}", t("reason")),
         "write_intended" => format!("intent recorded, marker {}", t("marker")),
         "written" => format!("written (recovered: {})", t("recovered")),
         "verified" => match body["mismatches"].as_array() {
@@ -622,6 +628,16 @@ mod tests {
         assert_eq!(step_details(&finished), "failed: boom");
         let retried = json!({"kind": "retried", "by": "operator:ana", "reason": "back"});
         assert_eq!(step_details(&retried), "retried by operator:ana: back");
+        let voted = json!({"kind": "approval_voted", "by": "U1", "by_name": "ana"});
+        assert_eq!(
+            step_details(&voted),
+            "approved by ana (U1); another approver is needed"
+        );
+        let again = json!({"kind": "reproposed", "reason": "urgency is now 2"});
+        assert_eq!(
+            step_details(&again),
+            "the record changed; asking again: urgency is now 2"
+        );
         assert_eq!(step_details(&json!({"kind": "unknown_kind"})), "");
         assert_eq!(step_details(&json!(null)), "");
     }
