@@ -359,7 +359,11 @@ impl TenantState {
         match rt.store.append_step(&rt.scope, write).await {
             Ok(()) => rt.metrics.run_finished(states::FAILED),
             Err(e) => {
-                error!(run.id = %run_id, error = %e, "Marking a run failed after its crashes failed.");
+                error!(
+                    run.id = %run_id,
+                    error = %e,
+                    "Marking a run failed after its crashes failed."
+                );
             }
         }
         if let Err(e) = rt.store.clear_timers(&rt.scope, run_id).await {

@@ -139,7 +139,9 @@ proptest! {
 
     #[test]
     fn webhook_signature_takes_any_header_text(
-        id in "[ -~]{0,40}", ts in "[0-9+.e -]{0,15}", sig in "(v1,|v1a,|v2,| )?[A-Za-z0-9+/=, ]{0,90}",
+        id in "[ -~]{0,40}",
+        ts in "[0-9+.e -]{0,15}",
+        sig in "(v1,|v1a,|v2,| )?[A-Za-z0-9+/=, ]{0,90}",
         body in ".{0,80}",
     ) {
         checks::webhook_signature(format!("{id}\n{ts}\n{sig}\n{body}").as_bytes());

@@ -268,7 +268,12 @@ pub(crate) async fn tenant_pause(
         .store
         .pause_tenant_writes(&admin.scope, &admin.actor, &reason)
         .await?;
-    warn!(tenant = %admin.scope.tenant(), actor = %admin.actor, %reason, "A tenant's writes are paused.");
+    warn!(
+        tenant = %admin.scope.tenant(),
+        actor = %admin.actor,
+        %reason,
+        "A tenant's writes are paused."
+    );
     Ok(Json(json!({
         "paused": change.paused, "was_paused": change.was_paused,
         "scope": format!("tenant {}", admin.scope.tenant()),

@@ -47,7 +47,7 @@ fi
 "$venv/bin/kubectl" version --client
 echo "kubernetes-validate $("$venv/bin/kubernetes-validate" --version), schemas of Kubernetes $kubernetes_version"
 
-work=$(mktemp -d "$root/target/manifests.XXXXXX")
+work=$(mktemp -d -p "$root/target")
 trap 'rm -rf "$work"' EXIT
 
 offline=(env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9

@@ -34,7 +34,7 @@ if [ ! -x "$bin" ]; then
 fi
 
 mkdir -p "$root/target"
-work=$(mktemp -d "$root/target/schemathesis.XXXXXX")
+work=$(mktemp -d -p "$root/target")
 pids=()
 cleanup() {
     local status=$?

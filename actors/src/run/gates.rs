@@ -112,7 +112,11 @@ impl RunActorState {
             pause.actor,
             pause.reason
         );
-        info!(gate = "writes", %reason, "A run reached its write while writes are paused; it is held.");
+        info!(
+            gate = "writes",
+            %reason,
+            "A run reached its write while writes are paused; it is held."
+        );
         let step = Step::Held {
             gate: Gate::Writes,
             until: None,
@@ -152,7 +156,11 @@ impl RunActorState {
         ] {
             let start = budgets::window_start(now, len);
             if let Err(error) = rt.store.charge_budget(&rt.scope, meter, start, delta).await {
-                warn!(%error, meter, "Settling a triage's tokens failed; its reservation stays charged.");
+                warn!(
+                    %error,
+                    meter,
+                    "Settling a triage's tokens failed; its reservation stays charged."
+                );
             }
         }
         Ok(())
