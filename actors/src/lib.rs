@@ -20,6 +20,7 @@ pub mod tenant;
 pub mod tenant_runtime;
 pub mod timers;
 pub mod trace_context;
+pub mod witness;
 
 pub use approvals::{Clicker, DecisionOutcome};
 pub use inspect::{ActorKind, ActorView, WaitingView};

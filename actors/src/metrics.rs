@@ -39,6 +39,7 @@ const QUERIES: &[&str] = &[
     "list_tenants",
     "run_state_counts",
     "oldest_pending_approvals",
+    "active_break_glass_count",
 ];
 
 /// The unfinished states, each a series per tenant at every scrape.
@@ -111,9 +112,11 @@ struct Inner {
     db_duration: Histograms<QueryLabel>,
     db_errors: Family<QueryLabel, Counter>,
     audit_failures: Family<TenantLabel, Counter>,
-    /// The server certificate's `notAfter`, Unix seconds. It is set when server TLS is
-    /// configured; Steward serves plain HTTP behind a terminating proxy today, so it stays 0.
+    /// The served certificate's `notAfter`, Unix seconds, set at startup and at each reload
+    /// when Steward serves TLS itself; 0 when TLS ends at a proxy.
     tls_expiry: Gauge,
+    /// Break-glass grants in force (opened, not closed, not expired), read at each scrape.
+    break_glass_active: Gauge,
     /// Serializes scrape-time refreshes, so two scrapes do not interleave clearing and setting.
     refresh: tokio::sync::Mutex<()>,
 }
@@ -206,6 +209,12 @@ impl Metrics {
             "Expiry of the server TLS certificate, Unix seconds; 0 while Steward serves no TLS",
             tls_expiry.clone(),
         );
+        let break_glass_active = Gauge::default();
+        registry.register(
+            "steward_break_glass_active_grants",
+            "Break-glass operator grants in force now",
+            break_glass_active.clone(),
+        );
         // Series with fixed labels exist from the start at zero, so that a rule's `increase`
         // sees their first event.
         for reason in REJECTION_REASONS {
@@ -228,6 +237,7 @@ impl Metrics {
                 db_errors,
                 audit_failures,
                 tls_expiry,
+                break_glass_active,
                 refresh: tokio::sync::Mutex::new(()),
             }),
         }
@@ -255,7 +265,7 @@ impl Metrics {
         self.inner.audit_failures.get_or_create(&labels).inc();
     }
 
-    /// Sets the server certificate's expiry (Unix seconds), once server TLS exists.
+    /// Sets the served certificate's expiry (its `notAfter`, Unix seconds).
     pub fn set_tls_expiry(&self, unix_secs: i64) {
         self.inner.tls_expiry.set(unix_secs);
     }
@@ -280,7 +290,8 @@ impl Metrics {
         result
     }
 
-    /// Reads the scrape-time gauges from the store (the tenant list and two grouped counts),
+    /// Reads the scrape-time gauges from the store (the tenant list, two grouped counts and
+    /// the break-glass grants in force),
     /// then renders every metric. Each tenant's series exist at zero from its first scrape, so
     /// that a rule's `increase` sees their first event and an idle tenant shows its zeros. A
     /// failed read leaves its gauges empty and counts a database error; the rest is still
@@ -300,6 +311,7 @@ impl Metrics {
         }
         self.refresh_runs(store, &tenants).await;
         self.refresh_approvals(store, &tenants).await;
+        self.refresh_break_glass(store).await;
         self.render()
     }
 
@@ -365,6 +377,18 @@ impl Metrics {
             gauges
                 .get_or_create(&labels)
                 .set((now - requested_at).max(0) / 1000);
+        }
+    }
+
+    /// The number of break-glass grants in force; left as it was when the read fails.
+    async fn refresh_break_glass(&self, store: &Store) {
+        let active = self
+            .time_query("active_break_glass_count", store.active_break_glass_count())
+            .await;
+        if let Ok(n) = active {
+            self.inner
+                .break_glass_active
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -13,7 +13,7 @@ use ractor::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use steward_adapters::egress::{Egress, EgressKind, EgressRefused};
+use steward_adapters::egress::{EgressKind, EgressRefused};
 use steward_adapters::http::{HttpSettings, client};
 use steward_adapters::llm::{Anthropic, LlmProvider, LlmSettings, OpenAiCompatible};
 use steward_adapters::servicenow::{ServiceNowAuth, ServiceNowClient};
@@ -398,23 +398,24 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-/// Refuses to build a tenant's clients while any of its stored connector URLs is off its home
-/// region's allow-list: the one call-time check, before any request, for the built-in and the
-/// registered LLM providers alike. The tenant then cannot start, and a run woken for it fails
-/// with this reason.
+/// Refuses to build a tenant's clients while any of its stored connector URLs is plain HTTP
+/// where that is not allowed, or off its home region's allow-list
+/// ([`HttpSettings::check_url`]): the one call-time check, before any request, for the built-in
+/// and the registered LLM providers alike. The tenant then cannot start, and a run woken for it
+/// fails with this reason.
 pub fn check_egress(
-    egress: &Egress,
+    http: &HttpSettings,
     tenant: &TenantId,
     settings: &TenantSettings,
 ) -> Result<(), EgressRefused> {
     let region = tenant.region();
-    egress.check(region, EgressKind::Llm, &settings.llm.base_url)?;
-    egress.check(
+    http.check_url(region, EgressKind::Llm, &settings.llm.base_url)?;
+    http.check_url(
         region,
         EgressKind::ServiceNow,
         &settings.servicenow.instance_url,
     )?;
-    egress.check(region, EgressKind::Slack, &settings.slack.api_base)
+    http.check_url(region, EgressKind::Slack, &settings.slack.api_base)
 }
 
 /// The tenant's outside-world clients, built from settings and sealed secrets.
@@ -430,7 +431,7 @@ impl Clients {
         scope: &TenantScope,
         settings: &TenantSettings,
     ) -> Result<Self, ActorProcessingErr> {
-        check_egress(&init.http.egress, &init.tenant, settings)?;
+        check_egress(&init.http, &init.tenant, settings)?;
         let http = client(&init.http)?;
         let secret = |name: &'static str| {
             let store = init.store.clone();

@@ -216,6 +216,7 @@ impl Egress {
                 kind,
                 host: None,
                 region,
+                why: Refusal::Host,
             });
         };
         if self
@@ -230,9 +231,28 @@ impl Egress {
                 kind,
                 host: Some(host),
                 region,
+                why: Refusal::Host,
             })
         }
     }
+}
+
+/// Refuses `url` unless it is `https://`: where plain HTTP is not allowed (every profile but
+/// `dev`, and test setups), this runs before the allow-list, when a URL is set and again before
+/// a tenant's clients are built.
+pub fn require_https(region: Region, kind: EgressKind, url: &str) -> Result<(), EgressRefused> {
+    let parsed = url::Url::parse(url).ok();
+    if parsed.as_ref().is_some_and(|u| u.scheme() == "https") {
+        return Ok(());
+    }
+    Err(EgressRefused {
+        kind,
+        host: parsed
+            .as_ref()
+            .and_then(|u| u.host_str().map(str::to_owned)),
+        region,
+        why: Refusal::PlainHttp(parsed.map(|u| u.scheme().to_owned())),
+    })
 }
 
 /// Why a connector URL may not be called.
@@ -242,10 +262,30 @@ pub struct EgressRefused {
     /// `None` when the URL has no host.
     pub host: Option<String>,
     pub region: Region,
+    pub why: Refusal,
+}
+
+/// Which rule refused a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The host is not on the region's allow-list for the kind.
+    Host,
+    /// The URL is not `https://` where plain HTTP is not allowed; the scheme it has, if it
+    /// parsed.
+    PlainHttp(Option<String>),
 }
 
 impl fmt::Display for EgressRefused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Refusal::PlainHttp(scheme) = &self.why {
+            let scheme = scheme.as_deref().unwrap_or("no valid");
+            return write!(
+                f,
+                "the {} endpoint URL must be https:// (it has {scheme} scheme): plain HTTP is \
+                 allowed only in the dev profile and test setups",
+                self.kind
+            );
+        }
         match &self.host {
             Some(host) => write!(
                 f,
@@ -371,6 +411,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn plain_http_is_refused_with_its_reason() {
+        for url in [
+            "http://127.0.0.1:9/v1",
+            "HTTP://acme.service-now.com",
+            "ftp://x.io",
+        ] {
+            let refused = require_https(Region::Us, EgressKind::ServiceNow, url).unwrap_err();
+            assert!(matches!(refused.why, Refusal::PlainHttp(Some(_))), "{url}");
+            let text = refused.to_string();
+            assert!(
+                text.contains("servicenow endpoint URL must be https://"),
+                "{text}"
+            );
+        }
+        let refused = require_https(Region::Eu, EgressKind::Llm, "not a url").unwrap_err();
+        assert_eq!(refused.why, Refusal::PlainHttp(None));
+        assert!(refused.to_string().contains("no valid scheme"));
+        assert!(require_https(Region::Us, EgressKind::Slack, "https://slack.com/api/").is_ok());
+        assert!(require_https(Region::Us, EgressKind::Slack, "HTTPS://slack.com/api/").is_ok());
     }
 
     #[test]

@@ -10,7 +10,10 @@ pub struct HttpSettings {
     pub timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Refuse plain `http://` URLs (production). Tests and the demo talk to loopback over HTTP.
+    /// Refuse plain `http://` URLs: when a connector URL is set, before a tenant's clients are
+    /// built ([`HttpSettings::check_url`]) and in every request. `steward serve` sets it in
+    /// every profile but `dev` (always in production); tests and the demo talk to loopback over
+    /// HTTP.
     pub https_only: bool,
     /// The outbound hosts each region's tenants may be connected to, checked before a
     /// tenant's clients are built. The default is the production lists plus loopback, for
@@ -26,6 +29,24 @@ impl Default for HttpSettings {
             https_only: false,
             egress: crate::egress::Egress::default().with_loopback(),
         }
+    }
+}
+
+impl HttpSettings {
+    /// The one check of a connector URL, made when it is set (the tenancy API, declared
+    /// tenants at startup, the connection check) and again before a tenant's clients are built:
+    /// `https://` while `https_only`, then a host on the allow-list of the tenant's home region
+    /// for `kind`.
+    pub fn check_url(
+        &self,
+        region: steward_core::Region,
+        kind: crate::egress::EgressKind,
+        url: &str,
+    ) -> Result<(), crate::egress::EgressRefused> {
+        if self.https_only {
+            crate::egress::require_https(region, kind, url)?;
+        }
+        self.egress.check(region, kind, url)
     }
 }
 
@@ -99,4 +120,36 @@ pub fn error_chain(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::{EgressKind, Refusal};
+    use steward_core::Region;
+
+    #[test]
+    fn https_only_refuses_plain_http_before_the_allow_list() {
+        let mut settings = HttpSettings::default();
+        let plain = "http://127.0.0.1:9/v1";
+        assert!(
+            settings
+                .check_url(Region::Us, EgressKind::Llm, plain)
+                .is_ok()
+        );
+        settings.https_only = true;
+        let refused = settings
+            .check_url(Region::Us, EgressKind::Llm, plain)
+            .unwrap_err();
+        assert!(matches!(refused.why, Refusal::PlainHttp(_)), "{refused}");
+        assert!(
+            settings
+                .check_url(Region::Us, EgressKind::Llm, "https://127.0.0.1:9/v1")
+                .is_ok()
+        );
+        let refused = settings
+            .check_url(Region::Us, EgressKind::Llm, "https://llm.evil.io/v1")
+            .unwrap_err();
+        assert_eq!(refused.why, Refusal::Host);
+    }
 }

@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::ops;
+use crate::ops_auth::{Action, OpsCaller};
 use crate::state::AppState;
 use crate::tenancy::{admin, draft, json_body, reload};
 
@@ -31,8 +32,10 @@ use crate::tenancy::{admin, draft, json_body, reload};
 pub(crate) struct PlatformChange {
     /// Why (1 to 1000 characters).
     reason: String,
-    /// Who: the operator's name.
-    operator: String,
+    /// Who, with the operator token; a signed-in person is audited as themselves and this is
+    /// ignored.
+    #[serde(default)]
+    operator: Option<String>,
 }
 
 /// `{"reason", "tenant"?}`: a tenant's pause or resume; `tenant`, when given, must be the
@@ -111,16 +114,12 @@ fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 async fn platform_change(
     state: &AppState,
     headers: &HeaderMap,
+    caller: &OpsCaller,
     body: Body,
 ) -> Result<OperatorRequest, ApiError> {
     let bytes = crate::webhooks::read_body(body, headers, state.limits.api_body_bytes).await?;
     let change: PlatformChange = parse_body(&bytes)?;
-    let request = OperatorRequest {
-        operator: change.operator,
-        reason: change.reason,
-    };
-    request.check().map_err(ApiError::from)?;
-    Ok(request)
+    ops::operator_request(caller, change.operator, change.reason)
 }
 
 /// `GET /v1/ops/writes` (operator): every pause in force.
@@ -131,12 +130,12 @@ async fn platform_change(
         (status = 403, response = crate::openapi::Forbidden),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn ops_pauses(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    ops::authorize(&state, &headers, false).await?;
+    ops::authorize(&state, &headers, Action::Read).await?;
     let pauses = state.store.all_write_pauses().await?;
     Ok(Json(json!({ "pauses": pauses })))
 }
@@ -154,14 +153,14 @@ pub(crate) async fn ops_pauses(
         (status = 422, response = crate::openapi::Unprocessable),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn ops_pause(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    ops::authorize(&state, &headers, true).await?;
-    let request = platform_change(&state, &headers, body).await?;
+    let caller = ops::authorize(&state, &headers, Action::Writes).await?;
+    let request = platform_change(&state, &headers, &caller, body).await?;
     let actor = format!("operator:{}", request.operator);
     let change = state
         .store
@@ -186,14 +185,14 @@ pub(crate) async fn ops_pause(
         (status = 422, response = crate::openapi::Unprocessable),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn ops_resume(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    ops::authorize(&state, &headers, true).await?;
-    let request = platform_change(&state, &headers, body).await?;
+    let caller = ops::authorize(&state, &headers, Action::Writes).await?;
+    let request = platform_change(&state, &headers, &caller, body).await?;
     let actor = format!("operator:{}", request.operator);
     let change = state
         .store

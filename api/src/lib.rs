@@ -3,11 +3,14 @@
 //! before they parse, map every failure to one status in [`error::ApiError`], and hand work to
 //! the actor system without waiting for it.
 
+mod break_glass;
 mod controls;
 pub mod error;
+mod evidence;
 pub mod hardening;
 mod health;
 mod metrics;
+pub mod oidc;
 pub mod openapi;
 mod ops;
 pub mod ops_auth;
@@ -26,7 +29,8 @@ use axum::routing::{delete, get, post, put};
 use openapi::Routes;
 
 pub use hardening::{RateLimit, RateLimits, ServerLimits, harden};
-pub use ops_auth::{OpsAuth, OpsSettings};
+pub use oidc::{Oidc, OidcSettings};
+pub use ops_auth::{OpsAuth, OpsSettings, Role};
 pub use state::{ApiLimits, AppState};
 pub use tenancy::TenancySettings;
 
@@ -34,6 +38,10 @@ pub use tenancy::TenancySettings;
 pub fn router(state: AppState) -> Router {
     routes()
         .router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            break_glass::audit_uses,
+        ))
         .layer(axum::middleware::from_fn(telemetry::http_span))
         .with_state(state)
 }
@@ -61,15 +69,25 @@ fn routes() -> Routes {
         .route("/v1/ops/runs/{id}", get(ops::run))
         .route("/v1/ops/runs/{id}/retry", post(ops::retry))
         .route("/v1/ops/runs/{id}/cancel", post(ops::cancel))
+        .route("/v1/ops/oidc", get(ops::oidc_config))
         .route("/v1/ops/writes", get(controls::ops_pauses))
         .route("/v1/ops/writes/pause", post(controls::ops_pause))
         .route("/v1/ops/writes/resume", post(controls::ops_resume))
+        .route(
+            "/v1/ops/break-glass",
+            post(break_glass::open).get(break_glass::list),
+        )
+        .route("/v1/ops/break-glass/{id}", delete(break_glass::close))
+        .route("/v1/ops/audit", get(break_glass::audit))
         .route(
             "/v1/tenants",
             post(tenancy::create_tenant).get(tenancy::list_tenants),
         )
         .route("/v1/tenants/{id}", delete(tenancy::delete_tenant))
         .route("/v1/tenants/{id}/export", get(tenancy::export))
+        .route("/v1/tenants/{id}/evidence", get(evidence::platform_export))
+        .route("/v1/tenant/evidence", get(evidence::tenant_export))
+        .route("/v1/evidence/keys", get(evidence::keys))
         .route(
             "/v1/tenant/connectors/servicenow",
             put(tenancy::put_servicenow),
@@ -100,4 +118,6 @@ fn routes() -> Routes {
         .route("/ops", get(ops_page::page))
         .route("/ops/login", post(ops_page::login))
         .route("/ops/logout", post(ops_page::logout))
+        .route("/ops/oidc/start", get(ops_page::oidc_start))
+        .route("/ops/oidc/callback", get(ops_page::oidc_callback))
 }

@@ -70,13 +70,21 @@ impl Routes {
         crate::ops::run,
         crate::ops::retry,
         crate::ops::cancel,
+        crate::ops::oidc_config,
         crate::controls::ops_pauses,
         crate::controls::ops_pause,
         crate::controls::ops_resume,
+        crate::break_glass::open,
+        crate::break_glass::list,
+        crate::break_glass::close,
+        crate::break_glass::audit,
         crate::tenancy::create_tenant,
         crate::tenancy::list_tenants,
         crate::tenancy::delete_tenant,
         crate::tenancy::export,
+        crate::evidence::platform_export,
+        crate::evidence::tenant_export,
+        crate::evidence::keys,
         crate::tenancy::put_servicenow,
         crate::tenancy::put_slack,
         crate::tenancy::put_llm,
@@ -97,6 +105,8 @@ impl Routes {
         crate::ops_page::page,
         crate::ops_page::login,
         crate::ops_page::logout,
+        crate::ops_page::oidc_start,
+        crate::ops_page::oidc_callback,
     ),
     components(schemas(ErrorBody), responses(
         BadRequest,
@@ -120,6 +130,7 @@ impl Routes {
         (name = "ops", description = "The operator's API and page"),
         (name = "platform", description = "Creating, listing, exporting and offboarding tenants (operator)"),
         (name = "tenant", description = "A tenant's own settings, secrets and tokens (`admin`)"),
+        (name = "evidence", description = "Public keys for verifying evidence bundles offline"),
     )
 )]
 struct ApiDoc;
@@ -153,6 +164,30 @@ impl Modify for Security {
             bearer(
                 "The deployment's operator token (`ops_token`). A tenant token is 403 here, \
                  whatever its scopes.",
+            ),
+        );
+        components.add_security_scheme(
+            "oidcIdToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An ID token from the deployment's identity provider (`[oidc]`; \
+                         `steward login` gets one by the device grant). Its groups map to \
+                         the roles `operator`, `oncall` and `approver`; a person with no \
+                         mapped role, or without the role an operation needs, is 403.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "breakGlassGrant",
+            bearer(
+                "A break-glass grant token (`sbg_…`, from `POST /v1/ops/break-glass`): the \
+                 named person with the `operator` role until the grant expires or is closed. \
+                 Every request with it is in the operator audit log; an expired or closed \
+                 grant is 401.",
             ),
         );
         components.add_security_scheme(
@@ -753,6 +788,17 @@ mod schemas {
     #[derive(ToSchema)]
     pub struct LoginForm {
         pub token: String,
+    }
+
+    /// The identity provider a command-line client signs in with.
+    #[derive(ToSchema)]
+    pub struct OidcClientConfig {
+        /// The issuer (its discovery document is under `/.well-known/openid-configuration`).
+        pub issuer: String,
+        /// The client id ID tokens must be issued to.
+        pub client_id: String,
+        /// The scopes to ask for.
+        pub scopes: Vec<String>,
     }
 
     /// The `/ops` sign-out form.

@@ -1,6 +1,7 @@
-//! The ops API, for the operator only (the operator token, or a page session): the live actor
-//! tree, runs across tenants with filters, one run with everything kept about it (journal,
-//! state, snapshot, crash snapshots, audit entries), and an operator's retry or cancel.
+//! The ops API, for operators, on-call engineers and approvers (each by role, see
+//! `ops_auth`): the live actor tree, runs across tenants with filters, one run with everything
+//! kept about it (journal, state, snapshot, crash snapshots, audit entries), and a retry or
+//! cancel.
 
 use axum::Json;
 use axum::body::Body;
@@ -16,7 +17,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::ApiError;
-use crate::ops_auth::{self, OpsCaller};
+use crate::ops_auth::{self, Action, OpsCaller};
 use crate::state::AppState;
 use crate::webhooks::read_body;
 
@@ -25,29 +26,55 @@ const MAX_PARAM_BYTES: usize = 200;
 /// Runs listed when no limit is asked for.
 const DEFAULT_LIMIT: u32 = 50;
 
-/// Checks the caller is the operator. A tenant's API token is refused with 403, any other
-/// credential with 401. `unsafe_method` requires a session's CSRF header.
+/// Checks who the caller is (see `ops_auth::identify`) and that they may do `action`:
+/// no or an unknown credential is 401, a tenant's API token or a missing role 403. A page
+/// session needs its CSRF header for an action that changes something.
 pub(crate) async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
-    unsafe_method: bool,
+    action: Action,
 ) -> Result<OpsCaller, ApiError> {
-    match ops_auth::caller(&state.ops, headers, unsafe_method) {
-        Err(ApiError::Unauthenticated) => {
-            let tenant_token = match ops_auth::bearer(headers) {
-                Some(t) if !t.is_empty() && t.len() <= 256 => {
-                    state.store.authenticate_token(t).await?.is_some()
-                }
-                _ => false,
-            };
-            Err(if tenant_token {
-                ApiError::Forbidden("ops")
-            } else {
-                ApiError::Unauthenticated
-            })
+    let caller = ops_auth::identify(state, headers, action.changes()).await?;
+    if !caller.principal.permits(action, state.ops.oidc().is_some()) {
+        if let Some(person) = caller.principal.person() {
+            tracing::warn!(who = %person.describe(), ?action, "An ops request was refused for its role.");
         }
-        other => other,
+        return Err(ApiError::Forbidden("role"));
     }
+    Ok(caller)
+}
+
+/// The operator request for a decision: a person is audited as who they signed in as,
+/// whatever the body says; the operator token names itself with the body's `operator`.
+pub(crate) fn operator_request(
+    caller: &OpsCaller,
+    declared: Option<String>,
+    reason: String,
+) -> Result<OperatorRequest, ApiError> {
+    let operator = match caller.principal.person() {
+        Some(person) => person.audit_name(),
+        None => declared.ok_or_else(|| {
+            ApiError::Unprocessable("`operator` names who decides with the operator token".into())
+        })?,
+    };
+    let request = OperatorRequest { operator, reason };
+    request.check().map_err(ApiError::from)?;
+    if let Some(person) = caller.principal.person() {
+        tracing::info!(who = %person.describe(), "An ops decision by a signed-in person.");
+    }
+    Ok(request)
+}
+
+/// `GET /v1/ops/oidc`: the identity provider a command-line client signs in with (issuer,
+/// client id, scopes); 404 when none is configured. No credential needed.
+#[utoipa::path(get, path = "/v1/ops/oidc", tag = "ops",
+    responses(
+        (status = 200, description = "The provider to sign in with", body = crate::openapi::OidcClientConfig),
+        (status = 404, response = crate::openapi::NotFound),
+    ))]
+pub(crate) async fn oidc_config(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let oidc = state.ops.oidc().ok_or(ApiError::NotFound)?;
+    Ok(Json(crate::oidc::client_config(oidc)))
 }
 
 /// `GET /v1/ops/actors`: the live supervision tree with each tenant's waiting runs.
@@ -58,12 +85,12 @@ pub(crate) async fn authorize(
         (status = 403, response = crate::openapi::Forbidden),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn actors(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, false).await?;
+    authorize(&state, &headers, Action::Read).await?;
     let tree = state.steward.inspect().await?;
     let at = state.store.clock().now_millis();
     Ok(Json(json!({ "at": at, "tree": tree })))
@@ -197,13 +224,13 @@ fn summary(run: &RunRecord) -> Value {
         (status = 403, response = crate::openapi::Forbidden),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn runs(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, false).await?;
+    authorize(&state, &headers, Action::Read).await?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let filter = query.filter()?;
     let runs = state.store.find_runs(&filter).await?;
@@ -250,13 +277,13 @@ async fn run_scope(state: &AppState, id: &str) -> Result<(RunId, TenantScope), A
         (status = 404, response = crate::openapi::NotFound),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn run(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, false).await?;
+    authorize(&state, &headers, Action::Read).await?;
     let (id, scope) = run_scope(&state, &id).await?;
     let store = &state.store;
     let run = store.run(&scope, id).await?.ok_or(ApiError::NotFound)?;
@@ -283,21 +310,22 @@ pub(crate) async fn run(
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     reason: String,
-    operator: String,
+    /// Who decides, with the operator token; a signed-in person is audited as themselves and
+    /// this is ignored.
+    #[serde(default)]
+    operator: Option<String>,
 }
 
 async fn decision(
     state: &AppState,
     headers: &HeaderMap,
+    caller: &OpsCaller,
     body: Body,
 ) -> Result<OperatorRequest, ApiError> {
     let body = read_body(body, headers, state.limits.api_body_bytes).await?;
     let body: DecisionBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
-    Ok(OperatorRequest {
-        operator: body.operator,
-        reason: body.reason,
-    })
+    operator_request(caller, body.operator, body.reason)
 }
 
 impl From<OperatorError> for ApiError {
@@ -331,16 +359,16 @@ impl From<OperatorError> for ApiError {
         (status = 422, response = crate::openapi::Unprocessable),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn retry(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, true).await?;
+    let caller = authorize(&state, &headers, Action::RetryCancel).await?;
     let (id, scope) = run_scope(&state, &id).await?;
-    let request = decision(&state, &headers, body).await?;
+    let request = decision(&state, &headers, &caller, body).await?;
     let outcome = state.steward.retry_run(&scope, id, &request).await?;
     Ok(Json(json!(outcome)))
 }
@@ -361,16 +389,16 @@ pub(crate) async fn retry(
         (status = 422, response = crate::openapi::Unprocessable),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers, true).await?;
+    let caller = authorize(&state, &headers, Action::RetryCancel).await?;
     let (id, scope) = run_scope(&state, &id).await?;
-    let request = decision(&state, &headers, body).await?;
+    let request = decision(&state, &headers, &caller, body).await?;
     let outcome = state.steward.cancel_run(&scope, id, &request).await?;
     Ok(Json(json!(outcome)))
 }

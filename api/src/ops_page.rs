@@ -1,19 +1,24 @@
 //! `/ops`: a read-only page over the ops API, for people who would rather look than read JSON.
 //! It shows the live tree and recent failures, refreshing itself, and a run with its timeline
-//! and crash snapshots. Signing in posts the operator token once (`/ops/login`) and gets a
-//! session cookie back; the token never appears in a URL. The page carries its own CSS and
-//! JavaScript under a per-response nonce (no external assets), and puts every value it shows
-//! into the document as text, never as markup.
+//! and crash snapshots. With `[oidc]`, "Sign in with SSO" goes through `/ops/oidc/start` to the
+//! identity provider and back to `/ops/oidc/callback`, which opens a session for the person;
+//! without it, signing in posts the operator token once (`/ops/login`); neither ever puts a
+//! credential in a URL. The page carries its own CSS and JavaScript under a per-response nonce
+//! (no external assets), and puts every value it shows into the document as text, never as
+//! markup.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use rand::rngs::OsRng;
 use secrecy::SecretString;
 
-use crate::ops_auth::{OpsAuth, behind_tls, session_cookie};
+use crate::ops_auth::{
+    OpsAuth, PRE_LOGIN_COOKIE, Principal, behind_tls, cookie_value, session_cookie,
+};
 use crate::state::AppState;
 use crate::webhooks::read_body;
 
@@ -72,12 +77,45 @@ fn html(status: StatusCode, body: String, nonce: &str) -> Response {
     response
 }
 
-fn login_page(status: StatusCode, message: &str) -> Response {
+/// The token form, or with `[oidc]` the SSO link (the operator token then opens no page
+/// session).
+const TOKEN_FORM: &str = r#"<form method="post" action="/ops/login">
+  <label for="token">Operator token</label>
+  <input type="password" id="token" name="token" autocomplete="current-password" required>
+  <button type="submit">Sign in</button>
+</form>
+<p>The token is exchanged for a session cookie; it is never put in a URL.</p>"#;
+const SSO_LINK: &str = r#"<p><a class="sso" href="/ops/oidc/start">Sign in with SSO</a></p>
+<p>You sign in at your identity provider; your groups decide what you may do here.</p>"#;
+
+fn login_page(state: &AppState, status: StatusCode, message: &str) -> Response {
     let nonce = nonce();
+    let sign_in = if state.ops.oidc().is_some() {
+        SSO_LINK
+    } else {
+        TOKEN_FORM
+    };
     let body = LOGIN
         .replace("{{NONCE}}", &nonce)
-        .replace("{{MESSAGE}}", &escape_html(message));
+        .replace("{{MESSAGE}}", &escape_html(message))
+        .replace("{{SIGN_IN}}", sign_in);
     html(status, body, &nonce)
+}
+
+/// Who the page shows as signed in.
+fn who(principal: &Principal) -> String {
+    match principal {
+        Principal::OperatorToken => "operator token".into(),
+        Principal::Person(p) => {
+            let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+            let name = p
+                .email
+                .as_deref()
+                .or(p.name.as_deref())
+                .unwrap_or(&p.subject);
+            format!("{name} ({})", roles.join(", "))
+        }
+    }
 }
 
 fn see_other(location: &'static str) -> Response {
@@ -93,19 +131,20 @@ fn see_other(location: &'static str) -> Response {
     responses((status = 200, description = "The page, or the sign-in form", body = String, content_type = "text/html")),
     security((), ("opsSession" = [])))]
 pub(crate) async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let csrf = session_cookie(&headers).and_then(|id| state.ops.session_csrf(&id));
-    let Some(csrf) = csrf else {
+    let session = session_cookie(&headers).and_then(|id| state.ops.session(&id));
+    let Some((csrf, principal)) = session else {
         let message = if state.ops.configured() {
             ""
         } else {
-            "No operator token is configured (ops_token in the config file); sign-in is off."
+            "No operator token or [oidc] is configured; sign-in is off."
         };
-        return login_page(StatusCode::OK, message);
+        return login_page(&state, StatusCode::OK, message);
     };
     let nonce = nonce();
     let body = PAGE
         .replace("{{NONCE}}", &nonce)
-        .replace("{{CSRF}}", &escape_html(&csrf));
+        .replace("{{CSRF}}", &escape_html(&csrf))
+        .replace("{{WHO}}", &escape_html(&who(&principal)));
     html(StatusCode::OK, body, &nonce)
 }
 
@@ -131,8 +170,19 @@ pub(crate) async fn login(
     body: Body,
 ) -> Response {
     let Ok(body) = read_body(body, &headers, MAX_FORM_BYTES).await else {
-        return login_page(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.");
+        return login_page(
+            &state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The form is too large.",
+        );
     };
+    if state.ops.oidc().is_some() {
+        return login_page(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            "Sign in with SSO; the operator token opens no page session here.",
+        );
+    }
     let token = form_field(&body, "token").map(SecretString::from);
     let valid = token.as_ref().is_some_and(|t| {
         state
@@ -141,15 +191,172 @@ pub(crate) async fn login(
     });
     if !valid {
         tracing::warn!("A sign-in to the ops page was refused.");
-        return login_page(StatusCode::UNAUTHORIZED, "That is not the operator token.");
+        return login_page(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            "That is not the operator token.",
+        );
     }
-    let session = state.ops.open_session();
+    let session = state.ops.open_session(Principal::OperatorToken);
     let mut response = see_other("/ops");
     response.headers_mut().insert(
         header::SET_COOKIE,
         state.ops.cookie(&session.id, behind_tls(&headers)),
     );
     response
+}
+
+/// `GET /ops/oidc/start`: a fresh pre-login (`state`, `nonce`, PKCE verifier) in a
+/// short-lived cookie, and a redirect to the identity provider.
+#[utoipa::path(get, path = "/ops/oidc/start", tag = "ops",
+    responses(
+        (status = 303, description = "On to the identity provider, with the pre-login cookie",
+            headers(("set-cookie" = String), ("location" = String))),
+        (status = 404, description = "No `[oidc]` is configured", body = String, content_type = "text/html"),
+        (status = 503, description = "The identity provider cannot be reached", body = String, content_type = "text/html"),
+    ))]
+pub(crate) async fn oidc_start(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(oidc) = state.ops.oidc() else {
+        return login_page(&state, StatusCode::NOT_FOUND, "SSO is not configured.");
+    };
+    match oidc.start().await {
+        Ok(started) => {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            let h = response.headers_mut();
+            match HeaderValue::from_str(&started.authorize_url) {
+                Ok(location) => h.insert(header::LOCATION, location),
+                Err(_) => {
+                    return login_page(
+                        &state,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The identity provider's authorization URL is unusable.",
+                    );
+                }
+            };
+            h.insert(
+                header::SET_COOKIE,
+                OpsAuth::pre_login_cookie(&started.pre_login_id, behind_tls(&headers)),
+            );
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "An SSO sign-in could not start.");
+            login_page(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The identity provider cannot be reached; try again shortly.",
+            )
+        }
+    }
+}
+
+/// The provider's redirect back: `code` and `state`, or `error`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    error_description: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    session_state: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    iss: Option<String>,
+}
+
+/// `GET /ops/oidc/callback?code=&state=`: checks `state` against the pre-login cookie (once),
+/// exchanges the code with the PKCE verifier, validates the ID token and its nonce, maps the
+/// person's groups to roles, and opens a session for them. Any failure opens nothing.
+#[utoipa::path(get, path = "/ops/oidc/callback", tag = "ops",
+    params(
+        ("code" = Option<String>, Query, description = "The authorization code"),
+        ("state" = Option<String>, Query, description = "The state sent to the provider"),
+        ("error" = Option<String>, Query, description = "The provider's refusal"),
+    ),
+    responses(
+        (status = 303, description = "Signed in: a session cookie, and on to `/ops`",
+            headers(("set-cookie" = String), ("location" = String))),
+        (status = 401, description = "Refused: the sign-in form again", body = String, content_type = "text/html"),
+        (status = 403, description = "Signed in, but no group maps to a Steward role", body = String, content_type = "text/html"),
+        (status = 404, description = "No `[oidc]` is configured", body = String, content_type = "text/html"),
+        (status = 503, description = "The identity provider cannot be reached", body = String, content_type = "text/html"),
+    ))]
+pub(crate) async fn oidc_callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
+) -> Response {
+    let secure = behind_tls(&headers);
+    let refuse = |state: &AppState, status, message: &str| {
+        let mut response = login_page(state, status, message);
+        response.headers_mut().insert(
+            header::SET_COOKIE,
+            OpsAuth::clearing_pre_login_cookie(secure),
+        );
+        response
+    };
+    let Some(oidc) = state.ops.oidc().cloned() else {
+        return login_page(&state, StatusCode::NOT_FOUND, "SSO is not configured.");
+    };
+    let Ok(Query(query)) = query else {
+        return refuse(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            "That sign-in was refused.",
+        );
+    };
+    let pre_login = cookie_value(&headers, PRE_LOGIN_COOKIE).unwrap_or_default();
+    if let Some(error) = query.error {
+        // The pre-login is spent either way.
+        let _ = oidc.finish(&pre_login, "", "").await;
+        crate::ops_auth::audit_sign_in(&state, Err(&format!("provider said {error}"))).await;
+        return refuse(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            "The identity provider did not sign you in.",
+        );
+    }
+    let (code, sent_state) = (
+        query.code.unwrap_or_default(),
+        query.state.unwrap_or_default(),
+    );
+    match oidc.finish(&pre_login, &sent_state, &code).await {
+        Ok(person) => {
+            crate::ops_auth::audit_sign_in(&state, Ok(&person)).await;
+            let session = state.ops.open_session(Principal::Person(person));
+            let mut response = see_other("/ops");
+            let h = response.headers_mut();
+            h.append(header::SET_COOKIE, state.ops.cookie(&session.id, secure));
+            h.append(
+                header::SET_COOKIE,
+                OpsAuth::clearing_pre_login_cookie(secure),
+            );
+            response
+        }
+        Err(e) => {
+            crate::ops_auth::audit_sign_in(&state, Err(&e.to_string())).await;
+            let (status, message) = match &e {
+                crate::oidc::OidcError::NoRole { .. } => (
+                    StatusCode::FORBIDDEN,
+                    "You are signed in, but none of your groups has a Steward role.",
+                ),
+                crate::oidc::OidcError::Unavailable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The identity provider cannot be reached; try again shortly.",
+                ),
+                crate::oidc::OidcError::Invalid(_) => {
+                    (StatusCode::UNAUTHORIZED, "That sign-in was refused.")
+                }
+            };
+            refuse(&state, status, message)
+        }
+    }
 }
 
 /// `POST /ops/logout` with the form field `csrf`: ends the session and clears the cookie.
@@ -202,15 +409,27 @@ mod tests {
                 assert!(!template.contains(external), "{external}");
             }
         }
-        let page = PAGE.replace("{{NONCE}}", "n").replace("{{CSRF}}", "c");
+        let page = PAGE
+            .replace("{{NONCE}}", "n")
+            .replace("{{CSRF}}", "c")
+            .replace("{{WHO}}", "w");
         assert!(!page.contains("{{"));
         assert!(!page.contains("innerHTML"), "values go in as text only");
-        let login = LOGIN.replace("{{NONCE}}", "n").replace("{{MESSAGE}}", "");
-        assert!(!login.contains("{{"));
+        for sign_in in [TOKEN_FORM, SSO_LINK] {
+            let login = LOGIN
+                .replace("{{NONCE}}", "n")
+                .replace("{{MESSAGE}}", "")
+                .replace("{{SIGN_IN}}", sign_in);
+            assert!(!login.contains("{{"));
+            for external in ["src=\"http", "href=\"http"] {
+                assert!(!login.contains(external), "{external}");
+            }
+        }
         assert!(
-            login.contains("method=\"post\""),
+            TOKEN_FORM.contains("method=\"post\""),
             "the token is never sent in a URL"
         );
+        assert!(SSO_LINK.contains("Sign in with SSO") && SSO_LINK.contains("/ops/oidc/start"));
     }
 
     #[test]

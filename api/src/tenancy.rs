@@ -143,13 +143,13 @@ struct CreateTenant {
         (status = 422, response = crate::openapi::Unprocessable),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn create_tenant(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ops::authorize(&state, &headers, true).await?;
+    ops::authorize(&state, &headers, crate::ops_auth::Action::Platform).await?;
     let req: CreateTenant = json_body(&headers, body).await?;
     let id = TenantId::parse(&req.id).map_err(|e| {
         ApiError::Unprocessable(format!("`id` must be a tenant id such as `us-acme`: {e}"))
@@ -222,18 +222,18 @@ fn misdirected(state: &AppState, id: &TenantId) -> Response {
         (status = 403, response = crate::openapi::Forbidden),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn list_tenants(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    ops::authorize(&state, &headers, false).await?;
+    ops::authorize(&state, &headers, crate::ops_auth::Action::PlatformRead).await?;
     let tenants = state.store.list_tenants().await?;
     Ok(Json(json!({ "tenants": tenants })))
 }
 
 /// A tenant named in a platform path, known to the platform; 404 otherwise.
-async fn known_tenant(state: &AppState, id: &str) -> Result<TenantScope, ApiError> {
+pub(crate) async fn known_tenant(state: &AppState, id: &str) -> Result<TenantScope, ApiError> {
     let id = TenantId::parse(id).map_err(|_| ApiError::NotFound)?;
     check_home(state, &id)?;
     if !state.store.tenant_exists(&id).await? {
@@ -255,13 +255,13 @@ async fn known_tenant(state: &AppState, id: &str) -> Result<TenantScope, ApiErro
         (status = 421, description = "The tenant is homed in another region", body = crate::openapi::Misdirected),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn export(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    ops::authorize(&state, &headers, false).await?;
+    ops::authorize(&state, &headers, crate::ops_auth::Action::PlatformRead).await?;
     let scope = known_tenant(&state, &id).await?;
     let mut out = Vec::new();
     let mut line = |value: Value| {
@@ -319,14 +319,14 @@ struct DeleteTenant {
         (status = 409, description = "Not confirmed: export first", body = crate::openapi::ExportFirst),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = [])))]
 pub(crate) async fn delete_tenant(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ops::authorize(&state, &headers, true).await?;
+    ops::authorize(&state, &headers, crate::ops_auth::Action::Platform).await?;
     let bytes = read_body(body, &headers, MAX_BODY_BYTES).await?;
     let req: DeleteTenant = if bytes.is_empty() {
         DeleteTenant::default()
@@ -419,7 +419,8 @@ fn check_url(url: &str, field: &str) -> Result<(), ApiError> {
     }
 }
 
-/// 422 unless `url`'s host is on the allow-list of the tenant's home region for `kind`.
+/// 422 unless `url` is `https://` where plain HTTP is not allowed and its host is on the
+/// allow-list of the tenant's home region for `kind`.
 fn check_egress(
     state: &AppState,
     admin: &Admin,
@@ -430,8 +431,7 @@ fn check_egress(
     state
         .tenancy
         .http
-        .egress
-        .check(region, kind, url)
+        .check_url(region, kind, url)
         .map_err(|refused| ApiError::Unprocessable(refused.to_string()))
 }
 

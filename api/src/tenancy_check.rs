@@ -82,8 +82,7 @@ impl Checker<'_> {
         self.state
             .tenancy
             .http
-            .egress
-            .check(region, kind, url)
+            .check_url(region, kind, url)
             .map_err(|refused| refused.to_string())
     }
 

@@ -197,6 +197,7 @@ fn build_chunk(tenant: &TenantId, first: u64, count: u64, prev: &str) -> Vec<Aud
                 run_id: Some(RunId::new()),
                 actor: "webhook:alerts".into(),
                 body,
+                sealed: None,
                 prev_hash: prev.clone(),
                 hash: String::new(),
             };

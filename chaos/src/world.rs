@@ -438,6 +438,9 @@ master_key = {{ file = "master.key" }}
 ops_token = {{ file = "ops_token" }}
 allow_plain_http = true
 
+[tls]
+terminates_at_proxy = true
+
 [egress.us]
 llm = ["127.0.0.1"]
 servicenow = ["127.0.0.1"]

@@ -83,7 +83,8 @@ POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 REQUIRED_KINDS = {"Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget",
                   "ServiceAccount", "ConfigMap", "Namespace"}
 failures = []
-checked = {"containers": 0, "documents": 0}
+checked = {"containers": 0, "documents": 0, "tls": 0}
+tls_served = {}
 
 
 def fail(overlay, what):
@@ -124,6 +125,8 @@ for overlay in overlays:
                               f"profile {config.get('profile')!r}")
         if kind not in POD_OWNERS | {"CronJob"}:
             continue
+        if kind == "Deployment":
+            tls_served[overlay] = doc
         spec = pod_spec(doc)
         pod_sc = spec.get("securityContext", {})
         if spec.get("automountServiceAccountToken") is not False:
@@ -153,13 +156,36 @@ for overlay in overlays:
                 for probe in ("livenessProbe", "readinessProbe"):
                     if probe not in container:
                         fail(overlay, f"{where}: no {probe}")
+    # Outside dev Steward refuses to start without a TLS choice; when it serves TLS itself,
+    # the files it reads are mounted and the probes speak HTTPS.
+    configs = [tomllib.loads(d["data"]["steward.toml"]) for d in docs
+               if d["kind"] == "ConfigMap" and "steward.toml" in d.get("data", {})]
+    for config in configs:
+        tls = config.get("tls", {})
+        files = [tls.get("cert_file"), tls.get("key_file")]
+        if config.get("profile") != "dev" and not (all(files) or tls.get("terminates_at_proxy")):
+            fail(overlay, "steward.toml sets neither [tls] cert_file and key_file nor "
+                          "terminates_at_proxy = true")
+        if all(files) and overlay in tls_served:
+            checked["tls"] += 1
+            container = next(c for c in pod_spec(tls_served[overlay])["containers"]
+                             if c["name"] == "steward")
+            mounts = [m["mountPath"].rstrip("/") + "/" for m in container.get("volumeMounts", [])]
+            for path in files:
+                if not any(path.startswith(m) for m in mounts):
+                    fail(overlay, f"the TLS file {path} is on no mounted volume")
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                scheme = container.get(probe, {}).get("httpGet", {}).get("scheme", "HTTP")
+                if probe in container and scheme != "HTTPS":
+                    fail(overlay, f"{probe} is {scheme}, but Steward serves TLS")
     print(f"{overlay}: {len(docs)} documents, kinds {', '.join(sorted(kinds))}")
 
 print(f"checked {checked['containers']} containers in {checked['documents']} documents of "
       f"{len(overlays)} overlays: runAsNonRoot and a non-root uid, readOnlyRootFilesystem, no "
       "privilege escalation, capabilities dropped, seccomp RuntimeDefault, cpu and memory "
       "limits, liveness and readiness probes, no token automount, no Secret with data, "
-      "namespace, region and profile labels, steward.toml region and profile")
+      "namespace, region and profile labels, steward.toml region and profile, a [tls] "
+      f"choice outside dev ({checked['tls']} served by Steward: files mounted, HTTPS probes)")
 for line in failures:
     print(f"FAILED {line}")
 print(f"{len(overlays) - len({f.split(':')[0] for f in failures})} passed, "

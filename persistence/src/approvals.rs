@@ -181,6 +181,7 @@ impl Store {
         by: Option<&str>,
         step: &StepWrite,
     ) -> Result<DecideOutcome, StoreError> {
+        self.content_key(scope).await?;
         let mut tx = self.begin_write_as(scope).await?;
         let done = sqlx::query(
             "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3 \

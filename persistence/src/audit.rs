@@ -1,6 +1,11 @@
 //! The audit log: per tenant, an append-only chain in which every entry commits by hash to the
 //! one before it, over exactly the bytes stored. Appends happen inside the write transaction of
 //! the change they describe; the single writer serializes them, so `seq` has no gaps.
+//!
+//! The body of an entry about a run is sealed with the tenant's data key (it may name incident
+//! content); entries about the tenant itself (tokens, settings, secrets by name, offboarding)
+//! stay in clear. The hash covers the stored text, sealed or not, so a chain verifies without
+//! any key, also after offboarding destroyed the data key.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -8,6 +13,7 @@ use sqlx::FromRow;
 use steward_core::{RunId, TenantId};
 
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
+use crate::content::{self, Column};
 use crate::store::WriteTx;
 use crate::{Store, StoreError, TenantScope};
 
@@ -44,8 +50,12 @@ pub struct AuditEntry {
     pub kind: String,
     pub run_id: Option<RunId>,
     pub actor: String,
-    /// The exact stored JSON text.
+    /// The entry's JSON text, opened when it is stored sealed.
     pub body: String,
+    /// The stored text when the body is sealed (`sealed:1:…`), which is what the hash covers;
+    /// absent when the body is stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     /// The previous entry's hash, or [`GENESIS_HASH`] for seq 1.
     pub prev_hash: String,
     /// [`entry_hash`] of this entry.
@@ -74,8 +84,8 @@ pub struct VerifyReport {
 
 /// The hash an entry must carry: lowercase hex of SHA-256 over the bytes `steward-audit-v1`
 /// followed by each field as an 8-byte big-endian length and its UTF-8 bytes, in this order:
-/// tenant, seq (decimal), at (decimal), kind, run_id (hyphenated, or empty), actor, body,
-/// prev_hash.
+/// tenant, seq (decimal), at (decimal), kind, run_id (hyphenated, or empty), actor, body as
+/// stored (`sealed` when present, else `body`), prev_hash.
 pub fn entry_hash(e: &AuditEntry) -> String {
     let run_id = e.run_id.map(|r| r.to_string()).unwrap_or_default();
     let (seq, at) = (e.seq.to_string(), e.at.to_string());
@@ -86,15 +96,21 @@ pub fn entry_hash(e: &AuditEntry) -> String {
         e.kind.as_bytes(),
         run_id.as_bytes(),
         e.actor.as_bytes(),
-        e.body.as_bytes(),
+        e.sealed.as_deref().unwrap_or(&e.body).as_bytes(),
         e.prev_hash.as_bytes(),
     ];
     hash_fields(&fields)
 }
 
 fn hash_fields(fields: &[&[u8]]) -> String {
+    domain_hash(HASH_DOMAIN, fields)
+}
+
+/// Lowercase hex of SHA-256 over `domain` followed by each field as an 8-byte big-endian
+/// length and its bytes: the hash of an audit entry, for any chain with its own domain tag.
+pub(crate) fn domain_hash(domain: &[u8], fields: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(HASH_DOMAIN);
+    hasher.update(domain);
     for field in fields {
         hasher.update((field.len() as u64).to_be_bytes());
         hasher.update(field);
@@ -174,20 +190,52 @@ pub(crate) struct AuditRow {
     hash: String,
 }
 
-impl TryFrom<AuditRow> for AuditEntry {
-    type Error = StoreError;
-    fn try_from(row: AuditRow) -> Result<Self, StoreError> {
+impl AuditRow {
+    /// The entry exactly as stored, its body not opened: what the chain check hashes.
+    fn stored_entry(self) -> Result<AuditEntry, StoreError> {
         Ok(AuditEntry {
-            tenant: codec::tenant_id(&row.tenant_id)?,
-            seq: codec::to_u64(row.seq, "audit seq")?,
-            at: row.at,
-            kind: row.kind,
-            run_id: row.run_id.as_deref().map(codec::run_id).transpose()?,
-            actor: row.actor,
-            body: row.body,
-            prev_hash: row.prev_hash,
-            hash: row.hash,
+            tenant: codec::tenant_id(&self.tenant_id)?,
+            seq: codec::to_u64(self.seq, "audit seq")?,
+            at: self.at,
+            kind: self.kind,
+            run_id: self.run_id.as_deref().map(codec::run_id).transpose()?,
+            actor: self.actor,
+            body: self.body,
+            sealed: None,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
         })
+    }
+}
+
+impl Store {
+    /// The entry of `row` with its body opened when it is sealed.
+    pub(crate) async fn open_audit_row(&self, row: AuditRow) -> Result<AuditEntry, StoreError> {
+        let mut entry = row.stored_entry()?;
+        if content::is_sealed(&entry.body) {
+            let plain = self
+                .open_content(
+                    entry.tenant.as_str(),
+                    Column::AuditBody,
+                    &entry.seq.to_string(),
+                    &entry.body,
+                )
+                .await?;
+            entry.sealed = Some(std::mem::replace(&mut entry.body, plain));
+        }
+        Ok(entry)
+    }
+
+    /// [`Store::open_audit_row`] of each row, in order.
+    pub(crate) async fn open_audit_rows(
+        &self,
+        rows: Vec<AuditRow>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.open_audit_row(row).await?);
+        }
+        Ok(out)
     }
 }
 
@@ -198,6 +246,9 @@ impl Store {
         scope: &TenantScope,
         draft: AuditDraft,
     ) -> Result<u64, StoreError> {
+        if draft.run_id.is_some() {
+            self.content_key(scope).await?;
+        }
         let mut tx = self.begin_tenant_write(scope).await?;
         let seq = self.append_audit_in(&mut tx, scope, &draft).await?;
         tx.commit().await?;
@@ -205,18 +256,16 @@ impl Store {
     }
 
     /// Up to `limit` (at most 1000) entries of the scope's tenant with seq above `after_seq`,
-    /// in seq order. Start with `after_seq = 0`.
+    /// in seq order, sealed bodies opened. Start with `after_seq = 0`. A sealed body whose
+    /// data key was destroyed (offboarding) fails the call with [`StoreError::Crypto`].
     pub async fn audit_entries(
         &self,
         scope: &TenantScope,
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.audit_rows(scope, after_seq, limit)
-            .await?
-            .into_iter()
-            .map(AuditEntry::try_from)
-            .collect()
+        let rows = self.audit_rows(scope, after_seq, limit).await?;
+        self.open_audit_rows(rows).await
     }
 
     /// Verifies the scope's tenant's whole chain from seq 1, a page of 1000 at a time. A row
@@ -230,7 +279,8 @@ impl Store {
             let last_page = rows.len() < PAGE as usize;
             for row in rows {
                 let seq = u64::try_from(row.seq).unwrap_or(0);
-                let checked = AuditEntry::try_from(row)
+                let checked = row
+                    .stored_entry()
                     .map_err(|e| ChainBreak {
                         seq,
                         reason: e.to_string(),
@@ -276,6 +326,10 @@ impl Store {
         codec::check_text(&draft.kind, "audit kind", 128)?;
         codec::check_text(&draft.actor, "audit actor", 256)?;
         let body = codec::json_text(&draft.body, "audit body", MAX_DOCUMENT_BYTES)?;
+        let key = match draft.run_id {
+            Some(_) => Some(self.content_key_in(tx, scope).await?),
+            None => None,
+        };
         self.lock_chain(tx, scope).await?;
         let head: Option<(i64, String)> = sqlx::query_as(
             "SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
@@ -288,14 +342,20 @@ impl Store {
             None => (0, GENESIS_HASH.to_owned()),
         };
 
+        let seq = last_seq + 1;
+        let body = match &key {
+            Some(key) => content::seal(key, scope.id(), Column::AuditBody, &seq.to_string(), &body),
+            None => body,
+        };
         let mut entry = AuditEntry {
             tenant: scope.tenant().clone(),
-            seq: last_seq + 1,
+            seq,
             at: self.now(),
             kind: draft.kind.clone(),
             run_id: draft.run_id,
             actor: draft.actor.clone(),
             body,
+            sealed: None,
             prev_hash,
             hash: String::new(),
         };
@@ -373,6 +433,7 @@ mod tests {
                 run_id: (i % 2 == 0).then(RunId::new),
                 actor: "steward".into(),
                 body: body.clone(),
+                sealed: None,
                 prev_hash: prev.clone(),
                 hash: String::new(),
             };

@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use steward_core::RunId;
 
 use crate::codec::{self, MAX_SNAPSHOT_BYTES};
+use crate::content::{self, Column};
 use crate::redact::{redact_json, redact_text};
 use crate::{Store, StoreError, TenantScope};
 
@@ -62,9 +63,23 @@ struct CrashRow {
     state: String,
 }
 
-impl TryFrom<CrashRow> for CrashRecord {
-    type Error = StoreError;
-    fn try_from(row: CrashRow) -> Result<Self, StoreError> {
+/// The row a crash record's sealed columns are bound to.
+pub(crate) fn crash_row(run: &str, seq: i64) -> String {
+    format!("{run}/{seq}")
+}
+
+impl Store {
+    async fn open_crash_row(&self, tenant: &str, row: CrashRow) -> Result<CrashRecord, StoreError> {
+        let at = crash_row(&row.run_id, row.seq);
+        let message = self
+            .open_content(tenant, Column::CrashMessage, &at, &row.message)
+            .await?;
+        let error = self
+            .open_content(tenant, Column::CrashError, &at, &row.error)
+            .await?;
+        let state = self
+            .open_json(tenant, Column::CrashState, &at, &row.state)
+            .await?;
         Ok(CrashRecord {
             run_id: codec::run_id(&row.run_id)?,
             seq: codec::to_u32(row.seq, "crash seq")?,
@@ -72,9 +87,9 @@ impl TryFrom<CrashRow> for CrashRecord {
             attempt: codec::to_u32(row.attempt, "crash attempt")?,
             journal_offset: codec::to_u32(row.journal_offset, "crash journal offset")?,
             step: row.step,
-            message: row.message,
-            error: row.error,
-            state: codec::from_json(&row.state, "crash state")?,
+            message,
+            error,
+            state,
         })
     }
 }
@@ -129,6 +144,7 @@ impl Store {
         crash: NewCrash,
     ) -> Result<u32, StoreError> {
         let columns = CrashColumns::of(&crash);
+        let key = self.content_key(scope).await?;
         let mut tx = self.begin_write_as(scope).await?;
         // The run's row is locked (PostgreSQL) so two crash records of one run at once do not
         // both take the same `MAX + 1`; SQLite has one writer already.
@@ -153,6 +169,10 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let seq = last.unwrap_or(0) + 1;
+        let (tenant, at) = (scope.id(), crash_row(&crash.run_id.to_string(), seq));
+        let message = content::seal(&key, tenant, Column::CrashMessage, &at, &columns.message);
+        let error = content::seal(&key, tenant, Column::CrashError, &at, &columns.error);
+        let state = content::seal(&key, tenant, Column::CrashState, &at, &columns.state);
         sqlx::query(
             "INSERT INTO run_crashes (tenant_id, run_id, seq, at, attempt, journal_offset, step, \
              message, error, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -164,9 +184,9 @@ impl Store {
         .bind(i64::from(crash.attempt))
         .bind(i64::from(crash.journal_offset))
         .bind(&columns.step)
-        .bind(&columns.message)
-        .bind(&columns.error)
-        .bind(&columns.state)
+        .bind(message)
+        .bind(error)
+        .bind(state)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -179,15 +199,21 @@ impl Store {
         scope: &TenantScope,
         run: RunId,
     ) -> Result<Vec<CrashRecord>, StoreError> {
-        let mut tx = self.read_as(scope).await?;
-        let rows: Vec<CrashRow> = sqlx::query_as(
-            "SELECT run_id, seq, at, attempt, journal_offset, step, message, error, state \
-             FROM run_crashes WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq",
-        )
-        .bind(scope.id())
-        .bind(run.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        rows.into_iter().map(CrashRecord::try_from).collect()
+        let rows: Vec<CrashRow> = {
+            let mut tx = self.read_as(scope).await?;
+            sqlx::query_as(
+                "SELECT run_id, seq, at, attempt, journal_offset, step, message, error, state \
+                 FROM run_crashes WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq",
+            )
+            .bind(scope.id())
+            .bind(run.to_string())
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.open_crash_row(scope.id(), row).await?);
+        }
+        Ok(out)
     }
 }

@@ -5,8 +5,10 @@
 use steward_core::{IncidentRef, RunId, SourceName};
 
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
-use crate::runs::{check_state, insert_step, step_columns};
+use crate::content::{self, Column};
+use crate::runs::{check_state, fetched_number, insert_step, step_columns, step_row};
 use crate::store::WriteTx;
+use crate::vault::DataKey;
 use crate::{AuditDraft, Store, StoreError, TenantScope};
 
 /// The longest delivery id accepted.
@@ -43,23 +45,34 @@ pub enum IntakeOutcome {
 /// The `deliveries.source` key of a run without a source. Source names are never empty.
 const NO_SOURCE: &str = "";
 
-/// A run that passed intake's checks, with its documents already encoded, on its way to the
-/// intake batcher.
+/// A run that passed intake's checks, with its documents already encoded and sealed, on its
+/// way to the intake batcher.
 pub(crate) struct ValidRun {
     run: NewRun,
+    /// The trigger, sealed.
     trigger: String,
+    /// Step 0's body, sealed.
     step_body: String,
     /// The store's time when intake was called, stamped on the delivery, run and step.
     now: i64,
 }
 
 impl ValidRun {
-    /// Checks `run` and encodes its trigger and first step.
-    fn new(run: NewRun, now: i64) -> Result<Self, StoreError> {
+    /// Checks `run`, encodes its trigger and first step and seals both with `key`.
+    fn new(run: NewRun, now: i64, scope: &TenantScope, key: &DataKey) -> Result<Self, StoreError> {
         check_state(&run.state)?;
         codec::incident_columns(&run.incident)?;
         let trigger = codec::json_text(&run.trigger, "run trigger", MAX_DOCUMENT_BYTES)?;
         let step_body = step_columns(&run.first_step.0, &run.first_step.1)?;
+        let id = run.id.to_string();
+        let trigger = content::seal(key, scope.id(), Column::RunTrigger, &id, &trigger);
+        let step_body = content::seal(
+            key,
+            scope.id(),
+            Column::StepBody,
+            &step_row(&id, 0),
+            &step_body,
+        );
         if let Some(id) = &run.delivery_id {
             codec::check_text(id, "delivery id", MAX_DELIVERY_ID_BYTES)?;
         }
@@ -78,12 +91,15 @@ impl Store {
     /// the original run's id and writes nothing. Concurrent calls share one transaction and
     /// one commit (group commit), each under a savepoint of its own, so one call's failure
     /// undoes only its own rows; every call returns only after the commit that covers it.
+    /// The trigger and step 0 are sealed with the tenant's data key before the run is handed
+    /// to the batcher, so sealing stays out of the single writer's transaction.
     pub async fn record_intake(
         &self,
         scope: &TenantScope,
         run: NewRun,
     ) -> Result<IntakeOutcome, StoreError> {
-        let valid = ValidRun::new(run, self.now())?;
+        let key = self.content_key(scope).await?;
+        let valid = ValidRun::new(run, self.now(), scope, &key)?;
         self.submit_intake(scope, valid).await
     }
 
@@ -105,8 +121,8 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO runs (tenant_id, id, source, delivery_id, incident_by, incident_value, \
-             trigger_body, state, steps, last_error, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, NULL, $9, $9)",
+             trigger_body, state, steps, last_error, created_at, updated_at, fetched_number) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, NULL, $9, $9, $10)",
         )
         .bind(scope.id())
         .bind(run.id.to_string())
@@ -117,6 +133,7 @@ impl Store {
         .bind(&valid.trigger)
         .bind(&run.state)
         .bind(now)
+        .bind(fetched_number(&run.first_step.0, &run.first_step.1))
         .execute(&mut **tx)
         .await
         .map_err(|e| {

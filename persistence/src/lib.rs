@@ -48,18 +48,31 @@
 //! query path. Plain `set_config` of a platform flag was ruled out: it would be a setting,
 //! not a grant, and every table's policy would have to trust it.
 //!
+//! # Content at rest
+//!
+//! Tenant content (triggers, journal steps, snapshots, crash records, timer payloads, the
+//! bodies of audit entries about runs) is sealed with the tenant's data key before it is
+//! written and opened when it is read (`content.rs`), so destroying the key at offboarding
+//! leaves every copy unreadable. [`Store::check_master_key`] names the master key the store
+//! seals under and, once, seals rows stored in clear by an older version.
+//!
 //! This crate knows nothing of HTTP, Slack or ServiceNow: it stores what the layers above decide.
 
 mod approvals;
 mod audit;
+pub mod backup;
 mod batch;
 mod codec;
+mod content;
 mod controls;
 mod crashes;
 mod envelope;
 mod error;
+pub mod evidence;
 mod intake;
+mod legacy;
 mod metrics;
+mod operator_audit;
 mod ops;
 mod redact;
 mod runs;
@@ -80,7 +93,15 @@ pub use audit::{
 pub use controls::{MeterAsk, MeterUsage, PauseChange, Reservation, WritePause};
 pub use crashes::{CrashRecord, NewCrash};
 pub use error::StoreError;
+pub use evidence::{
+    CheckpointSigner, Countersignature, EvidenceKey, ExportRange, SignedCheckpoint, WitnessRequest,
+};
 pub use intake::{IntakeOutcome, NewRun};
+pub use operator_audit::{
+    BREAK_GLASS_CLOSED, BREAK_GLASS_EXPIRED, BREAK_GLASS_OPENED, BREAK_GLASS_USED, BreakGlassGrant,
+    BreakGlassUse, GrantState, MAX_DETAIL_BYTES, MAX_GRANT_MINUTES, NewBreakGlass,
+    OperatorAuditEntry, OperatorVerifyReport, operator_entry_hash,
+};
 pub use ops::{RunFilter, WaitingRun};
 pub use redact::{REDACTED, is_secret_key, redact_json, redact_text};
 pub use runs::{RunRecord, StepRecord, StepWrite};

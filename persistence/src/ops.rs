@@ -184,18 +184,16 @@ impl Query {
         q
     }
 
-    /// The trigger named the number, or the run read an incident with that number. The number
-    /// is checked to be letters and digits, so it carries no LIKE wildcard.
+    /// The trigger named the number, or the run read an incident with that number (kept in
+    /// clear as `runs.fetched_number` when that step is written: step bodies are sealed). The
+    /// number is checked to be letters and digits.
     fn number(&mut self, number: &str) {
         let (a, b) = (self.next(), format!("${}", self.binds.len() + 2));
         self.clauses.push(format!(
-            "((incident_by = 'number' AND incident_value = {a}) OR EXISTS (SELECT 1 FROM \
-             run_steps s WHERE s.tenant_id = runs.tenant_id AND s.run_id = runs.id AND \
-             s.kind = 'incident_fetched' AND s.body LIKE {b}))"
+            "((incident_by = 'number' AND incident_value = {a}) OR fetched_number = {b})"
         ));
         self.binds.push(Bind::Text(number.to_owned()));
-        self.binds
-            .push(Bind::Text(format!("%\"number\":\"{number}\"%")));
+        self.binds.push(Bind::Text(number.to_owned()));
     }
 
     fn where_clause(&self) -> String {
@@ -244,9 +242,11 @@ impl Store {
                 Bind::Int(i) => query.bind(i),
             };
         }
-        let mut tx = self.read_platform().await?;
-        let rows = query.fetch_all(&mut *tx).await?;
-        rows.into_iter().map(RunRecord::try_from).collect()
+        let rows = {
+            let mut tx = self.read_platform().await?;
+            query.fetch_all(&mut *tx).await?
+        };
+        self.open_run_rows(rows).await
     }
 
     /// Every run, of every tenant, in one of `states`, with the pending approval it waits for:
@@ -278,16 +278,18 @@ impl Store {
         scope: &TenantScope,
         run: RunId,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut tx = self.read_as(scope).await?;
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash FROM audit_log \
-             WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(scope.id())
-        .bind(run.to_string())
-        .bind(MAX_RUN_AUDIT)
-        .fetch_all(&mut *tx)
-        .await?;
-        rows.into_iter().map(AuditEntry::try_from).collect()
+        let rows: Vec<AuditRow> = {
+            let mut tx = self.read_as(scope).await?;
+            sqlx::query_as(
+                "SELECT tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash \
+                 FROM audit_log WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(scope.id())
+            .bind(run.to_string())
+            .bind(MAX_RUN_AUDIT)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        self.open_audit_rows(rows).await
     }
 }

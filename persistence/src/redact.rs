@@ -1,8 +1,9 @@
 //! Redaction of secrets from text and JSON that is kept for people to read (crash snapshots,
-//! operator notes). Two rules: the value of any JSON key, or `key=value` / `key: value` pair,
-//! whose key names a secret is masked; and any word that looks like a credential (a Slack,
-//! OpenAI-style, Standard Webhooks or Steward token, a bearer or basic credential, a JWT) is
-//! masked, keeping its recognisable prefix so a reader can tell what it was.
+//! operator notes, the operator audit log). Two rules: the value of any JSON key, or
+//! `key=value` / `key: value` pair, whose key names a secret is masked; and any word that looks
+//! like a credential (a Slack, OpenAI-style, Standard Webhooks or Steward API or break-glass
+//! token, a bearer or basic credential, a JWT) is masked, keeping its recognisable prefix so a
+//! reader can tell what it was.
 
 use serde_json::Value;
 
@@ -41,6 +42,7 @@ const CREDENTIAL_PREFIXES: &[(&str, usize)] = &[
     ("xapp-", 1),
     ("whsec_", 1),
     ("stw_", 1),
+    ("sbg_", 1),
     ("sk-", 8),
     ("ghp_", 8),
     ("github_pat_", 8),

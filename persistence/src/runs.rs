@@ -8,6 +8,7 @@ use steward_core::{IncidentRef, RunId, SourceName, TenantId};
 
 use crate::approvals::NewApproval;
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
+use crate::content::{self, Column};
 use crate::store::WriteTx;
 use crate::timers::NewTimer;
 use crate::{AuditDraft, Store, StoreError, TenantScope};
@@ -85,23 +86,64 @@ pub(crate) struct RunRow {
 pub(crate) const RUN_COLUMNS: &str = "tenant_id, id, source, delivery_id, incident_by, \
     incident_value, trigger_body, state, steps, last_error, created_at, updated_at";
 
-impl TryFrom<RunRow> for RunRecord {
-    type Error = StoreError;
-    fn try_from(row: RunRow) -> Result<Self, StoreError> {
+impl Store {
+    /// The run of `row`, its sealed columns opened.
+    pub(crate) async fn open_run_row(&self, row: RunRow) -> Result<RunRecord, StoreError> {
+        let id = codec::run_id(&row.id)?;
+        let tenant = codec::tenant_id(&row.tenant_id)?;
+        let trigger = self
+            .open_json(
+                &row.tenant_id,
+                Column::RunTrigger,
+                &row.id,
+                &row.trigger_body,
+            )
+            .await?;
+        let last_error = self
+            .open_optional(
+                &row.tenant_id,
+                Column::RunLastError,
+                &last_error_row(&row.id, row.steps),
+                row.last_error.as_deref(),
+            )
+            .await?;
         Ok(RunRecord {
-            id: codec::run_id(&row.id)?,
-            tenant: codec::tenant_id(&row.tenant_id)?,
+            id,
+            tenant,
             source: row.source.as_deref().map(codec::source_name).transpose()?,
             delivery_id: row.delivery_id,
             incident: codec::incident(&row.incident_by, &row.incident_value)?,
-            trigger: codec::from_json(&row.trigger_body, "run trigger")?,
+            trigger,
             state: row.state,
             steps: codec::to_u32(row.steps, "run step count")?,
-            last_error: row.last_error,
+            last_error,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
     }
+
+    /// [`Store::open_run_row`] of each row, in order.
+    pub(crate) async fn open_run_rows(
+        &self,
+        rows: Vec<RunRow>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.open_run_row(row).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The row a run's `last_error` is bound to: the run at the step count it was written with,
+/// so an older error cannot be put back in its place.
+pub(crate) fn last_error_row(run: &str, steps: i64) -> String {
+    format!("{run}@{steps}")
+}
+
+/// The row a step's body is bound to.
+pub(crate) fn step_row(run: &str, seq: i64) -> String {
+    format!("{run}/{seq}")
 }
 
 #[derive(FromRow)]
@@ -112,16 +154,14 @@ struct StepRow {
     at: i64,
 }
 
-impl TryFrom<StepRow> for StepRecord {
-    type Error = StoreError;
-    fn try_from(row: StepRow) -> Result<Self, StoreError> {
-        Ok(StepRecord {
-            seq: codec::to_u32(row.seq, "step seq")?,
-            kind: row.kind,
-            body: codec::from_json(&row.body, "step body")?,
-            at: row.at,
-        })
+/// The incident number an `incident_fetched` step read (`incident.number`), kept in clear so
+/// runs can be found by it. Only a well-formed number is kept.
+pub(crate) fn fetched_number(kind: &str, body: &serde_json::Value) -> Option<String> {
+    if kind != "incident_fetched" {
+        return None;
     }
+    let number = body.pointer("/incident/number")?.as_str()?;
+    IncidentRef::number(number).map(|_| number.to_owned())
 }
 
 /// Checks a run state name (1–64 printable bytes).
@@ -169,13 +209,18 @@ impl Store {
         id: RunId,
     ) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND id = $2");
-        let mut tx = self.read_as(scope).await?;
-        let row: Option<RunRow> = sqlx::query_as(&sql)
-            .bind(scope.id())
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        row.map(RunRecord::try_from).transpose()
+        let row: Option<RunRow> = {
+            let mut tx = self.read_as(scope).await?;
+            sqlx::query_as(&sql)
+                .bind(scope.id())
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+        };
+        match row {
+            Some(row) => self.open_run_row(row).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The run's journal in seq order; empty for an unknown run or another tenant's.
@@ -184,16 +229,36 @@ impl Store {
         scope: &TenantScope,
         id: RunId,
     ) -> Result<Vec<StepRecord>, StoreError> {
-        let mut tx = self.read_as(scope).await?;
-        let rows: Vec<StepRow> = sqlx::query_as(
-            "SELECT seq, kind, body, at FROM run_steps WHERE tenant_id = $1 AND run_id = $2 \
-             ORDER BY seq",
-        )
-        .bind(scope.id())
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        rows.into_iter().map(StepRecord::try_from).collect()
+        let rows: Vec<StepRow> = {
+            let mut tx = self.read_as(scope).await?;
+            sqlx::query_as(
+                "SELECT seq, kind, body, at FROM run_steps WHERE tenant_id = $1 AND run_id = $2 \
+                 ORDER BY seq",
+            )
+            .bind(scope.id())
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        let run = id.to_string();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let body = self
+                .open_json(
+                    scope.id(),
+                    Column::StepBody,
+                    &step_row(&run, row.seq),
+                    &row.body,
+                )
+                .await?;
+            out.push(StepRecord {
+                seq: codec::to_u32(row.seq, "step seq")?,
+                kind: row.kind,
+                body,
+                at: row.at,
+            });
+        }
+        Ok(out)
     }
 
     /// The scope's tenant's runs, newest first, at most `limit` (capped at 200). Pass the last
@@ -231,7 +296,7 @@ impl Store {
                     .await?
             }
         };
-        rows.into_iter().map(RunRecord::try_from).collect()
+        self.open_run_rows(rows).await
     }
 
     /// Appends a step in one transaction: journal row `expected_seq`, the run's new state,
@@ -244,6 +309,7 @@ impl Store {
         scope: &TenantScope,
         step: StepWrite,
     ) -> Result<(), StoreError> {
+        self.content_key(scope).await?;
         let mut tx = self.begin_write_as(scope).await?;
         self.append_step_in(&mut tx, scope, &step).await?;
         tx.commit().await?;
@@ -292,6 +358,15 @@ impl Store {
         }
         let body = step_columns(&step.kind, &step.body)?;
         let now = self.now();
+        let key = self.content_key_in(tx, scope).await?;
+        let run = step.run_id.to_string();
+        let body = content::seal(
+            &key,
+            scope.id(),
+            Column::StepBody,
+            &step_row(&run, i64::from(step.expected_seq)),
+            &body,
+        );
 
         // The journal must be exactly as long as the writer expects.
         let steps: Option<i64> =
@@ -318,14 +393,19 @@ impl Store {
             now,
         )
         .await?;
+        let last_error = step.last_error.as_deref().map(|err| {
+            let row = last_error_row(&run, steps + 1);
+            content::seal(&key, scope.id(), Column::RunLastError, &row, err)
+        });
         sqlx::query(
-            "UPDATE runs SET state = $1, steps = $2, last_error = $3, updated_at = $4 \
-             WHERE tenant_id = $5 AND id = $6",
+            "UPDATE runs SET state = $1, steps = $2, last_error = $3, updated_at = $4, \
+             fetched_number = COALESCE($5, fetched_number) WHERE tenant_id = $6 AND id = $7",
         )
         .bind(&step.new_state)
         .bind(steps + 1)
-        .bind(&step.last_error)
+        .bind(last_error)
         .bind(now)
+        .bind(fetched_number(&step.kind, &step.body))
         .bind(scope.id())
         .bind(step.run_id.to_string())
         .execute(&mut **tx)

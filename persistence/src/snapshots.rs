@@ -4,6 +4,7 @@
 use steward_core::RunId;
 
 use crate::codec::{self, MAX_SNAPSHOT_BYTES};
+use crate::content::{self, Column};
 use crate::{Store, StoreError, TenantScope};
 
 impl Store {
@@ -19,6 +20,9 @@ impl Store {
         state: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let text = codec::json_text(state, "snapshot", MAX_SNAPSHOT_BYTES)?;
+        let key = self.content_key(scope).await?;
+        let row = snapshot_row(&run.to_string(), i64::from(offset));
+        let text = content::seal(&key, scope.id(), Column::Snapshot, &row, &text);
         let mut tx = self.begin_write_as(scope).await?;
         let steps: Option<i64> =
             sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
@@ -57,20 +61,30 @@ impl Store {
         scope: &TenantScope,
         run: RunId,
     ) -> Result<Option<(u32, serde_json::Value)>, StoreError> {
-        let mut tx = self.read_as(scope).await?;
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT journal_offset, state FROM run_snapshots WHERE tenant_id = $1 AND run_id = $2",
-        )
-        .bind(scope.id())
-        .bind(run.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        row.map(|(offset, state)| {
-            Ok((
-                codec::to_u32(offset, "snapshot offset")?,
-                codec::from_json(&state, "snapshot")?,
-            ))
-        })
-        .transpose()
+        let row: Option<(i64, String)> = {
+            let mut tx = self.read_as(scope).await?;
+            sqlx::query_as(
+                "SELECT journal_offset, state FROM run_snapshots \
+                 WHERE tenant_id = $1 AND run_id = $2",
+            )
+            .bind(scope.id())
+            .bind(run.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let Some((offset, state)) = row else {
+            return Ok(None);
+        };
+        let row = snapshot_row(&run.to_string(), offset);
+        let state = self
+            .open_json(scope.id(), Column::Snapshot, &row, &state)
+            .await?;
+        Ok(Some((codec::to_u32(offset, "snapshot offset")?, state)))
     }
+}
+
+/// The row a snapshot is bound to: the run at its journal offset, so an older snapshot cannot
+/// be put back under a newer offset.
+pub(crate) fn snapshot_row(run: &str, offset: i64) -> String {
+    format!("{run}@{offset}")
 }

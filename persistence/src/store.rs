@@ -126,6 +126,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Signalled when a timer is set, so the timer service notices one due before it expected.
     timer_signal: tokio::sync::Notify,
+    /// The master key tenant content is sealed under and the cache of unwrapped data keys.
+    content: crate::content::ContentKeys,
 }
 
 /// The pragmas every SQLite connection runs with; readers add `query_only`.
@@ -220,6 +222,7 @@ impl Store {
             reader,
             clock,
             timer_signal: tokio::sync::Notify::new(),
+            content: crate::content::ContentKeys::new(),
         };
         let batcher = Store {
             inner: Arc::new(inner),
@@ -264,6 +267,11 @@ impl Store {
     /// Whether this store runs on PostgreSQL (for the few statements that differ).
     pub(crate) fn is_postgres(&self) -> bool {
         self.inner.backend == Backend::Postgres
+    }
+
+    /// The content master key and data key cache.
+    pub(crate) fn content_keys(&self) -> &crate::content::ContentKeys {
+        &self.inner.content
     }
 
     /// The signal behind [`Store::timer_set`].

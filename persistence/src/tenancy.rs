@@ -351,7 +351,8 @@ impl Store {
     }
 
     /// Offboards the scope's tenant in one transaction: appends `tenant.offboarded` (with
-    /// how many rows of each table go), signs a checkpoint over the chain's new head, removes
+    /// how many rows of each table go), signs a checkpoint over the chain's new head (with the
+    /// master-key HMAC, and with the ed25519 evidence key for auditors), removes
     /// every row of the tenant's data except the audit chain and the checkpoint, destroys its
     /// data keys and marks the tenant offboarded. Sealed data of the tenant copied elsewhere
     /// can no longer be opened: its data keys exist nowhere. NotFound when already offboarded.
@@ -361,6 +362,7 @@ impl Store {
         master: &MasterKey,
         actor: &str,
     ) -> Result<Checkpoint, StoreError> {
+        let signer = self.checkpoint_signer(master).await?;
         let mut tx = self.begin_tenant_write(scope).await?;
         let live: Option<String> =
             sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1 AND offboarded_at IS NULL")
@@ -391,6 +393,8 @@ impl Store {
             created_at: self.now(),
         };
         self.insert_checkpoint(&mut tx, &checkpoint).await?;
+        self.insert_signed_checkpoint_in(&mut tx, scope, &signer, seq, &checkpoint.head_hash)
+            .await?;
         sqlx::query(
             "UPDATE tenants SET settings = '{}', offboarded_at = $1, updated_at = $1 \
              WHERE id = $2",
@@ -400,6 +404,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.evict_content_keys(scope.id());
         Ok(checkpoint)
     }
 

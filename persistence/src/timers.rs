@@ -13,6 +13,7 @@ use sqlx::FromRow;
 use steward_core::{RunId, TenantId};
 
 use crate::codec;
+use crate::content::{self, Column};
 use crate::store::WriteTx;
 use crate::{Store, StoreError, TenantScope};
 
@@ -59,15 +60,24 @@ struct TimerRow {
     claimed_at: Option<i64>,
 }
 
-impl TryFrom<TimerRow> for TimerRecord {
-    type Error = StoreError;
-    fn try_from(row: TimerRow) -> Result<Self, StoreError> {
+/// The row a timer's payload is bound to: the run's timer of a kind at its due time.
+pub(crate) fn timer_row(run: &str, kind: &str, due_at: i64) -> String {
+    format!("{run}/{kind}@{due_at}")
+}
+
+impl Store {
+    /// The timer of `row`, its payload opened.
+    async fn open_timer_row(&self, row: TimerRow) -> Result<TimerRecord, StoreError> {
+        let at = timer_row(&row.run_id, &row.kind, row.due_at);
+        let payload = self
+            .open_json(&row.tenant_id, Column::TimerPayload, &at, &row.payload)
+            .await?;
         Ok(TimerRecord {
             tenant: codec::tenant_id(&row.tenant_id)?,
             run_id: codec::run_id(&row.run_id)?,
             kind: row.kind,
             due_at: row.due_at,
-            payload: codec::from_json(&row.payload, "timer payload")?,
+            payload,
             claimed_at: row.claimed_at,
         })
     }
@@ -104,6 +114,7 @@ impl Store {
             payload: payload.clone(),
         };
         let payload = timer_columns(&timer)?;
+        self.content_key(scope).await?;
         let mut tx = self.begin_write_as(scope).await?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT id FROM runs WHERE tenant_id = $1 AND id = $2")
@@ -131,13 +142,19 @@ impl Store {
             "SELECT {TIMER_COLUMNS} FROM timers WHERE tenant_id = $1 AND run_id = $2 \
              ORDER BY due_at, kind"
         );
-        let mut tx = self.read_as(scope).await?;
-        let rows: Vec<TimerRow> = sqlx::query_as(&sql)
-            .bind(scope.id())
-            .bind(run_id.to_string())
-            .fetch_all(&mut *tx)
-            .await?;
-        rows.into_iter().map(TimerRecord::try_from).collect()
+        let rows: Vec<TimerRow> = {
+            let mut tx = self.read_as(scope).await?;
+            sqlx::query_as(&sql)
+                .bind(scope.id())
+                .bind(run_id.to_string())
+                .fetch_all(&mut *tx)
+                .await?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.open_timer_row(row).await?);
+        }
+        Ok(out)
     }
 
     /// Removes the run's timer of `kind` if it is still due at `due_at` (a timer moved since it
@@ -197,29 +214,32 @@ impl Store {
              AND (claimed_at IS NULL OR claimed_at <= $2) \
              ORDER BY due_at, tenant_id, run_id, kind LIMIT $3{lock}"
         );
-        let rows: Vec<TimerRow> = sqlx::query_as(&sql)
+        let mut rows: Vec<TimerRow> = sqlx::query_as(&sql)
             .bind(now)
             .bind(now - CLAIM_LEASE_MS)
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
-        let mut due = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut timer = TimerRecord::try_from(row)?;
+        for row in &mut rows {
             sqlx::query(
                 "UPDATE timers SET claimed_at = $1 WHERE tenant_id = $2 AND run_id = $3 \
                  AND kind = $4",
             )
             .bind(now)
-            .bind(timer.tenant.as_str())
-            .bind(timer.run_id.to_string())
-            .bind(&timer.kind)
+            .bind(&row.tenant_id)
+            .bind(&row.run_id)
+            .bind(&row.kind)
             .execute(&mut *tx)
             .await?;
-            timer.claimed_at = Some(now);
-            due.push(timer);
+            row.claimed_at = Some(now);
         }
         tx.commit().await?;
+        // Opened after the commit: the claim does not wait on reading data keys. A payload
+        // that does not open fails the call; its timer stays claimed until the lease ends.
+        let mut due = Vec::with_capacity(rows.len());
+        for row in rows {
+            due.push(self.open_timer_row(row).await?);
+        }
         Ok(due)
     }
 
@@ -269,6 +289,9 @@ impl Store {
         timer: &NewTimer,
         payload: &str,
     ) -> Result<(), StoreError> {
+        let key = self.content_key_in(tx, scope).await?;
+        let at = timer_row(&run_id.to_string(), &timer.kind, timer.due_at);
+        let payload = content::seal(&key, scope.id(), Column::TimerPayload, &at, payload);
         sqlx::query(
             "INSERT INTO timers (tenant_id, run_id, kind, due_at, payload, claimed_at, \
              created_at) VALUES ($1, $2, $3, $4, $5, NULL, $6) \

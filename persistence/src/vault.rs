@@ -168,14 +168,14 @@ fn decode_base64(s: &str) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         .ok_or_else(bad_key_text)
 }
 
-/// A tenant's data key, unwrapped.
-struct DataKey {
-    version: i64,
-    key: SecretBox<[u8; 32]>,
+/// A tenant's data key, unwrapped; zeroized when dropped.
+pub(crate) struct DataKey {
+    pub(crate) version: i64,
+    pub(crate) key: SecretBox<[u8; 32]>,
 }
 
 #[derive(FromRow)]
-struct WrappedRow {
+pub(crate) struct WrappedRow {
     tenant_id: String,
     version: i64,
     master_key_id: String,
@@ -185,7 +185,7 @@ struct WrappedRow {
 impl WrappedRow {
     /// Unwraps this data key with `master` or the key it replaces, refusing a row recorded
     /// under any other key id.
-    fn unwrap_with(&self, master: &MasterKey) -> Result<DataKey, StoreError> {
+    pub(crate) fn unwrap_with(&self, master: &MasterKey) -> Result<DataKey, StoreError> {
         let Some(master) = master.for_id(&self.master_key_id) else {
             return Err(StoreError::WrongMasterKey {
                 expected: self.master_key_id.clone(),
@@ -224,6 +224,11 @@ impl Store {
     /// [`StoreError::WrongMasterKey`] naming both ids. It also unwraps the newest stored data
     /// key, so a key that matches by id but not by bytes (or a damaged row) is caught here,
     /// before any run needs a secret.
+    ///
+    /// On success `key` also becomes the key under which the store seals and opens tenant
+    /// content (until this call, the dev key), and content stored in clear by an older version
+    /// is sealed, once (see `docs/security/data-at-rest.md`). Call it before writing any tenant
+    /// content.
     pub async fn check_master_key(&self, key: &MasterKey) -> Result<(), StoreError> {
         let mut tx = self.begin_platform_write().await?;
         self.ensure_master_key(&mut tx, key).await?;
@@ -237,7 +242,22 @@ impl Store {
             row.unwrap_with(key)?;
         }
         tx.commit().await?;
+        self.use_content_master(key);
+        self.seal_legacy_content().await?;
         Ok(())
+    }
+
+    /// The tenant's newest data key inside `tx`, made (version 1, wrapped by `key`) when the
+    /// tenant has none yet.
+    pub(crate) async fn newest_data_key(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        key: &MasterKey,
+    ) -> Result<DataKey, StoreError> {
+        self.ensure_master_key(tx, key).await?;
+        self.lock_chain(tx, scope).await?;
+        self.tenant_data_key(tx, scope, key).await
     }
 
     /// Re-wraps every tenant's data keys from master key `old` to `new`, one transaction per
@@ -570,13 +590,29 @@ impl Store {
                 found: key.key_id(),
             }),
             None => {
-                sqlx::query(
-                    "INSERT INTO vault_meta (id, master_key_id, created_at) VALUES (1, $1, $2)",
+                // Two tenants' first data keys may be made at once; the one that records its
+                // key first wins and the other is checked against it.
+                let done = sqlx::query(
+                    "INSERT INTO vault_meta (id, master_key_id, created_at) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(&key.id)
                 .bind(self.now())
                 .execute(&mut **tx)
                 .await?;
+                if done.rows_affected() == 0 {
+                    let expected: String =
+                        sqlx::query_scalar("SELECT master_key_id FROM vault_meta WHERE id = 1")
+                            .fetch_one(&mut **tx)
+                            .await?;
+                    if key.for_id(&expected).is_none() {
+                        return Err(StoreError::WrongMasterKey {
+                            expected,
+                            found: key.key_id(),
+                        });
+                    }
+                    return Ok(());
+                }
                 tracing::info!(master_key_id = %key.id, "recorded the vault master key id");
                 Ok(())
             }

@@ -48,6 +48,9 @@ pub struct ServeOptions {
     /// The operator token for the ops API and page; None turns them off. It is also the
     /// platform token that onboards and offboards tenants.
     pub ops_token: Option<SecretString>,
+    /// People sign in to the ops API and page through this identity provider (`[oidc]`);
+    /// the operator token then passes only the break-glass grant flow. None: as before.
+    pub oidc: Option<steward_api::OidcSettings>,
     /// The region this deployment serves; tenants homed elsewhere are refused.
     pub region: Region,
     /// The base URLs of the deployments serving the other regions.
@@ -63,9 +66,15 @@ pub struct ServeOptions {
     pub metrics: bool,
     /// How often every tenant's audit chain is verified for the metrics; None: never.
     pub audit_verify_every: Option<Duration>,
+    /// How often every tenant's chain head gets a signed checkpoint, and the witness that
+    /// countersigns them; None: no schedule.
+    pub evidence: Option<(Duration, Option<steward_actors::witness::Witness>)>,
     /// The span exporter installed with the process's subscriber (`[telemetry]`), flushed by
     /// [`Server::shutdown`]; None: spans are not exported.
     pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// Serve TLS with the certificate and key these files hold, reloaded when they change;
+    /// None: plain HTTP (the dev profile, or TLS ended at a proxy in front).
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl ServeOptions {
@@ -82,13 +91,16 @@ impl ServeOptions {
             clock: Arc::new(SystemClock),
             actors: StewardOptions::default(),
             ops_token: None,
+            oidc: None,
             postgres: None,
             region: Region::Us,
             peer_base_urls: HashMap::new(),
             server_limits: ServerLimits::default(),
             metrics: true,
             audit_verify_every: None,
+            evidence: None,
             telemetry: None,
+            tls: None,
         }
     }
 }
@@ -102,7 +114,10 @@ pub struct Server {
     task: JoinHandle<std::io::Result<()>>,
     purge: JoinHandle<()>,
     audit_verify: Option<JoinHandle<()>>,
+    evidence: Option<JoinHandle<()>>,
     telemetry: Option<crate::telemetry::Telemetry>,
+    /// The TLS file watcher, when Steward serves TLS.
+    tls_reload: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -111,9 +126,14 @@ impl Server {
         self.telemetry.as_ref()
     }
 
-    /// The base URL, `http://127.0.0.1:PORT`.
+    /// The base URL, `http://127.0.0.1:PORT` (`https://` when Steward serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls_reload.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting, finishes in-flight requests, stops the actor system.
@@ -124,6 +144,12 @@ impl Server {
         let _ = (&mut self.task).await;
         self.purge.abort();
         if let Some(task) = &self.audit_verify {
+            task.abort();
+        }
+        if let Some(task) = &self.evidence {
+            task.abort();
+        }
+        if let Some(task) = &self.tls_reload {
             task.abort();
         }
         self.steward.stop();
@@ -172,18 +198,26 @@ async fn open_store(opts: &ServeOptions) -> anyhow::Result<Store> {
 /// Boots Steward.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     install_crypto_provider();
-    let ops = Arc::new(ops_auth(opts.ops_token.as_ref())?);
+    // A pair that does not load stops the start before anything is opened.
+    let mut tls = opts
+        .tls
+        .clone()
+        .map(crate::tls::ServerTls::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let ops = Arc::new(ops_auth(opts.ops_token.as_ref(), opts.oidc.clone())?);
     let store = open_store(&opts).await?;
     store
         .check_master_key(&opts.master_key)
         .await
         .context("checking the master key")?;
     for tenant in &opts.tenants {
-        check_egress(&opts.http.egress, tenant)?;
+        check_egress(&opts.http, tenant)?;
         apply_tenant(&store, &opts.master_key, tenant)
             .await
             .with_context(|| format!("applying tenant {}", tenant.id))?;
     }
+    let evidence_key = opts.evidence.is_some().then(|| opts.master_key.clone());
     let master_key = Arc::new(opts.master_key);
     let tenancy = Arc::new(TenancySettings {
         region: opts.region,
@@ -222,7 +256,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    info!(%addr, woken, "Steward is serving.");
+    if let Some(tls) = &mut tls {
+        tls.report_to(metrics.clone());
+    }
+    info!(%addr, woken, tls = tls.is_some(), "Steward is serving.");
     let (tx, rx) = oneshot::channel::<()>();
     let (api_store, api_ops) = (state.store.clone(), state.ops.clone());
     let app = steward_api::harden(
@@ -232,16 +269,35 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         &opts.server_limits,
     );
     let limits = opts.server_limits;
-    let task = tokio::spawn(async move {
-        crate::http_server::serve(listener, app, &limits, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let (task, tls_reload) = match tls {
+        None => {
+            let task = tokio::spawn(async move {
+                crate::http_server::serve(listener, app, &limits, async move {
+                    let _ = rx.await;
+                })
+                .await
+            });
+            (task, None)
+        }
+        Some(tls) => {
+            let server_tls = tls.listener();
+            let task = tokio::spawn(async move {
+                crate::http_server::serve_tls(listener, app, &limits, &server_tls, async move {
+                    let _ = rx.await;
+                })
+                .await
+            });
+            (task, Some(crate::tls::spawn_reloader(tls)))
+        }
+    };
     let purge = spawn_purge(store.clone(), opts.delivery_retention, opts.clock);
     let audit_verify = opts
         .audit_verify_every
         .map(|every| spawn_audit_verify(store.clone(), metrics, every));
+    let evidence = opts
+        .evidence
+        .zip(evidence_key)
+        .map(|((every, witness), key)| spawn_checkpoints(store.clone(), key, every, witness));
     Ok(Server {
         addr,
         steward,
@@ -250,12 +306,18 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         task,
         purge,
         audit_verify,
+        evidence,
         telemetry: opts.telemetry,
+        tls_reload,
     })
 }
 
-/// The operator credential; a token shorter than 24 characters is refused.
-fn ops_auth(token: Option<&SecretString>) -> anyhow::Result<OpsAuth> {
+/// The operator credential and the identity provider; a token shorter than 24 characters is
+/// refused, and so are `[oidc]` settings that do not check.
+fn ops_auth(
+    token: Option<&SecretString>,
+    oidc: Option<steward_api::OidcSettings>,
+) -> anyhow::Result<OpsAuth> {
     if let Some(t) = token
         && secrecy::ExposeSecret::expose_secret(t).len() < steward_api::ops_auth::MIN_TOKEN_BYTES
     {
@@ -264,7 +326,13 @@ fn ops_auth(token: Option<&SecretString>) -> anyhow::Result<OpsAuth> {
             steward_api::ops_auth::MIN_TOKEN_BYTES
         );
     }
-    Ok(OpsAuth::new(token, OpsSettings::default()))
+    let auth = OpsAuth::new(token, OpsSettings::default());
+    Ok(match oidc {
+        Some(settings) => auth.with_oidc(
+            steward_api::Oidc::new(settings).map_err(|e| anyhow::anyhow!("[oidc]: {e}"))?,
+        ),
+        None => auth,
+    })
 }
 
 /// Forgets delivery ids older than the retention window, hourly.
@@ -291,6 +359,64 @@ fn spawn_audit_verify(store: Store, metrics: Metrics, every: Duration) -> JoinHa
             verify_audit_chains(&store, &metrics).await;
         }
     })
+}
+
+/// Each `every` (the first a full period after boot), signs a checkpoint of every tenant's
+/// chain head that has none, then sends the unwitnessed checkpoints to the witness, if any.
+fn spawn_checkpoints(
+    store: Store,
+    master: MasterKey,
+    every: Duration,
+    witness: Option<steward_actors::witness::Witness>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            checkpoint_round(&store, &master, witness.as_ref()).await;
+        }
+    })
+}
+
+/// One round of [`spawn_checkpoints`]; returns how many checkpoints were signed. Failures
+/// are logged and never stop the round for other tenants.
+pub async fn checkpoint_round(
+    store: &Store,
+    master: &MasterKey,
+    witness: Option<&steward_actors::witness::Witness>,
+) -> usize {
+    let signer = match store.checkpoint_signer(master).await {
+        Ok(signer) => signer,
+        Err(e) => {
+            error!(error = %e, "Loading the evidence signing key failed.");
+            return 0;
+        }
+    };
+    let tenants = match store.list_tenants().await {
+        Ok(tenants) => tenants,
+        Err(e) => {
+            error!(error = %e, "Listing tenants for checkpoints failed.");
+            return 0;
+        }
+    };
+    let mut signed = 0;
+    for tenant in tenants {
+        let scope = TenantScope::assume(tenant.id.clone(), Authenticator::Operator);
+        if tenant.offboarded_at.is_none() {
+            match store.take_checkpoint(&scope, &signer).await {
+                Ok(Some(_)) => signed += 1,
+                Ok(None) => {}
+                Err(e) => error!(tenant = %tenant.id, error = %e, "Signing a checkpoint failed."),
+            }
+        }
+        if let Some(witness) = witness
+            && let Err(e) = witness.send_pending(store, &scope).await
+        {
+            error!(tenant = %tenant.id, error = %e, "Recording a countersignature failed.");
+        }
+    }
+    signed
 }
 
 /// Verifies each tenant's audit chain, as `steward audit verify` does, and counts each chain
@@ -320,13 +446,11 @@ pub async fn verify_audit_chains(store: &Store, metrics: &Metrics) -> usize {
     failed
 }
 
-/// Refuses a declared tenant whose connector URLs are off its home region's egress allow-list,
-/// naming the kind, the host and the region, before anything of it is stored.
-pub fn check_egress(
-    egress: &steward_adapters::egress::Egress,
-    spec: &TenantSpec,
-) -> anyhow::Result<()> {
-    steward_actors::tenant::check_egress(egress, &spec.id, &spec.settings)
+/// Refuses a declared tenant whose connector URLs are plain HTTP where that is not allowed, or
+/// off its home region's egress allow-list, naming the kind, the host and the region, before
+/// anything of it is stored.
+pub fn check_egress(http: &HttpSettings, spec: &TenantSpec) -> anyhow::Result<()> {
+    steward_actors::tenant::check_egress(http, &spec.id, &spec.settings)
         .map_err(|refused| anyhow::anyhow!("tenant {}: {refused}", spec.id))
 }
 

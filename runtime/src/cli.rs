@@ -47,7 +47,15 @@ pub enum Command {
         slack: std::net::SocketAddr,
         #[arg(long, default_value = "127.0.0.1:18083")]
         llm: std::net::SocketAddr,
+        /// Also serve the OpenID provider stand-in here (say 127.0.0.1:18084).
+        #[arg(long)]
+        oidc: Option<std::net::SocketAddr>,
     },
+    /// Sign in to a server's ops API as yourself, through its identity provider (device
+    /// code); `steward runs` and `steward writes` then use the saved ID token.
+    Login(crate::login_cli::LoginArgs),
+    /// Remove the sign-in `steward login` saved.
+    Logout(crate::login_cli::LogoutArgs),
     /// Webhook tools for operators.
     Webhooks {
         #[command(subcommand)]
@@ -68,6 +76,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<crate::tenants_cli::TenantsCommand>,
     },
+    /// Evidence bundles: export one from a running server, verify one offline.
+    Evidence {
+        #[command(subcommand)]
+        command: Box<crate::evidence_cli::EvidenceCommand>,
+    },
     /// A tenant's secrets through a running server's API (write-only).
     Secrets {
         #[command(subcommand)]
@@ -75,12 +88,27 @@ pub enum Command {
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
     Openapi,
+    /// Check the environment the binary runs in (the container image): the CA roots, name
+    /// resolution, a non-root user, the data directory, a read-only root filesystem.
+    Selfcheck(crate::selfcheck::SelfcheckArgs),
     /// The kill switch, through a running server's API: pause or resume every write to
     /// ServiceNow, for the platform or one tenant (`--tenant`).
     Writes {
         #[command(subcommand)]
         command: Box<crate::writes_cli::WritesCommand>,
     },
+    /// Emergency operator access, with the operator token: open a time-limited grant for one
+    /// person (its token printed once), list grants, close one.
+    BreakGlass {
+        #[command(subcommand)]
+        command: Box<crate::break_glass_cli::BreakGlassCommand>,
+    },
+    /// Back up the whole database, with a manifest beside the file (SQLite: online, while
+    /// the server runs; PostgreSQL: pg_dump as the backup role).
+    Backup(crate::backup_cli::BackupArgs),
+    /// Restore a backup (SQLite: over a file no server uses; PostgreSQL: into an empty
+    /// database), then verify every tenant's audit chain. Ends with a JSON summary line.
+    Restore(crate::backup_cli::RestoreArgs),
     /// Vault key tools, run against the database with the server stopped.
     Keys {
         #[command(subcommand)]
@@ -147,11 +175,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             servicenow,
             slack,
             llm,
+            oidc,
         } => {
             init_logs(false);
-            crate::standins::serve_forever(Default::default(), servicenow, slack, llm).await?;
+            let oidc = match oidc {
+                Some(addr) => Some(
+                    crate::standins_oidc::OidcStandin::start_on(Default::default(), addr).await?,
+                ),
+                None => None,
+            };
+            crate::standins::serve_forever(Default::default(), servicenow, slack, llm, oidc)
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Login(args) => crate::login_cli::run_login(args).await,
+        Command::Logout(args) => crate::login_cli::run_logout(args),
         Command::Webhooks {
             command:
                 WebhooksCommand::Check {
@@ -167,7 +205,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { command } => crate::runs_cli::run(*command).await,
         Command::Tenants { command } => crate::tenants_cli::run(*command).await,
         Command::Secrets { command } => crate::tenants_cli::run_secrets(*command).await,
+        Command::Evidence { command } => crate::evidence_cli::run(*command).await,
         Command::Writes { command } => crate::writes_cli::run(*command).await,
+        Command::BreakGlass { command } => crate::break_glass_cli::run(*command).await,
+        Command::Backup(args) => crate::backup_cli::backup(args).await,
+        Command::Restore(args) => crate::backup_cli::restore(args).await,
+        Command::Selfcheck(args) => crate::selfcheck::run(args).await,
         Command::Keys {
             command:
                 KeysCommand::RotateMaster {
@@ -204,7 +247,10 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = FileConfig::load(config_path).map_err(anyhow::Error::msg)?;
     config.check().map_err(anyhow::Error::msg)?;
     let telemetry = match config.telemetry.options().map_err(anyhow::Error::msg)? {
-        Some(options) => Some(crate::telemetry::Telemetry::start(&options)?),
+        Some(mut options) => {
+            options.https_only = config.https_only();
+            Some(crate::telemetry::Telemetry::start(&options)?)
+        }
         None => None,
     };
     init_logs_with(true, telemetry.as_ref());
@@ -218,10 +264,29 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .map(|r| r.read(base))
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    opts.oidc = config
+        .oidc
+        .as_ref()
+        .map(|o| o.settings(config.profile, config.allow_plain_http, base))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     opts.listen = config.listen;
     opts.server_limits = config.http.limits().map_err(anyhow::Error::msg)?;
     opts.metrics = config.metrics.enabled(config.profile);
     opts.audit_verify_every = config.metrics.audit_verify_every(config.profile);
+    opts.evidence = match config
+        .evidence
+        .schedule(config.profile, config.allow_plain_http)
+        .map_err(anyhow::Error::msg)?
+    {
+        Some((every, url)) => {
+            let witness = url
+                .map(|u| steward_actors::witness::Witness::new(u, Duration::from_secs(10), 3))
+                .transpose()?;
+            Some((every, witness))
+        }
+        None => None,
+    };
     opts.region = config.region;
     opts.peer_base_urls = config.peers().map_err(anyhow::Error::msg)?;
     opts.actors.budget.max_restarts = config.runs.max_restarts;
@@ -230,9 +295,14 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     opts.actors.limits = config.limits.clone();
     opts.delivery_retention =
         Duration::from_secs(u64::from(config.delivery_retention_days) * 86_400);
+    opts.tls = config
+        .tls
+        .options(config.profile, base)
+        .map_err(anyhow::Error::msg)?;
     // Plain HTTP to connectors only in the dev profile or where a test setup allows it;
-    // production refuses `allow_plain_http` in `FileConfig::check`.
-    let https_only = config.profile != Profile::Dev && !config.allow_plain_http;
+    // production refuses `allow_plain_http` in `FileConfig::check`. `boot::start` refuses a
+    // declared tenant's plain-HTTP URL through the same check the API and the runs make.
+    let https_only = config.https_only();
     opts.http = HttpSettings {
         https_only,
         egress: config
@@ -243,9 +313,6 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     };
     for t in &config.tenants {
         let spec = boot::tenant_from_config(t, base)?;
-        if https_only {
-            refuse_plain_http(&spec)?;
-        }
         if spec.id.region() != config.region {
             anyhow::bail!(
                 "tenant {} is homed in region {}, but this deployment serves {}",
@@ -298,25 +365,6 @@ async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
-}
-
-/// Refuses a tenant whose connector URLs are not HTTPS, at startup rather than at call time.
-fn refuse_plain_http(spec: &boot::TenantSpec) -> anyhow::Result<()> {
-    let s = &spec.settings;
-    for (what, url) in [
-        ("servicenow.instance_url", &s.servicenow.instance_url),
-        ("slack.api_base", &s.slack.api_base),
-        ("llm.base_url", &s.llm.base_url),
-    ] {
-        if !url.starts_with("https://") {
-            anyhow::bail!(
-                "tenant {}: {what} must be an https:// URL in this profile (got {url}); \
-                 plain HTTP is allowed only in the dev profile or with allow_plain_http",
-                spec.id
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The configured master key, carrying the previous one while a rotation is under way.

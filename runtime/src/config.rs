@@ -122,9 +122,16 @@ pub struct FileConfig {
     /// The HTTP server's timeouts, header limits and rate limits.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Server TLS (`[tls]`): the certificate and key Steward serves, or that a proxy in front
+    /// ends TLS. Staging and production refuse to start with neither.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// `GET /metrics` and the periodic audit verification that feeds it (`[metrics]`).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Signed evidence checkpoints and their witness (`[evidence]`).
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
     /// OpenTelemetry trace export over OTLP/HTTP (`[telemetry]`); off unless an endpoint is set.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -136,8 +143,99 @@ pub struct FileConfig {
     /// characters; only its SHA-256 is kept. Without one, the ops surface refuses everyone.
     #[serde(default)]
     pub ops_token: Option<SecretRef>,
+    /// People sign in to the ops API and page through this OpenID provider (`[oidc]`); the
+    /// operator token then serves only to open break-glass grants.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+    /// `steward backup` and `steward restore` (`[backup]`): the PostgreSQL backup role's URL
+    /// and where the PostgreSQL client tools are.
+    #[serde(default)]
+    pub backup: crate::backup_cli::BackupConfig,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+}
+
+/// `[oidc]`: the OpenID provider operators, on-call engineers and approvers sign in with.
+/// `issuer` and `redirect_url` must be https; plain http is accepted only for a loopback host
+/// in the `dev` profile (or with `allow_plain_http` outside production).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer identifier, as in the tokens' `iss`; discovery is read under it.
+    pub issuer: String,
+    /// Steward's client id at the provider (the page's code flow and `steward login`).
+    pub client_id: String,
+    /// The client secret of a confidential client (a file or a variable); without it Steward
+    /// is a public client and relies on PKCE.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// `https://<steward>/ops/oidc/callback`, as registered at the provider.
+    pub redirect_url: String,
+    /// Scopes to ask for (`openid` is always added).
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID token claim listing the person's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Provider group → Steward role (`operator`, `oncall`, `approver`). A person none of
+    /// whose groups is listed is refused (403).
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, steward_api::Role>,
+    /// Tolerance on the tokens' `exp`, `iat` and `nbf`, in seconds (at most 300).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    ["openid", "email", "profile", "groups"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+
+impl OidcConfig {
+    /// The relying party's settings under `profile`, reading the client secret. Refuses what
+    /// [`steward_api::OidcSettings::check`] refuses, and a skew over 300 s.
+    pub fn settings(
+        &self,
+        profile: Profile,
+        allow_plain_http: bool,
+        base: &Path,
+    ) -> Result<steward_api::OidcSettings, String> {
+        let mut s = self.unchecked(profile, allow_plain_http)?;
+        s.client_secret = self
+            .client_secret
+            .as_ref()
+            .map(|r| r.read(base))
+            .transpose()
+            .map_err(|e| format!("[oidc] client_secret: {e}"))?;
+        Ok(s)
+    }
+
+    fn unchecked(
+        &self,
+        profile: Profile,
+        allow_plain_http: bool,
+    ) -> Result<steward_api::OidcSettings, String> {
+        if self.clock_skew_secs > 300 {
+            return Err("[oidc] clock_skew_secs must be at most 300".into());
+        }
+        let mut s =
+            steward_api::OidcSettings::new(&self.issuer, &self.client_id, &self.redirect_url);
+        s.scopes = self.scopes.clone();
+        s.groups_claim = self.groups_claim.clone();
+        s.roles = self.roles.clone();
+        s.clock_skew = Duration::from_secs(self.clock_skew_secs);
+        s.allow_loopback_http =
+            profile == Profile::Dev || (allow_plain_http && profile != Profile::Production);
+        s.check().map_err(|e| format!("[oidc] {e}"))?;
+        Ok(s)
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -202,6 +300,81 @@ impl EgressConfig {
             }
         }
         Ok(egress)
+    }
+}
+
+/// `[tls]`: either `cert_file` and `key_file` (a PEM certificate chain, the server's own
+/// certificate first, and its PEM private key; relative paths are from the config file's
+/// folder), which Steward serves itself and reads again every `reload_interval_secs` and on
+/// `SIGHUP`, or `terminates_at_proxy = true`: TLS ends at a proxy in front, which must then
+/// send `X-Forwarded-Proto: https`. Neither is allowed only in the `dev` profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub terminates_at_proxy: bool,
+    /// Seconds between looks at the files for a new pair (default 5, 1 to 3600).
+    pub reload_interval_secs: u64,
+    /// Seconds a client may take to finish its handshake (default 10, 1 to 120).
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            terminates_at_proxy: false,
+            reload_interval_secs: 5,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// What Steward serves under `profile`: None for plain HTTP (dev, or TLS ended at a
+    /// proxy). Refuses half a pair, a pair together with `terminates_at_proxy`, and, outside
+    /// `dev`, neither.
+    pub fn options(
+        &self,
+        profile: Profile,
+        base: &Path,
+    ) -> Result<Option<crate::tls::TlsOptions>, String> {
+        if !(1..=3600).contains(&self.reload_interval_secs) {
+            return Err("tls.reload_interval_secs must be 1 to 3600".into());
+        }
+        if !(1..=120).contains(&self.handshake_timeout_secs) {
+            return Err("tls.handshake_timeout_secs must be 1 to 120".into());
+        }
+        let (cert, key) = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if self.terminates_at_proxy || profile == Profile::Dev => return Ok(None),
+            (None, None) => {
+                return Err(format!(
+                    "profile {profile:?} needs TLS: set [tls] cert_file and key_file (Steward \
+                     serves TLS itself) or [tls] terminates_at_proxy = true (TLS ends at a \
+                     proxy in front)"
+                ));
+            }
+            _ => return Err("tls.cert_file and tls.key_file must be set together".into()),
+        };
+        if self.terminates_at_proxy {
+            return Err(
+                "[tls] sets cert_file and key_file and terminates_at_proxy: choose one".into(),
+            );
+        }
+        let path = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut options = crate::tls::TlsOptions::new(path(cert), path(key));
+        options.reload_every = Duration::from_secs(self.reload_interval_secs);
+        options.handshake_timeout = Duration::from_secs(self.handshake_timeout_secs);
+        Ok(Some(options))
     }
 }
 
@@ -305,6 +478,52 @@ impl MetricsConfig {
     pub fn audit_verify_every(&self, profile: Profile) -> Option<Duration> {
         let secs = self.audit_verify_interval_secs;
         (self.enabled(profile) && secs > 0).then(|| Duration::from_secs(secs))
+    }
+}
+
+/// Signed evidence checkpoints (`[evidence]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceConfig {
+    /// Seconds between checkpoints of every tenant's chain head (default 3600; 0 turns the
+    /// schedule off; offboarding and exports still sign theirs).
+    pub checkpoint_interval_secs: u64,
+    /// The witness that countersigns each checkpoint; https, except a loopback host in `dev`
+    /// (or with `allow_plain_http` outside production). None: checkpoints stay unwitnessed.
+    pub witness_url: Option<url::Url>,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_secs: 3600,
+            witness_url: None,
+        }
+    }
+}
+
+impl EvidenceConfig {
+    /// The schedule: how often, and the witness URL once checked for `profile`.
+    pub fn schedule(
+        &self,
+        profile: Profile,
+        allow_plain_http: bool,
+    ) -> Result<Option<(Duration, Option<url::Url>)>, String> {
+        if let Some(url) = &self.witness_url {
+            let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+            let plain_ok =
+                profile == Profile::Dev || (allow_plain_http && profile != Profile::Production);
+            match url.scheme() {
+                "https" => {}
+                "http" if loopback && plain_ok => {}
+                _ => return Err(
+                    "[evidence] witness_url must be https (http only to a loopback host in dev)"
+                        .into(),
+                ),
+            }
+        }
+        let secs = self.checkpoint_interval_secs;
+        Ok((secs > 0).then(|| (Duration::from_secs(secs), self.witness_url.clone())))
     }
 }
 
@@ -632,9 +851,30 @@ impl FileConfig {
             return Err("production refuses allow_plain_http".into());
         }
         self.http.limits()?;
+        self.tls.options(self.profile, Path::new("."))?;
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && self.https_only()
+            && !endpoint.to_ascii_lowercase().starts_with("https://")
+        {
+            return Err(format!(
+                "telemetry.otlp_endpoint must be an https:// URL in profile {:?} (got \
+                 {endpoint}); plain HTTP is allowed only in the dev profile or with \
+                 allow_plain_http",
+                self.profile
+            ));
+        }
         self.telemetry.options()?;
         self.egress.egress(self.profile)?;
+        if let Some(oidc) = &self.oidc {
+            oidc.unchecked(self.profile, self.allow_plain_http)?;
+        }
         self.peers().map(drop)
+    }
+
+    /// Whether outbound calls (connectors, the OTLP endpoint) must be `https://`: in every
+    /// profile but `dev`, unless a test setup sets `allow_plain_http` (refused in production).
+    pub fn https_only(&self) -> bool {
+        self.profile != Profile::Dev && !self.allow_plain_http
     }
 
     /// The peer base URLs by region; refuses an unknown region or a URL that is not http(s).
@@ -674,6 +914,9 @@ mod tests {
         listen = "127.0.0.1:9000"
         database = "/var/lib/steward/steward.db"
         master_key = { file = "master.key" }
+
+        [tls]
+        terminates_at_proxy = true
 
         [[tenants]]
         id = "eu-acme"
@@ -775,6 +1018,105 @@ mod tests {
     }
 
     #[test]
+    fn staging_and_production_refuse_to_start_without_tls() {
+        for profile in ["staging", "production"] {
+            let text = format!(
+                "profile = \"{profile}\"\nmaster_key = {{ file = \"k\" }}\n[http]\nrate_limit = true\n"
+            );
+            let c: FileConfig = toml::from_str(&text).unwrap();
+            let err = c.check().unwrap_err();
+            assert!(
+                err.contains("needs TLS")
+                    && err.contains("cert_file and key_file")
+                    && err.contains("terminates_at_proxy = true"),
+                "{err}"
+            );
+        }
+        let dev: FileConfig = toml::from_str("").unwrap();
+        dev.check().unwrap();
+        assert!(
+            dev.tls
+                .options(Profile::Dev, Path::new("."))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn tls_takes_a_pair_of_files_or_a_proxy_but_not_both() {
+        let base = Path::new("/etc/steward");
+        let parse = |tls: &str| -> FileConfig {
+            toml::from_str(&format!(
+                "profile = \"production\"\nmaster_key = {{ file = \"k\" }}\n[tls]\n{tls}"
+            ))
+            .unwrap()
+        };
+        let proxy = parse("terminates_at_proxy = true\n");
+        proxy.check().unwrap();
+        assert!(proxy.tls.options(proxy.profile, base).unwrap().is_none());
+
+        let files = parse(
+            "cert_file = \"tls/tls.crt\"\nkey_file = \"/run/tls.key\"\nreload_interval_secs = 2\n",
+        );
+        files.check().unwrap();
+        let options = files.tls.options(files.profile, base).unwrap().unwrap();
+        assert_eq!(options.cert_file, Path::new("/etc/steward/tls/tls.crt"));
+        assert_eq!(options.key_file, Path::new("/run/tls.key"));
+        assert_eq!(options.reload_every, Duration::from_secs(2));
+        assert_eq!(options.handshake_timeout, Duration::from_secs(10));
+
+        for (bad, want) in [
+            ("cert_file = \"a\"\n", "set together"),
+            ("key_file = \"a\"\n", "set together"),
+            (
+                "cert_file = \"a\"\nkey_file = \"b\"\nterminates_at_proxy = true\n",
+                "choose one",
+            ),
+            (
+                "terminates_at_proxy = true\nreload_interval_secs = 0\n",
+                "reload_interval",
+            ),
+            (
+                "terminates_at_proxy = true\nhandshake_timeout_secs = 0\n",
+                "handshake",
+            ),
+            (
+                "terminates_at_proxy = true\nhandshake_timeout_secs = 999\n",
+                "handshake",
+            ),
+        ] {
+            let err = parse(bad).check().unwrap_err();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
+        assert!(toml::from_str::<FileConfig>("[tls]\ncert = \"a\"\n").is_err());
+    }
+
+    #[test]
+    fn outside_dev_the_otlp_endpoint_must_be_https() {
+        let text = |profile: &str, endpoint: &str, plain: bool| {
+            format!(
+                "profile = \"{profile}\"\nmaster_key = {{ file = \"k\" }}\n\
+                 allow_plain_http = {plain}\n[tls]\nterminates_at_proxy = true\n\
+                 [telemetry]\notlp_endpoint = \"{endpoint}\"\n"
+            )
+        };
+        let check = |profile, endpoint, plain| {
+            toml::from_str::<FileConfig>(&text(profile, endpoint, plain))
+                .unwrap()
+                .check()
+        };
+        let err = check("production", "http://otel.example:4318", false).unwrap_err();
+        assert!(
+            err.contains("otlp_endpoint must be an https:// URL"),
+            "{err}"
+        );
+        assert!(check("staging", "http://127.0.0.1:4318", false).is_err());
+        check("production", "https://otel.example:4318", false).unwrap();
+        check("staging", "http://127.0.0.1:4318", true).unwrap();
+        check("dev", "http://127.0.0.1:4318", false).unwrap();
+    }
+
+    #[test]
     fn peer_base_urls_name_known_regions_and_http_urls() {
         let c: FileConfig =
             toml::from_str("peer_base_urls = { eu = \"https://eu.steward.example\" }").unwrap();
@@ -788,6 +1130,60 @@ mod tests {
             let c: FileConfig = toml::from_str(bad).unwrap();
             assert!(c.peers().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn oidc_needs_https_outside_dev_and_known_roles() {
+        let text = r#"
+            [oidc]
+            issuer = "http://127.0.0.1:18084"
+            client_id = "steward"
+            client_secret = { env = "STEWARD_TEST_OIDC_SECRET_UNSET" }
+            redirect_url = "http://127.0.0.1:8080/ops/oidc/callback"
+            [oidc.roles]
+            sre = "operator"
+            "on-call" = "oncall"
+            cab = "approver"
+        "#;
+        let mut c: FileConfig = toml::from_str(text).unwrap();
+        let oidc = c.oidc.clone().unwrap();
+        assert_eq!(oidc.groups_claim, "groups");
+        assert_eq!(oidc.roles["on-call"], steward_api::Role::Oncall);
+        assert!(c.check().is_ok(), "dev takes a loopback http issuer");
+        assert!(
+            oidc.settings(Profile::Dev, false, Path::new("."))
+                .unwrap_err()
+                .contains("client_secret"),
+            "an unset secret is named, not guessed"
+        );
+        c.profile = Profile::Staging;
+        c.master_key = Some(SecretRef::Env("K".into()));
+        c.tls.terminates_at_proxy = true;
+        assert!(c.check().unwrap_err().contains("https"));
+        c.allow_plain_http = true;
+        assert!(c.check().is_ok());
+        c.profile = Profile::Production;
+        c.allow_plain_http = false;
+        assert!(c.check().unwrap_err().contains("https"));
+        let https = text
+            .replace(
+                "http://127.0.0.1:18084",
+                "https://idp.example.com/realms/ops",
+            )
+            .replace("http://127.0.0.1:8080", "https://steward.example.com");
+        let mut p: FileConfig = toml::from_str(&https).unwrap();
+        p.profile = Profile::Production;
+        p.master_key = Some(SecretRef::Env("K".into()));
+        p.tls.terminates_at_proxy = true;
+        assert!(p.check().is_ok());
+        assert!(toml::from_str::<FileConfig>(&text.replace("\"oncall\"", "\"admin\"")).is_err());
+        assert!(toml::from_str::<FileConfig>(&format!("{text}\nbogus = 1")).is_err());
+        let no_roles = text.split("[oidc.roles]").next().unwrap();
+        let c: FileConfig = toml::from_str(no_roles).unwrap();
+        assert!(c.check().unwrap_err().contains("roles"));
+        let mut skew: FileConfig = toml::from_str(text).unwrap();
+        skew.oidc.as_mut().unwrap().clock_skew_secs = 301;
+        assert!(skew.check().is_err());
     }
 
     #[test]

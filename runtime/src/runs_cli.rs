@@ -111,15 +111,19 @@ pub struct DecisionArgs {
 }
 
 impl DecisionArgs {
+    /// The body; without a name it has no `operator`, which a signed-in person does not need
+    /// (the server audits who signed in) and the operator token is refused without.
     fn body(&self) -> anyhow::Result<Value> {
         let operator = self
             .operator
             .clone()
             .or_else(|| std::env::var("STEWARD_OPERATOR").ok())
             .or_else(|| std::env::var("USER").ok())
-            .filter(|o| !o.is_empty())
-            .context("name yourself with --operator (or STEWARD_OPERATOR)")?;
-        Ok(json!({ "reason": self.reason, "operator": operator }))
+            .filter(|o| !o.is_empty());
+        Ok(match operator {
+            Some(operator) => json!({ "reason": self.reason, "operator": operator }),
+            None => json!({ "reason": self.reason }),
+        })
     }
 }
 
@@ -152,12 +156,19 @@ struct Client {
     token: SecretString,
 }
 
-fn read_token(file: Option<&Path>) -> anyhow::Result<SecretString> {
+fn read_token(file: Option<&Path>, server: &Url) -> anyhow::Result<SecretString> {
     let token = match file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the token file {}", path.display()))?,
-        None => std::env::var("STEWARD_OPS_TOKEN")
-            .context("give the operator token with --token-file or STEWARD_OPS_TOKEN")?,
+        None => match std::env::var("STEWARD_OPS_TOKEN") {
+            Ok(token) => token,
+            Err(_) => {
+                return crate::login_cli::saved_token(None, server)?.context(
+                    "sign in with `steward login`, or give the operator token with \
+                     --token-file or STEWARD_OPS_TOKEN",
+                );
+            }
+        },
     };
     let token = token.trim().to_owned();
     if token.is_empty() {
@@ -178,7 +189,7 @@ impl Client {
         Ok(Self {
             http,
             base: server.url.clone(),
-            token: read_token(server.token_file.as_deref())?,
+            token: read_token(server.token_file.as_deref(), &server.url)?,
         })
     }
 

@@ -472,15 +472,21 @@ fn servicenow_credentials(settings: &StandinSettings) -> servicenow::Credentials
 }
 
 /// Starts the stand-ins, prints one JSON line `{"servicenow", "slack_api", "llm"}` with their
-/// URLs to stdout, and serves until Ctrl-C.
+/// URLs to stdout (and `oidc_issuer` when the OpenID provider stand-in `oidc` is served too),
+/// and serves until Ctrl-C.
 pub async fn serve_forever(
     settings: StandinSettings,
     servicenow: SocketAddr,
     slack: SocketAddr,
     llm: SocketAddr,
+    oidc: Option<crate::standins_oidc::OidcStandin>,
 ) -> anyhow::Result<()> {
     let standins = Standins::start_on(settings, servicenow, slack, llm).await?;
-    println!("{}", standins.url_line());
+    let mut line = standins.url_line();
+    if let Some(oidc) = &oidc {
+        line["oidc_issuer"] = json!(oidc.issuer());
+    }
+    println!("{line}");
     tokio::signal::ctrl_c()
         .await
         .context("could not listen for ctrl-c")?;

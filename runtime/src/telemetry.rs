@@ -30,6 +30,9 @@ pub struct TelemetryOptions {
     pub scheduled_delay: Duration,
     /// How long one export may take (default 10 s).
     pub export_timeout: Duration,
+    /// Refuse a `traces_url` that is not `https://` (`steward serve` outside `dev`; default
+    /// off).
+    pub https_only: bool,
 }
 
 impl TelemetryOptions {
@@ -46,6 +49,7 @@ impl TelemetryOptions {
             service_name: service_name.to_owned(),
             scheduled_delay: Duration::from_secs(5),
             export_timeout: Duration::from_secs(10),
+            https_only: false,
         }
     }
 }
@@ -65,6 +69,18 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// Builds the exporter and its batch processor; nothing is sent until spans end.
     pub fn start(options: &TelemetryOptions) -> anyhow::Result<Self> {
+        if options.https_only
+            && !options
+                .traces_url
+                .to_ascii_lowercase()
+                .starts_with("https://")
+        {
+            anyhow::bail!(
+                "the OTLP endpoint {} must be https:// here: plain HTTP is allowed only in \
+                 the dev profile and test setups",
+                options.traces_url
+            );
+        }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
@@ -121,5 +137,18 @@ impl Telemetry {
         if let Ok(Err(e)) = stopped {
             tracing::warn!(error = %e, "Stopping the span exporter failed.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_only_exporter_refuses_a_plain_http_endpoint() {
+        let mut options = TelemetryOptions::new("http://127.0.0.1:4318", "steward");
+        options.https_only = true;
+        let err = Telemetry::start(&options).err().unwrap().to_string();
+        assert!(err.contains("must be https://"), "{err}");
     }
 }

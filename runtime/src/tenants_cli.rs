@@ -452,11 +452,25 @@ fn clean_value(v: &Value) -> String {
     }
 }
 
-fn read_token(file: Option<&Path>, role: Role) -> anyhow::Result<SecretString> {
+/// The token to present: the file, then the role's variable, then (platform commands only)
+/// the person signed in with `steward login` to this server.
+fn read_token(file: Option<&Path>, role: Role, server: &Url) -> anyhow::Result<SecretString> {
     let token = match file {
         Some(path) => read_file(path)?,
-        None => std::env::var(role.env())
-            .with_context(|| format!("give the token with --token-file or {}", role.env()))?,
+        None => match std::env::var(role.env()) {
+            Ok(token) => token,
+            Err(_) if role == Role::Operator => {
+                return crate::login_cli::saved_token(None, server)?.with_context(|| {
+                    format!(
+                        "sign in with `steward login`, or give the token with --token-file or {}",
+                        role.env()
+                    )
+                });
+            }
+            Err(_) => {
+                bail!("give the token with --token-file or {}", role.env())
+            }
+        },
     };
     let token = token.trim().to_owned();
     if token.is_empty() {
@@ -484,7 +498,7 @@ impl Client {
         Ok(Self {
             http,
             base: server.url.clone(),
-            token: read_token(server.token_file.as_deref(), role)?,
+            token: read_token(server.token_file.as_deref(), role, &server.url)?,
         })
     }
 

@@ -75,8 +75,16 @@ impl Target {
         let token = match &self.token_file {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading the token file {}", path.display()))?,
-            None => std::env::var(var)
-                .with_context(|| format!("give the token with --token-file or {var}"))?,
+            None => match std::env::var(var) {
+                Ok(token) => token,
+                // The platform's switch also takes the sign-in `steward login` saved.
+                Err(_) if self.tenant.is_none() => {
+                    return crate::login_cli::saved_token(None, &self.url)?.with_context(|| {
+                        format!("sign in with `steward login`, or give the token with --token-file or {var}")
+                    });
+                }
+                Err(_) => bail!("give the token with --token-file or {var}"),
+            },
         };
         let token = token.trim().to_owned();
         if token.is_empty() {
@@ -101,13 +109,17 @@ impl Target {
         if let Some(tenant) = &self.tenant {
             return Ok(json!({ "reason": reason, "tenant": tenant }));
         }
+        // Without a name the body has no `operator`: a signed-in person is audited as who
+        // they signed in as, and the operator token is refused without one.
         let operator = operator
             .map(str::to_owned)
             .or_else(|| std::env::var("STEWARD_OPERATOR").ok())
             .or_else(|| std::env::var("USER").ok())
-            .filter(|o| !o.is_empty())
-            .context("name yourself with --operator (or STEWARD_OPERATOR)")?;
-        Ok(json!({ "reason": reason, "operator": operator }))
+            .filter(|o| !o.is_empty());
+        Ok(match operator {
+            Some(operator) => json!({ "reason": reason, "operator": operator }),
+            None => json!({ "reason": reason }),
+        })
     }
 }
 

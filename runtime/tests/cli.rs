@@ -108,6 +108,9 @@ listen = "127.0.0.1:{port}"
 database = "steward.db"
 master_key = {{ file = "master.key" }}
 
+[tls]
+terminates_at_proxy = true
+
 [egress.us]
 llm = ["llm.example"]
 servicenow = ["cli.service-now.example"]

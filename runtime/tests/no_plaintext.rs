@@ -4,6 +4,10 @@
 //! recognizable credentials that are refused (bearer tokens, webhook and Slack signatures, an
 //! ops sign-in) go through the rate limiter too, and neither their credentials nor the valid
 //! signatures and session cookie of the accepted requests appear in any log line.
+//!
+//! Tenant content is sealed at rest: the incident's text, the model's reply and the prompt
+//! built from them appear in no raw row of any table and in no byte of the database files,
+//! while the store reads them back for the run.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -63,7 +67,7 @@ fn canary_settings() -> StandinSettings {
         slack_signing_secret: "canary-slack-signing-7f3a91c2".into(),
         llm_api_key: "sk-canary-llm-key-7f3a91c2".into(),
         llm_reply: LlmScript::Proposal(json!({
-            "summary": "The payments service exhausts its connection pool.",
+            "summary": MODEL_REPLY,
             "category": "software",
             "changes": [{"field": "urgency", "value": "1"}],
         })),
@@ -130,10 +134,14 @@ fn spec(standins: &Standins, s: &StandinSettings, whsec: &str) -> TenantSpec {
     }
 }
 
+const INCIDENT_SUMMARY: &str = "Checkout fails with HTTP 502";
+const INCIDENT_DESCRIPTION: &str = "Customers cannot pay since the 14:05 deploy.";
+const MODEL_REPLY: &str = "The payments service exhausts its connection pool.";
+
 fn incident() -> Map<String, Value> {
     json!({
-        "short_description": "Checkout fails with HTTP 502",
-        "description": "Customers cannot pay since the 14:05 deploy.",
+        "short_description": INCIDENT_SUMMARY,
+        "description": INCIDENT_DESCRIPTION,
         "category": "inquiry", "impact": "2", "urgency": "3", "priority": "4", "state": "1",
     })
     .as_object()
@@ -291,6 +299,40 @@ async fn wait_terminal(store: &steward_persistence::Store, scope: &TenantScope, 
     }
 }
 
+/// Every value of every row of every table of the SQLite file, as text, one per line.
+async fn raw_rows(path: &std::path::Path) -> String {
+    use sqlx::{Connection, Row};
+    let url = format!("sqlite://{}?mode=ro", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let mut all = String::new();
+    for table in tables {
+        let columns: Vec<String> = sqlx::query(&format!("PRAGMA table_info({table})"))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("name"))
+            .collect();
+        for column in columns {
+            let sql = format!(
+                "SELECT CASE WHEN typeof({column}) = 'blob' THEN hex({column}) \
+                 ELSE COALESCE(CAST({column} AS TEXT), '') END FROM {table}"
+            );
+            let values: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut conn).await.unwrap();
+            for value in values {
+                all.push_str(&format!("{table}.{column}: {value}\n"));
+            }
+        }
+    }
+    conn.close().await.unwrap();
+    all
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -371,6 +413,14 @@ async fn the_flagship_path_leaves_no_secret_in_plain_text_anywhere() {
     let audit = server.store.audit_entries(&scope, 0, 1000).await.unwrap();
     assert!(audit.len() > 3, "the run was audited");
     let crashes = server.store.crashes(&scope, run).await.unwrap();
+    // Positive control for the content: the store reads the incident and the reply back.
+    let steps = serde_json::to_string(&server.store.steps(&scope, run).await.unwrap()).unwrap();
+    for text in [INCIDENT_SUMMARY, INCIDENT_DESCRIPTION, MODEL_REPLY] {
+        assert!(
+            steps.contains(text),
+            "the journal holds `{text}` for the run"
+        );
+    }
     server.shutdown().await;
 
     let whsec_key = whsec.trim_start_matches("whsec_").to_owned();
@@ -423,13 +473,24 @@ async fn the_flagship_path_leaves_no_secret_in_plain_text_anywhere() {
         format!("{crashes:?}").as_bytes(),
         &secrets,
     );
+    let content = [
+        ("incident summary", INCIDENT_SUMMARY.to_owned()),
+        ("incident description", INCIDENT_DESCRIPTION.to_owned()),
+        ("model reply", MODEL_REPLY.to_owned()),
+        ("incident text", "payments service".to_owned()),
+    ];
     for file in std::fs::read_dir(dir.path()).unwrap() {
         let path = file.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
-        assert_clean(
-            &format!("the database file {}", path.display()),
-            &bytes,
-            &secrets,
-        );
+        let place = format!("the database file {}", path.display());
+        assert_clean(&place, &bytes, &secrets);
+        assert_clean(&place, &bytes, &content);
     }
+    let rows = raw_rows(&dir.path().join("steward.db")).await;
+    assert!(
+        rows.contains("run_steps.body: sealed:1:"),
+        "the raw rows were read"
+    );
+    assert_clean("a raw row", rows.as_bytes(), &secrets);
+    assert_clean("a raw row", rows.as_bytes(), &content);
 }

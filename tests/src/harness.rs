@@ -1,7 +1,10 @@
-//! One Steward, booted in-process on loopback with a fresh SQLite file, two tenants, and mock
-//! ServiceNow, Slack and LLM servers; plus the calls a test makes against it over real HTTP.
+//! One Steward, booted in-process on loopback with a fresh SQLite file (or a PostgreSQL
+//! database of its own), two tenants, and mock ServiceNow, Slack and LLM servers; plus the
+//! calls a test makes against it over real HTTP.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,16 +18,17 @@ use steward_adapters::http::HttpSettings;
 use steward_adapters::slack::sign_slack;
 use steward_adapters::webhook::WebhookSecret;
 use steward_api::ServerLimits;
-use steward_core::{Clock, RunId, SourceName, SystemClock, TenantId};
+use steward_core::{Clock, Region, RunId, SourceName, SystemClock, TenantId};
 use steward_persistence::{
-    AuditEntry, Authenticator, MasterKey, RunRecord, StepRecord, TenantScope, WebhookSource,
-    generate_api_token,
+    AuditEntry, Authenticator, MasterKey, PgOptions, RunRecord, StepRecord, TenantScope,
+    WebhookSource, generate_api_token,
 };
 use steward_runtime::boot::{self, ServeOptions, Server, TenantSpec};
 use steward_runtime::telemetry::{Telemetry, TelemetryOptions};
 use tempfile::TempDir;
 use wiremock::ResponseTemplate;
 
+use crate::database::{PgServer, Place, RawRow};
 use crate::fixtures;
 use crate::llm::{self, LlmMock};
 use crate::servicenow::{self, ServiceNowMock};
@@ -80,6 +84,10 @@ pub struct Scenario {
     configure: Option<fn(&mut TenantSettings)>,
     server_limits: ServerLimits,
     otlp_endpoint: Option<String>,
+    region: Region,
+    peers: HashMap<Region, String>,
+    postgres: Option<PgServer>,
+    oidc: Option<steward_api::OidcSettings>,
 }
 
 impl Default for Scenario {
@@ -91,6 +99,10 @@ impl Default for Scenario {
             configure: None,
             server_limits: ServerLimits::default(),
             otlp_endpoint: None,
+            region: Region::Us,
+            peers: HashMap::new(),
+            postgres: None,
+            oidc: None,
         }
     }
 }
@@ -153,6 +165,33 @@ impl Scenario {
         self
     }
 
+    /// Steward serves `region` (by default `us`); the two declared tenants are homed there
+    /// (`<region>-acme`, `<region>-globex`).
+    pub fn region(mut self, region: Region) -> Self {
+        self.region = region;
+        self
+    }
+
+    /// Steward names `url` as the base URL of the deployment serving `region`.
+    pub fn peer(mut self, region: Region, url: &str) -> Self {
+        self.peers.insert(region, url.to_owned());
+        self
+    }
+
+    /// Steward runs on a fresh PostgreSQL database of its own on `server` (see
+    /// [`crate::database`]), dropped with the harness.
+    pub fn postgres(mut self, server: &PgServer) -> Self {
+        self.postgres = Some(server.clone());
+        self
+    }
+
+    /// People sign in to the ops surface through the identity provider `settings` names
+    /// (`[oidc]`); the operator token then passes only the break-glass grant flow.
+    pub fn oidc(mut self, settings: steward_api::OidcSettings) -> Self {
+        self.oidc = Some(settings);
+        self
+    }
+
     /// Starts the mocks and Steward.
     pub async fn start(self) -> Harness {
         let telemetry = self.otlp_endpoint.map(|endpoint| {
@@ -164,20 +203,31 @@ impl Scenario {
         let servicenow = ServiceNowMock::start(self.incident).await;
         let slack = SlackMock::start().await;
         let llm = LlmMock::start(self.llm_answer).await;
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let place = match &self.postgres {
+            Some(server) => Place::Postgres(server.fresh_database().await),
+            None => Place::Sqlite(dir.path().join("steward.db")),
+        };
+        let region = self.region;
         let mut harness = Harness {
             servicenow,
             slack,
             llm,
-            tenant: TenantFixture::new("us-acme", "C0ACMEAPPR1"),
-            other: TenantFixture::new("us-globex", "C0GLOBEXAP2"),
+            tenant: TenantFixture::new(&format!("{region}-acme"), "C0ACMEAPPR1"),
+            other: TenantFixture::new(&format!("{region}-globex"), "C0GLOBEXAP2"),
             server: None,
-            dir: tempfile::tempdir().expect("a temporary folder"),
+            dir,
+            place,
+            region,
+            peers: self.peers,
+            listen: None,
             key: MasterKey::generate(),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             http: http_client(),
             configure: self.configure,
             server_limits: self.server_limits,
             telemetry,
+            oidc: self.oidc,
         };
         harness.boot().await;
         harness
@@ -231,12 +281,17 @@ pub struct Harness {
     pub other: TenantFixture,
     server: Option<Server>,
     dir: TempDir,
+    place: Place,
+    region: Region,
+    peers: HashMap<Region, String>,
+    listen: Option<SocketAddr>,
     key: MasterKey,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
     configure: Option<fn(&mut TenantSettings)>,
     server_limits: ServerLimits,
     telemetry: Option<Telemetry>,
+    oidc: Option<steward_api::OidcSettings>,
 }
 
 impl Harness {
@@ -261,6 +316,18 @@ impl Harness {
         opts.ops_token = Some(SecretString::from(OPS_TOKEN));
         opts.server_limits = self.server_limits.clone();
         opts.telemetry = self.telemetry.clone();
+        opts.oidc = self.oidc.clone();
+        opts.region = self.region;
+        opts.peer_base_urls = self.peers.clone();
+        if let Some(listen) = self.listen {
+            opts.listen = listen;
+        }
+        if let Place::Postgres(db) = &self.place {
+            let mut pg = PgOptions::new(SecretString::from(db.url_as("steward_service")));
+            pg.migrate_url = Some(SecretString::from(db.url_as("steward_owner")));
+            pg.max_connections = 4;
+            opts.postgres = Some(pg);
+        }
         self.server = Some(boot::start(opts).await.expect("Steward boots"));
     }
 
@@ -347,6 +414,40 @@ impl Harness {
             server.shutdown().await;
         }
         self.boot().await;
+    }
+
+    /// Names `url` as the base URL of the deployment serving `region`: Steward stops and boots
+    /// again with it, on the same address, so that URLs handed out before stay right.
+    pub async fn set_peer(&mut self, region: Region, url: &str) {
+        self.peers.insert(region, url.to_owned());
+        self.listen = Some(self.server().addr);
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        self.boot().await;
+        // Pooled connections went to the server that stopped.
+        self.http = http_client();
+    }
+
+    /// The region Steward serves.
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    /// Every row of every table of Steward's database, read around Steward (as the superuser
+    /// on PostgreSQL, so row-level security hides nothing).
+    pub async fn stored_rows(&self) -> Vec<RawRow> {
+        self.place.rows().await
+    }
+
+    /// Where Steward's database is, for reading or changing it around Steward.
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
+
+    /// How many rows each table of Steward's database holds.
+    pub async fn row_counts(&self) -> BTreeMap<String, usize> {
+        self.place.counts().await
     }
 
     /// Steward's clock, in Unix seconds.
@@ -554,6 +655,42 @@ impl Harness {
             .body(body.to_string());
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        send(request).await
+    }
+
+    /// `method path` on Steward with `token` as the bearer token and `body` as JSON, if given.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        self.request_with(method, path, token, body, &[]).await
+    }
+
+    /// As [`Harness::request`], with `headers` added.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = self.http.request(method, format!("{}{path}", self.url()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         send(request).await
     }

@@ -222,6 +222,9 @@ async fn an_intake_that_fails_inside_a_batch_does_not_fail_its_neighbours() {
 
 async fn closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answered() {
     let mut db = TestDb::new().await;
+    // The tenant's first content makes its data key, which is a write of its own; it is made
+    // here, before the writer is held.
+    db.intake("us-acme").await;
     let runs = (0..50)
         .map(|i| ("us-acme", new_run(Some(&format!("msg_{i}")))))
         .collect();
@@ -270,7 +273,10 @@ async fn closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answer
         "the pending intakes were written before the close"
     );
     let report = db.store.verify_audit(&acme).await.unwrap();
-    assert_eq!((report.entries, report.first_bad), (answered_created, None));
+    assert_eq!(
+        (report.entries, report.first_bad),
+        (answered_created + 1, None)
+    );
 }
 
 crate::support::conformance!(

@@ -79,6 +79,7 @@ async fn assert_sees_nothing(db: &TestDb, key: &MasterKey, other: &TenantScope, 
 async fn another_tenants_scope_sees_none_of_a_tenants_data() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
+    db.store.check_master_key(&key).await.unwrap();
     let owned = populate(&db, &key).await;
     assert_sees_nothing(&db, &key, &scope("eu-beta"), &owned).await;
     assert_sees_nothing(&db, &key, &scope("us-ghost"), &owned).await;
@@ -115,6 +116,7 @@ async fn another_tenants_scope_sees_none_of_a_tenants_data() {
 async fn another_tenants_scope_can_change_none_of_a_tenants_data() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
+    db.store.check_master_key(&key).await.unwrap();
     let owned = populate(&db, &key).await;
     let beta = scope("eu-beta");
     let s = &db.store;
@@ -237,6 +239,7 @@ crate::support::conformance!(
 async fn rows_without_the_tenant_set() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
+    db.store.check_master_key(&key).await.unwrap();
     populate(&db, &key).await;
     let mut service = service_connection(&db).await;
     let mut raw = db.raw().await;

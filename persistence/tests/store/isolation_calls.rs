@@ -93,6 +93,7 @@ async fn play(calls: Vec<Call>) {
     let db = TestDb::new().await;
     register(&db.store, "us-gamma").await;
     let key = MasterKey::generate();
+    db.store.check_master_key(&key).await.unwrap();
     let s = &db.store;
     let mut model = Model::default();
     for (n, call) in calls.into_iter().enumerate() {

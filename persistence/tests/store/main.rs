@@ -4,14 +4,17 @@
 mod approvals;
 mod audit;
 mod controls;
+mod evidence;
 mod group_commit;
 mod intake;
 mod isolation;
 mod isolation_calls;
 mod metrics;
+mod operator_audit;
 mod ops;
 mod runs;
 mod schemes;
+mod sealing;
 mod support;
 mod tenancy;
 mod tenants;

@@ -10,6 +10,7 @@ use crate::support::{TestDb, scope};
 async fn an_onboarded_tenant_can_be_offboarded_leaving_a_signed_chain() {
     let db = TestDb::new().await;
     let key = MasterKey::generate();
+    db.store.check_master_key(&key).await.unwrap();
     let id = TenantId::parse("us-delta").unwrap();
     let token = generate_api_token();
     let scopes = vec!["admin".to_owned()];

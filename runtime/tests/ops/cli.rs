@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use steward_core::{RunId, TenantId};
-use steward_persistence::{Authenticator, NewCrash, Store, StoreOptions, TenantScope};
+use steward_persistence::{Authenticator, MasterKey, NewCrash, Store, StoreOptions, TenantScope};
 use steward_runtime::standins::{LlmScript, StandinSettings, Standins};
 use tokio::process::{Child, Command};
 
@@ -57,6 +57,9 @@ database = "steward.db"
 master_key = {{ file = "master.key" }}
 allow_plain_http = true
 ops_token = {{ file = "ops_token" }}
+
+[tls]
+terminates_at_proxy = true
 
 [egress.us]
 llm = ["127.0.0.1"]
@@ -187,11 +190,14 @@ async fn output(mut command: Command) -> (bool, String, String) {
 }
 
 /// Records a crash snapshot through a second handle on the served database, as a crash of
-/// the run's actor would have.
+/// the run's actor would have. Like any process that writes tenant content, the handle first
+/// confirms the master key, which its content is sealed under.
 async fn record_crash(dir: &Path, run: RunId) {
     let store = Store::open(StoreOptions::new(dir.join("steward.db")))
         .await
         .unwrap();
+    let key = MasterKey::parse(&"5e".repeat(32)).unwrap();
+    store.check_master_key(&key).await.unwrap();
     let scope = TenantScope::assume(TenantId::parse(TENANT).unwrap(), Authenticator::Operator);
     let crash = NewCrash {
         run_id: run,
