@@ -40,7 +40,26 @@ export PYTHONDONTWRITEBYTECODE=1
 sec=deploy/security
 work=$root/target/security
 mkdir -p "$work"
-db=${STEWARD_ADVISORY_DB:-$root/../shared/advisory-db}
+# The advisory database snapshot: STEWARD_ADVISORY_DB, else shared/advisory-db beside the
+# checkout or beside one of its parent folders, else beside the repository a local clone was
+# made from (a CI clone in a scratch folder).
+find_advisory_db() {
+    local dir=$root origin
+    while [ -n "$dir" ] && [ "$dir" != / ]; do
+        dir=$(dirname "$dir")
+        if [ -d "$dir/shared/advisory-db/crates" ]; then
+            echo "$dir/shared/advisory-db"
+            return
+        fi
+    done
+    origin=$(git -C "$root" config --get remote.origin.url 2>/dev/null || true)
+    if [ -n "$origin" ] && [ -d "$origin" ] && [ -d "$origin/../shared/advisory-db/crates" ]; then
+        (cd "$origin/../shared/advisory-db" && pwd)
+        return
+    fi
+    echo "$root/../shared/advisory-db"
+}
+db=${STEWARD_ADVISORY_DB:-$(find_advisory_db)}
 today=${STEWARD_GATE_TODAY:-$(date -u +%F)}
 # cargo-deny reads its database as a git checkout named after the database URL (its default
 # URL's name) under db-path (deny.toml: target/security/advisory-dbs).
