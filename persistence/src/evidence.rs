@@ -68,20 +68,27 @@ pub fn verify_signature(
     let public = decode_32(public_hex).ok_or("the public key is not 64 hex digits")?;
     let key = VerifyingKey::from_bytes(&public)
         .map_err(|_| "the public key is not a valid ed25519 point")?;
-    let sig: [u8; 64] = hex::decode(signature_hex)
-        .ok()
+    let sig: [u8; 64] = lower_hex(signature_hex)
+        .then(|| hex::decode(signature_hex).ok())
+        .flatten()
         .and_then(|b| b.try_into().ok())
-        .ok_or("the signature is not 128 hex digits")?;
+        .ok_or("the signature is not 128 lowercase hex digits")?;
     key.verify_strict(message, &Signature::from_bytes(&sig))
         .map_err(|_| "the signature does not verify".to_owned())
 }
 
-/// 32 bytes from exactly 64 hex digits.
+/// 32 bytes from exactly 64 lowercase hex digits.
 pub fn decode_32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
+    if text.len() != 64 || !lower_hex(text) {
         return None;
     }
     hex::decode(text).ok()?.try_into().ok()
+}
+
+/// Whether `text` is spelled in lowercase hex digits only. Evidence accepts one spelling of
+/// each value, so that no byte of a bundle can change without the verification failing.
+fn lower_hex(text: &str) -> bool {
+    text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A public key that signs evidence, as published and as written to a bundle's `keys.json`.

@@ -198,6 +198,10 @@ async fn export(
 }
 
 fn verify(dir: &Path, witness_keys: Vec<String>) -> anyhow::Result<ExitCode> {
+    let witness_keys: Vec<String> = witness_keys
+        .iter()
+        .map(|k| k.trim().to_ascii_lowercase())
+        .collect();
     for key in &witness_keys {
         if steward_persistence::evidence::decode_32(key).is_none() {
             bail!("--witness-key must be 64 hex digits");

@@ -367,6 +367,21 @@ fn a_synthetic_bundle_verifies() {
     assert_eq!((report.entries, report.runs, report.checkpoints), (6, 1, 1));
 }
 
+/// Hex digits have two spellings of each letter; a bundle accepts only the lowercase one, so a
+/// case flip in the (unhashed) manifest's signature is an edit like any other.
+#[test]
+fn an_uppercased_signature_in_the_manifest_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("b");
+    synthetic_bundle(&b, 6);
+    let path = b.join(bundle::MANIFEST_FILE);
+    let mut m: bundle::Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m.range.signature = m.range.signature.to_ascii_uppercase();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let err = verify_bundle(&b, &VerifyOptions::default(), |_| ()).unwrap_err();
+    assert!(err.reason.contains("lowercase hex"), "{err}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
