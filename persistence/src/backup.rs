@@ -540,6 +540,13 @@ pub async fn backup_sqlite(db: &Path, out: &Path) -> Result<Manifest, BackupErro
 }
 
 async fn finish_sqlite_copy(partial: &Path, out: &Path) -> Result<Manifest, BackupError> {
+    // A backup holds everything the database does: its owner's alone, like the database.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(partial, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("restricting {}", partial.display())))?;
+    }
     fsync_file(partial)?;
     let mut copy = connect_any(&sqlite_url(partial, true)).await?;
     let contents = read_contents(&mut copy, Backend::Sqlite).await?;

@@ -75,6 +75,7 @@ mod metrics;
 mod operator_audit;
 mod ops;
 mod redact;
+pub mod role_check;
 mod runs;
 mod scope;
 mod snapshots;

@@ -154,9 +154,24 @@ fn pool_with_setup(setup: String) -> PoolOptions<Any> {
     })
 }
 
+/// Creates the database file, when it does not exist yet, readable and writable by its owner
+/// alone (SQLite gives its `-wal` and `-shm` files the same mode). An existing file keeps its
+/// mode; `steward checklist` reports one that others may read.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the SQLite database, switches it to WAL and applies
-    /// migrations.
+    /// Opens (creating if needed, with mode 0600) the SQLite database, switches it to WAL and
+    /// applies migrations.
     pub async fn open(opts: StoreOptions) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -164,6 +179,7 @@ impl Store {
                 .await
                 .map_err(sqlx::Error::Io)?;
         }
+        create_private(&opts.path).map_err(sqlx::Error::Io)?;
         let url = SqliteConnectOptions::new()
             .filename(&opts.path)
             .create_if_missing(true)
@@ -463,6 +479,28 @@ mod tests {
         .await
         .unwrap();
         tx.commit().await.unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_database_and_its_wal_are_private_and_an_existing_mode_is_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        seed(&store).await;
+        let path = dir.path().join("steward.db");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("steward.db-wal")), 0o600);
+        store.close().await;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let again = open(&dir).await;
+        assert_eq!(
+            mode(&path),
+            0o640,
+            "an operator's choice of mode is left alone"
+        );
+        again.close().await;
     }
 
     #[tokio::test]

@@ -320,7 +320,15 @@ fn drill_summary(
         "chains_ok": report.chains.len() - failed,
         "chains_failed": failed,
         "seconds": seconds(started),
+        "restored_at": now_rfc3339(),
     })
+}
+
+/// The current time, RFC 3339 UTC, for a drill's record (`steward checklist` reads it).
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn seconds(started: Instant) -> f64 {

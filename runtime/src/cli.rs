@@ -103,6 +103,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<crate::break_glass_cli::BreakGlassCommand>,
     },
+    /// The go/no-go checklist of a deployment, written as a signed artifact; `verify` checks
+    /// one offline, `keygen` makes its signing key.
+    Checklist(Box<crate::checklist::ChecklistArgs>),
     /// Back up the whole database, with a manifest beside the file (SQLite: online, while
     /// the server runs; PostgreSQL: pg_dump as the backup role).
     Backup(crate::backup_cli::BackupArgs),
@@ -208,6 +211,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence { command } => crate::evidence_cli::run(*command).await,
         Command::Writes { command } => crate::writes_cli::run(*command).await,
         Command::BreakGlass { command } => crate::break_glass_cli::run(*command).await,
+        Command::Checklist(args) => crate::checklist::run(*args).await,
         Command::Backup(args) => crate::backup_cli::backup(args).await,
         Command::Restore(args) => crate::backup_cli::restore(args).await,
         Command::Selfcheck(args) => crate::selfcheck::run(args).await,

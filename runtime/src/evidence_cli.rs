@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use secrecy::{ExposeSecret, SecretString};
 use steward_persistence::evidence::bundle::{
-    BundleWriter, MAX_LINE_BYTES, VerifyOptions, verify_bundle,
+    self, BundleWriter, MAX_LINE_BYTES, VerifyOptions, verify_bundle,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -127,6 +127,63 @@ async fn export(
     to: Option<i64>,
     out: &Path,
 ) -> anyhow::Result<ExitCode> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(READ_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let export = Export {
+        base,
+        token,
+        admin,
+        tenant,
+        from,
+        to,
+    };
+    let manifest = download(&http, &export, out).await?;
+    let c = &manifest.counts;
+    println!(
+        "bundle {}: tenant {}, seq {}–{} (linked through {}), {} audit lines, {} runs, \
+         {} approvals, {} checkpoints",
+        out.display(),
+        manifest.tenant,
+        manifest.range.first_seq,
+        manifest.range.last_seq,
+        manifest.range.linked_through,
+        c.audit,
+        c.runs,
+        c.approvals,
+        c.checkpoints
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What to export, from where, as whom.
+pub(crate) struct Export<'a> {
+    pub base: &'a Url,
+    pub token: &'a SecretString,
+    /// The tenant's admin token rather than the operator token.
+    pub admin: bool,
+    pub tenant: &'a str,
+    pub from: i64,
+    pub to: Option<i64>,
+}
+
+/// Streams an export into a new bundle directory `out`, printing progress on stderr; the
+/// bundle's manifest. `http` must not follow redirects (the token would follow them).
+pub(crate) async fn download(
+    http: &reqwest::Client,
+    export: &Export<'_>,
+    out: &Path,
+) -> anyhow::Result<bundle::Manifest> {
+    let Export {
+        base,
+        token,
+        admin,
+        tenant,
+        from,
+        to,
+    } = *export;
     if !matches!(base.scheme(), "http" | "https") {
         bail!("--url must be an http or https URL");
     }
@@ -141,11 +198,6 @@ async fn export(
     if let Some(to) = to {
         url.query_pairs_mut().append_pair("to", &to.to_string());
     }
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(READ_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
     let mut response = http
         .get(url)
         .bearer_auth(token.expose_secret())
@@ -180,21 +232,7 @@ async fn export(
     if !pending.is_empty() {
         bail!("the export ended in the middle of a line");
     }
-    let manifest = writer.finish()?;
-    let c = &manifest.counts;
-    println!(
-        "bundle {}: tenant {}, seq {}–{} (linked through {}), {} audit lines, {} runs, {} approvals, {} checkpoints",
-        out.display(),
-        manifest.tenant,
-        manifest.range.first_seq,
-        manifest.range.last_seq,
-        manifest.range.linked_through,
-        c.audit,
-        c.runs,
-        c.approvals,
-        c.checkpoints
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(writer.finish()?)
 }
 
 fn verify(dir: &Path, witness_keys: Vec<String>) -> anyhow::Result<ExitCode> {

@@ -4,6 +4,7 @@
 pub mod backup_cli;
 pub mod boot;
 pub mod break_glass_cli;
+pub mod checklist;
 pub mod cli;
 pub mod config;
 pub mod demo;

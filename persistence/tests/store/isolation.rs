@@ -363,8 +363,48 @@ async fn every_tenant_table_forces_row_security() {
     );
 }
 
+/// What `steward checklist` reads of the service role: least privilege; and the owner role,
+/// which owns the schema, is reported as more than that.
+async fn the_role_check_passes_the_service_role_and_flags_the_owner() {
+    let db = TestDb::new().await;
+    db.intake("us-acme").await;
+    let crate::support::Place::Postgres(pg) = &db.place else {
+        panic!("PostgreSQL only")
+    };
+    let url = |role: &str| secrecy::SecretString::from(crate::support::pg_url(role, &pg.name));
+    let service = steward_persistence::role_check::service_role(&url("steward_service"))
+        .await
+        .unwrap();
+    assert_eq!(service.role, "steward_service");
+    assert!(service.problems().is_empty(), "{:?}", service.problems());
+    assert!(service.tenant_tables >= 10, "{service:?}");
+    let owner = steward_persistence::role_check::service_role(&url("steward_owner"))
+        .await
+        .unwrap();
+    assert!(owner.owned_objects > 0, "{owner:?}");
+    assert!(
+        owner.problems().iter().any(|p| p.starts_with("owns ")),
+        "{:?}",
+        owner.problems()
+    );
+    let bad = steward_persistence::role_check::service_role(&secrecy::SecretString::from(
+        "not a url".to_owned(),
+    ))
+    .await;
+    assert!(bad.is_err());
+}
+
 mod postgres_only {
     use steward_persistence::Backend;
+
+    #[tokio::test]
+    async fn the_role_check_passes_the_service_role_and_flags_the_owner() {
+        crate::support::on(
+            Backend::Postgres,
+            super::the_role_check_passes_the_service_role_and_flags_the_owner(),
+        )
+        .await;
+    }
 
     #[tokio::test]
     async fn a_query_without_the_tenant_set_returns_nothing() {

@@ -130,7 +130,7 @@ async fn admin() -> Result<AnyConnection, sqlx::Error> {
 }
 
 /// The URL of `database` on the test server as `user`.
-fn pg_url(user: &str, database: &str) -> String {
+pub(crate) fn pg_url(user: &str, database: &str) -> String {
     PgConnectOptions::from_str(&admin_url())
         .expect("a PostgreSQL URL")
         .username(user)
