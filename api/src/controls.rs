@@ -107,8 +107,7 @@ pub(crate) struct BudgetsAnswer {
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+    crate::error::json_object(bytes)
 }
 
 async fn platform_change(

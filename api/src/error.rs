@@ -89,6 +89,19 @@ impl ApiError {
     }
 }
 
+/// Parses a request body that must be one JSON object into `T` (400 otherwise). serde would
+/// also fill a struct from a JSON array, by position; a body is refused unless it is an object,
+/// so that `["ana", 5]` never passes for `{"person": "ana", "minutes": 5}`.
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "invalid request body: expected a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -188,5 +201,39 @@ mod tests {
         let (status, headers, _) = body_of(ApiError::RequestTimeout).await;
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(headers[header::CONNECTION], "close");
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        person: String,
+        minutes: u32,
+    }
+
+    #[test]
+    fn only_a_json_object_fills_a_body() {
+        let ok: Body = json_object(b" \n{\"person\": \"ana\", \"minutes\": 5}").unwrap();
+        assert_eq!(
+            ok,
+            Body {
+                person: "ana".into(),
+                minutes: 5
+            }
+        );
+        for bad in [
+            &b"[\"ana\", 5]"[..],
+            b"  [\"ana\", 5]",
+            b"",
+            b"null",
+            b"\"ana\"",
+            b"5",
+            b"{\"person\": \"ana\"}",
+            b"{\"person\": \"ana\", \"minutes\": 5, \"extra\": 1}",
+            b"{\"person\": \"ana\", \"minutes\": 5",
+            b"\xef\xbb\xbf{\"person\": \"ana\", \"minutes\": 5}",
+        ] {
+            let err = json_object::<Body>(bad).unwrap_err();
+            assert!(matches!(err, ApiError::BadRequest(_)), "{bad:?}");
+        }
     }
 }

@@ -323,8 +323,7 @@ async fn decision(
     body: Body,
 ) -> Result<OperatorRequest, ApiError> {
     let body = read_body(body, headers, state.limits.api_body_bytes).await?;
-    let body: DecisionBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+    let body: DecisionBody = crate::error::json_object(&body)?;
     operator_request(caller, body.operator, body.reason)
 }
 

@@ -93,8 +93,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (scope, token_label) = authorize_principal(&state, &headers, "runs:write").await?;
     let body = read_body(body, &headers, state.limits.api_body_bytes).await?;
-    let req: CreateRun = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+    let req: CreateRun = crate::error::json_object(&body)?;
     let incident = match (&req.incident.sys_id, &req.incident.number) {
         (Some(s), None) => IncidentRef::sys_id(s),
         (None, Some(n)) => IncidentRef::number(n),

@@ -95,8 +95,7 @@ pub(crate) async fn json_body<T: DeserializeOwned>(
     body: Body,
 ) -> Result<T, ApiError> {
     let bytes = read_body(body, headers, MAX_BODY_BYTES).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+    crate::error::json_object(&bytes)
 }
 
 fn digest(value: &impl serde::Serialize) -> String {
@@ -331,8 +330,7 @@ pub(crate) async fn delete_tenant(
     let req: DeleteTenant = if bytes.is_empty() {
         DeleteTenant::default()
     } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
+        crate::error::json_object(&bytes)?
     };
     let scope = known_tenant(&state, &id).await?;
     if state.store.tenant_offboarded(scope.tenant()).await? {
@@ -1212,8 +1210,7 @@ pub(crate) async fn rotate_source(
     let req: RotateBody = if bytes.is_empty() {
         RotateBody::default()
     } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
+        crate::error::json_object(&bytes)?
     };
     let now = state.store.clock().now_secs();
     let expires = req.old_expires_at.unwrap_or(now + DEFAULT_OVERLAP_SECS);

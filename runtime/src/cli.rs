@@ -152,6 +152,8 @@ pub enum WebhooksCommand {
         #[arg(long)]
         at: Option<i64>,
     },
+    /// Sign a body as a Standard Webhooks sender does and post it to a tenant's source.
+    Send(crate::webhooks_cli::SendArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +204,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     at,
                 },
         } => webhooks_check(&secret_file, &headers, &body_file, at),
+        Command::Webhooks {
+            command: WebhooksCommand::Send(args),
+        } => crate::webhooks_cli::send(args).await,
         Command::Audit {
             command: AuditCommand::Verify { tenant, config },
         } => audit_verify(&tenant, config.as_deref()).await,
@@ -260,6 +265,13 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     init_logs_with(true, telemetry.as_ref());
     let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
     let master_key = master_key(&config, base)?;
+    if master_key.is_dev() {
+        tracing::warn!(
+            "no master key is configured: the dev profile seals secrets and content under the \
+             published dev key, which protects nothing; set master_key (or \
+             STEWARD_MASTER_KEY_FILE) before storing real data"
+        );
+    }
     let mut opts = ServeOptions::new(config.database.clone(), master_key);
     opts.postgres = postgres_options(&config, base)?;
     opts.ops_token = config

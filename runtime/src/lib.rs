@@ -18,4 +18,5 @@ pub mod standins_oidc;
 pub mod telemetry;
 pub mod tenants_cli;
 pub mod tls;
+pub mod webhooks_cli;
 pub mod writes_cli;

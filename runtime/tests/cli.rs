@@ -288,3 +288,94 @@ fn serve_stops_gracefully_on_sigterm() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn serve_in_the_dev_profile_without_a_master_key_warns_that_the_dev_key_protects_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("steward.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\ndatabase = \"steward.db\"\n"),
+    )
+    .unwrap();
+    let child = Command::new(STEWARD)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("steward.toml"))
+        .current_dir(dir.path())
+        .env("STEWARD_LOG", "info")
+        .env_remove("STEWARD_MASTER_KEY")
+        .env_remove("STEWARD_MASTER_KEY_FILE")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut serve = Serve(child);
+    wait_ready(port);
+    let _ = serve.0.kill();
+    let _ = serve.0.wait();
+    let stderr = serve.0.stderr.take().unwrap();
+    let warned = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("WARN") && l.contains("published dev key"));
+    assert!(
+        warned,
+        "serve must warn that the dev master key protects nothing"
+    );
+}
+
+#[test]
+fn webhooks_send_signs_a_delivery_the_server_accepts_once_and_a_wrong_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_config(dir.path(), port);
+    let child = Command::new(STEWARD)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("steward.toml"))
+        .current_dir(dir.path())
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Serve(child);
+    wait_ready(port);
+    std::fs::write(
+        dir.path().join("body.json"),
+        r#"{"sys_id":"9d385017c611228701d22104cc95c371","number":"INC0010001"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("wrong"),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )
+    .unwrap();
+    let send = |secret: &str, id: &str| {
+        Command::new(STEWARD)
+            .args(["webhooks", "send", "--url"])
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(["--tenant", "us-cli", "--source", "servicenow", "--id", id])
+            .arg("--secret-file")
+            .arg(dir.path().join(secret))
+            .arg("--body-file")
+            .arg(dir.path().join("body.json"))
+            .env("NO_PROXY", "127.0.0.1")
+            .output()
+            .unwrap()
+    };
+    let first = send("whsec", "msg_cli_send_1");
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{stdout}");
+    assert!(stdout.starts_with("202 "), "{stdout}");
+    let again = send("whsec", "msg_cli_send_1");
+    let again_out = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again_out.starts_with("200 "),
+        "a redelivery names the same run: {again_out}"
+    );
+    let run =
+        |s: &str| serde_json::from_str::<serde_json::Value>(&s[4..]).unwrap()["run_id"].clone();
+    assert_eq!(run(&stdout), run(&again_out));
+    let forged = send("wrong", "msg_cli_send_2");
+    assert_eq!(forged.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&forged.stdout).starts_with("401 "));
+}
