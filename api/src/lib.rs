@@ -7,6 +7,7 @@ mod break_glass;
 mod controls;
 pub mod error;
 mod evidence;
+mod expiring;
 pub mod hardening;
 mod health;
 mod metrics;

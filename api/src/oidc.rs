@@ -39,10 +39,10 @@ use rand::rngs::OsRng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::expiring::ExpiringMap;
 use crate::ops_auth::{Person, Role, Via};
 
 /// The longest ID token accepted, in bytes; longer ones are refused before parsing. (The HTTP
@@ -257,8 +257,6 @@ struct PreLogin {
     state: String,
     nonce: String,
     verifier: String,
-    expires: Instant,
-    opened: u64,
 }
 
 /// A started page sign-in: where to send the browser, and the pre-login cookie value.
@@ -274,8 +272,7 @@ pub struct Oidc {
     provider: AsyncMutex<Option<Provider>>,
     /// When discovery last failed, so a dead provider is not asked on every request.
     last_failure: Mutex<Option<Instant>>,
-    pre_logins: Mutex<HashMap<[u8; 32], PreLogin>>,
-    opened: std::sync::atomic::AtomicU64,
+    pre_logins: ExpiringMap<PreLogin>,
 }
 
 impl std::fmt::Debug for Oidc {
@@ -284,10 +281,6 @@ impl std::fmt::Debug for Oidc {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 fn random_hex() -> String {
@@ -336,8 +329,7 @@ impl Oidc {
             http,
             provider: AsyncMutex::new(None),
             last_failure: Mutex::new(None),
-            pre_logins: Mutex::new(HashMap::new()),
-            opened: std::sync::atomic::AtomicU64::new(0),
+            pre_logins: ExpiringMap::new(MAX_PRE_LOGINS),
         })
     }
 
@@ -543,10 +535,6 @@ impl Oidc {
         })
     }
 
-    fn pre_logins(&self) -> MutexGuard<'_, HashMap<[u8; 32], PreLogin>> {
-        lock(&self.pre_logins)
-    }
-
     /// Starts a page sign-in: a fresh `state`, `nonce` and PKCE verifier kept under a new
     /// pre-login id, and the provider's authorization URL carrying the S256 challenge.
     pub async fn start(&self) -> Result<Started, OidcError> {
@@ -573,28 +561,14 @@ impl Oidc {
         }
         let (url, state, nonce) = request.url();
         let id = random_hex();
-        let now = Instant::now();
-        let mut pending = self.pre_logins();
-        pending.retain(|_, p| p.expires > now);
-        if pending.len() >= MAX_PRE_LOGINS
-            && let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, p)| p.opened)
-                .map(|(k, _)| *k)
-        {
-            pending.remove(&oldest);
-        }
-        pending.insert(
-            sha256(id.as_bytes()),
+        self.pre_logins.insert(
+            &id,
             PreLogin {
                 state: state.secret().clone(),
                 nonce: nonce.secret().clone(),
                 verifier: verifier.secret().clone(),
-                expires: now + PRE_LOGIN_TTL,
-                opened: self
-                    .opened
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             },
+            Instant::now() + PRE_LOGIN_TTL,
         );
         Ok(Started {
             authorize_url: url.to_string(),
@@ -610,13 +584,9 @@ impl Oidc {
         state: &str,
         code: &str,
     ) -> Result<Person, OidcError> {
-        if pre_login_id.is_empty() || pre_login_id.len() > 128 {
-            return Err(OidcError::Invalid("no sign-in is under way".into()));
-        }
         let pending = self
-            .pre_logins()
-            .remove(&sha256(pre_login_id.as_bytes()))
-            .filter(|p| p.expires > Instant::now())
+            .pre_logins
+            .take(pre_login_id)
             .ok_or_else(|| OidcError::Invalid("no sign-in is under way".into()))?;
         if !bool::from(pending.state.as_bytes().ct_eq(state.as_bytes())) {
             return Err(OidcError::Invalid("state does not match".into()));
@@ -746,15 +716,14 @@ mod tests {
     async fn a_pre_login_is_single_use_and_needs_its_state() {
         let oidc = Oidc::new(settings()).unwrap();
         let id = "f".repeat(64);
-        oidc.pre_logins().insert(
-            sha256(id.as_bytes()),
+        oidc.pre_logins.insert(
+            &id,
             PreLogin {
                 state: "s1".into(),
                 nonce: "n".into(),
                 verifier: "v".into(),
-                expires: Instant::now() + PRE_LOGIN_TTL,
-                opened: 0,
             },
+            Instant::now() + PRE_LOGIN_TTL,
         );
         let wrong = oidc.finish(&id, "s2", "code").await;
         assert!(matches!(wrong, Err(OidcError::Invalid(m)) if m.contains("state")));

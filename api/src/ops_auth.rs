@@ -19,9 +19,7 @@
 //! protected by SameSite=Strict. The OIDC pre-login cookie is SameSite=Lax (the provider's
 //! redirect back is a cross-site top-level GET) and lives ten minutes.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -33,6 +31,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::expiring::ExpiringMap;
 use crate::oidc::{Oidc, OidcError};
 use crate::state::AppState;
 
@@ -225,9 +224,7 @@ pub struct OpsAuth {
     token_sha256: Option<[u8; 32]>,
     settings: OpsSettings,
     oidc: Option<Arc<Oidc>>,
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
-    /// Counts sessions opened, to tell the oldest apart.
-    opened: AtomicU64,
+    sessions: ExpiringMap<Session>,
 }
 
 impl std::fmt::Debug for OpsAuth {
@@ -244,8 +241,6 @@ impl std::fmt::Debug for OpsAuth {
 struct Session {
     csrf: String,
     principal: Principal,
-    expires: Instant,
-    opened: u64,
 }
 
 /// How a request proved who it is, and who that is.
@@ -280,8 +275,7 @@ impl OpsAuth {
             token_sha256: token.map(|t| sha256(t.expose_secret().as_bytes())),
             settings,
             oidc: None,
-            sessions: Mutex::new(HashMap::new()),
-            opened: AtomicU64::new(0),
+            sessions: ExpiringMap::new(MAX_SESSIONS),
         }
     }
 
@@ -313,35 +307,17 @@ impl OpsAuth {
         bool::from(sha256(presented.as_bytes()).ct_eq(expected))
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Opens a session for `principal`.
     pub fn open_session(&self, principal: Principal) -> OpenedSession {
         let id = random_hex();
         let csrf = random_hex();
-        let now = Instant::now();
-        let mut sessions = self.sessions();
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.opened)
-                .map(|(k, _)| *k)
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(
-            sha256(id.as_bytes()),
+        self.sessions.insert(
+            &id,
             Session {
                 csrf: csrf.clone(),
                 principal,
-                expires: now + self.settings.session_ttl,
-                opened: self.opened.fetch_add(1, Ordering::Relaxed),
             },
+            Instant::now() + self.settings.session_ttl,
         );
         OpenedSession {
             id: SecretString::from(id),
@@ -351,19 +327,7 @@ impl OpsAuth {
 
     /// The CSRF token and principal of the live session `id`, if there is one.
     pub fn session(&self, id: &str) -> Option<(String, Principal)> {
-        if id.is_empty() || id.len() > 128 {
-            return None;
-        }
-        let key = sha256(id.as_bytes());
-        let mut sessions = self.sessions();
-        match sessions.get(&key) {
-            Some(s) if s.expires > Instant::now() => Some((s.csrf.clone(), s.principal.clone())),
-            Some(_) => {
-                sessions.remove(&key);
-                None
-            }
-            None => None,
-        }
+        self.sessions.get(id).map(|s| (s.csrf, s.principal))
     }
 
     /// The CSRF token of the live session `id`, if there is one.
@@ -373,7 +337,7 @@ impl OpsAuth {
 
     /// Ends the session `id`.
     pub fn close_session(&self, id: &str) {
-        self.sessions().remove(&sha256(id.as_bytes()));
+        self.sessions.remove(id);
     }
 
     /// The `Set-Cookie` value that carries session `id`.
@@ -793,7 +757,7 @@ mod tests {
         for _ in 0..MAX_SESSIONS {
             auth.open_session(Principal::OperatorToken);
         }
-        assert_eq!(auth.sessions().len(), MAX_SESSIONS);
+        assert_eq!(auth.sessions.len(), MAX_SESSIONS);
         assert_eq!(auth.session_csrf(first.id.expose_secret()), None);
     }
 }
