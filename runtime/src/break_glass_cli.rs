@@ -6,18 +6,16 @@
 //! stderr. `list` shows every grant without tokens; `close <id>` ends one early. Text from the
 //! server is printed with control characters escaped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::Method;
 use serde_json::{Value, json};
 use url::Url;
 
-/// How long one request to the server may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::api_client::{ApiClient, clean, read_token};
 
 /// `steward break-glass …`.
 #[derive(Debug, Subcommand)]
@@ -61,52 +59,13 @@ pub struct Server {
     token_file: Option<PathBuf>,
 }
 
-fn read_token(file: Option<&Path>) -> anyhow::Result<SecretString> {
-    let token = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the token file {}", path.display()))?,
-        None => std::env::var("STEWARD_OPS_TOKEN")
-            .context("give the operator token with --token-file or STEWARD_OPS_TOKEN")?,
-    };
-    let token = token.trim().to_owned();
-    if token.is_empty() {
-        bail!("the operator token is empty");
-    }
-    Ok(SecretString::from(token))
-}
-
 impl Server {
-    fn url(&self, path: &str) -> anyhow::Result<Url> {
-        if !matches!(self.url.scheme(), "http" | "https") {
-            bail!("--url must be an http or https URL");
-        }
-        self.url
-            .join(path)
-            .with_context(|| format!("building the URL for {path}"))
+    /// A client of the server with the operator token. Break-glass grants are opened with
+    /// the operator token alone, never a saved sign-in.
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        let token = read_token(self.token_file.as_deref(), "STEWARD_OPS_TOKEN", None)?;
+        ApiClient::new(&self.url, token)
     }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let token = read_token(self.token_file.as_deref())?;
-        let response = request
-            .bearer_auth(token.expose_secret())
-            .send()
-            .await
-            .with_context(|| format!("reaching Steward at {}", self.url))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = body["message"].as_str().unwrap_or("no message");
-            bail!("Steward answered {status}: {}", clean(message));
-        }
-        Ok(body)
-    }
-}
-
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
 }
 
 /// Runs a `steward break-glass …` command.
@@ -131,10 +90,10 @@ async fn open(
     minutes: u32,
 ) -> anyhow::Result<ExitCode> {
     let body = json!({ "person": person, "reason": reason, "minutes": minutes });
-    let request = client()?
-        .post(server.url("v1/ops/break-glass")?)
-        .json(&body);
-    let answer = server.send(request).await?;
+    let answer = server
+        .client()?
+        .call(Method::POST, "v1/ops/break-glass", Some(&body))
+        .await?;
     let Some(token) = answer["token"].as_str().filter(|t| t.starts_with("sbg_")) else {
         bail!("Steward's answer carries no grant token");
     };
@@ -150,8 +109,7 @@ async fn open(
 }
 
 async fn list(server: &Server) -> anyhow::Result<ExitCode> {
-    let request = client()?.get(server.url("v1/ops/break-glass")?);
-    let answer = server.send(request).await?;
+    let answer = server.client()?.get("v1/ops/break-glass", &[]).await?;
     let grants = answer["grants"].as_array().cloned().unwrap_or_default();
     if grants.is_empty() {
         println!("no break-glass grants");
@@ -167,8 +125,10 @@ async fn close(server: &Server, id: &str) -> anyhow::Result<ExitCode> {
     {
         bail!("a grant id is `bg_` and hex digits");
     }
-    let request = client()?.delete(server.url(&format!("v1/ops/break-glass/{id}"))?);
-    let answer = server.send(request).await?;
+    let answer = server
+        .client()?
+        .call(Method::DELETE, &format!("v1/ops/break-glass/{id}"), None)
+        .await?;
     println!("closed: {}", grant_line(&answer));
     Ok(ExitCode::SUCCESS)
 }
@@ -186,19 +146,6 @@ fn grant_line(g: &Value) -> String {
     )
 }
 
-/// Control characters escaped, so server text cannot drive the terminal.
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,22 +160,5 @@ mod tests {
         assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line}");
         assert!(!line.contains("sbg_secret"));
         assert!(line.starts_with("bg_0123456789abcdef\tactive\t"));
-    }
-
-    #[test]
-    fn urls_must_be_http() {
-        let server = Server {
-            url: Url::parse("file:///etc/").unwrap(),
-            token_file: None,
-        };
-        assert!(server.url("v1/ops/break-glass").is_err());
-        let server = Server {
-            url: Url::parse("http://127.0.0.1:8080").unwrap(),
-            token_file: None,
-        };
-        assert_eq!(
-            server.url("v1/ops/break-glass").unwrap().as_str(),
-            "http://127.0.0.1:8080/v1/ops/break-glass"
-        );
     }
 }

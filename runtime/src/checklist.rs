@@ -1504,17 +1504,17 @@ mod tests {
         verify_artifact(&bytes, Some(&pinned.to_ascii_uppercase())).unwrap();
         assert!(verify_artifact(&bytes, Some(&"11".repeat(32))).is_err());
 
-        let edits: Vec<Box<dyn Fn(&mut Artifact)>> = vec![
-            Box::new(|a| a.items[0].status = Status::Fail),
-            Box::new(|a| a.items[0].detail.push('x')),
-            Box::new(|a| a.decision = "no-go".into()),
-            Box::new(|a| a.sign_offs[0].who = "mallory".into()),
-            Box::new(|a| a.sign_offs[0].test_identity = true),
-            Box::new(|a| a.env = Env::Staging),
-            Box::new(|a| a.created_at = "2027-01-01T00:00:00Z".into()),
-            Box::new(|a| a.inputs.drill_max_age_days = 3650),
-            Box::new(|a| a.signature = a.signature.to_ascii_uppercase()),
-            Box::new(|a| a.key.key_id = "ck-0000000000000000".into()),
+        let edits: Vec<fn(&mut Artifact)> = vec![
+            |a| a.items[0].status = Status::Fail,
+            |a| a.items[0].detail.push('x'),
+            |a| a.decision = "no-go".into(),
+            |a| a.sign_offs[0].who = "mallory".into(),
+            |a| a.sign_offs[0].test_identity = true,
+            |a| a.env = Env::Staging,
+            |a| a.created_at = "2027-01-01T00:00:00Z".into(),
+            |a| a.inputs.drill_max_age_days = 3650,
+            |a| a.signature = a.signature.to_ascii_uppercase(),
+            |a| a.key.key_id = "ck-0000000000000000".into(),
         ];
         for (i, edit) in edits.iter().enumerate() {
             let mut b = a.clone();
@@ -1556,7 +1556,7 @@ mod tests {
         let mut v = serde_json::to_value(&a).unwrap();
         v["extra"] = serde_json::json!(1);
         assert!(verify_artifact(&serde_json::to_vec(&v).unwrap(), None).is_err());
-        let mut dup = a.clone();
+        let mut dup = a;
         dup.items.push(item("x", Status::Pass));
         assert!(verify_artifact(&serde_json::to_vec(&dup).unwrap(), None).is_err());
     }

@@ -1,6 +1,7 @@
 //! The `steward` binary's library: configuration, boot and shutdown, the operator commands and
 //! the demo with its local stand-ins for ServiceNow, Slack and an LLM provider.
 
+pub mod api_client;
 pub mod backup_cli;
 pub mod boot;
 pub mod break_glass_cli;

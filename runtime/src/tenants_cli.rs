@@ -16,6 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::api_client::{ApiClient, clean, read_token};
+
 /// How long one request to the server may take (a connection check may take a while).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest file a command reads as a body or a secret.
@@ -431,19 +433,6 @@ fn read_stdin() -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// Text from outside, with control characters escaped.
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 fn clean_value(v: &Value) -> String {
     match v {
         Value::String(s) => clean(s),
@@ -452,92 +441,33 @@ fn clean_value(v: &Value) -> String {
     }
 }
 
-/// The token to present: the file, then the role's variable, then (platform commands only)
-/// the person signed in with `steward login` to this server.
-fn read_token(file: Option<&Path>, role: Role, server: &Url) -> anyhow::Result<SecretString> {
-    let token = match file {
-        Some(path) => read_file(path)?,
-        None => match std::env::var(role.env()) {
-            Ok(token) => token,
-            Err(_) if role == Role::Operator => {
-                return crate::login_cli::saved_token(None, server)?.with_context(|| {
-                    format!(
-                        "sign in with `steward login`, or give the token with --token-file or {}",
-                        role.env()
-                    )
-                });
-            }
-            Err(_) => {
-                bail!("give the token with --token-file or {}", role.env())
-            }
-        },
-    };
-    let token = token.trim().to_owned();
-    if token.is_empty() {
-        bail!("the token is empty");
-    }
-    Ok(SecretString::from(token))
-}
-
-/// A client of the tenancy API.
-struct Client {
-    http: reqwest::Client,
-    base: Url,
-    token: SecretString,
-}
+/// A client of the tenancy API with the role's token: the file, then the role's variable,
+/// then (platform commands only) the person signed in with `steward login` to this server.
+struct Client(ApiClient);
 
 impl Client {
     fn new(server: &ServerArgs, role: Role) -> anyhow::Result<Self> {
-        if !matches!(server.url.scheme(), "http" | "https") {
-            bail!("--url must be an http or https URL");
-        }
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self {
-            http,
-            base: server.url.clone(),
-            token: read_token(server.token_file.as_deref(), role, &server.url)?,
-        })
-    }
-
-    fn request(&self, method: &str, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
-        let url = self
-            .base
-            .join(path)
-            .with_context(|| format!("building the URL for {path}"))?;
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        Ok(self
-            .http
-            .request(method, url)
-            .bearer_auth(self.token.expose_secret()))
+        let sign_in = (role == Role::Operator).then_some(&server.url);
+        let token = read_token(server.token_file.as_deref(), role.env(), sign_in)?;
+        Ok(Self(ApiClient::with_timeout(
+            &server.url,
+            token,
+            REQUEST_TIMEOUT,
+        )?))
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let mut request = self.request(method, path)?;
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("reaching Steward at {}", self.base))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = body["message"].as_str().unwrap_or("no message");
-            bail!("Steward answered {status}: {}", clean(message));
-        }
-        Ok(body)
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        self.0.call(method, path, body.as_ref()).await
     }
 
     async fn raw_get(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         let response = self
-            .request("GET", path)?
+            .0
+            .request(reqwest::Method::GET, path)?
             .send()
             .await
-            .with_context(|| format!("reaching Steward at {}", self.base))?;
+            .context("reaching Steward")?;
         let status = response.status();
         if !status.is_success() {
             bail!("Steward answered {status} to the export");
@@ -559,7 +489,6 @@ mod tests {
 
     #[test]
     fn server_text_cannot_drive_the_terminal() {
-        assert_eq!(clean("ok\u{1b}[31m"), "ok\\u{1b}[31m");
         assert_eq!(clean_value(&json!(null)), "-");
         assert_eq!(clean_value(&json!(3)), "3");
     }

@@ -6,16 +6,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::Method;
 use serde_json::{Value, json};
 use url::Url;
 
-/// How long one request to the server may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::api_client::{ApiClient, clean, read_token};
 
 /// `steward writes …`.
 #[derive(Debug, Subcommand)]
@@ -66,31 +63,18 @@ pub struct Target {
 }
 
 impl Target {
-    fn token(&self) -> anyhow::Result<SecretString> {
-        let var = if self.tenant.is_some() {
-            "STEWARD_TOKEN"
-        } else {
-            "STEWARD_OPS_TOKEN"
+    /// A client with the tenant's admin token (`--tenant`) or the operator's; the
+    /// platform's switch also takes the sign-in `steward login` saved.
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        let token = match &self.tenant {
+            Some(_) => read_token(self.token_file.as_deref(), "STEWARD_TOKEN", None)?,
+            None => read_token(
+                self.token_file.as_deref(),
+                "STEWARD_OPS_TOKEN",
+                Some(&self.url),
+            )?,
         };
-        let token = match &self.token_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?,
-            None => match std::env::var(var) {
-                Ok(token) => token,
-                // The platform's switch also takes the sign-in `steward login` saved.
-                Err(_) if self.tenant.is_none() => {
-                    return crate::login_cli::saved_token(None, &self.url)?.with_context(|| {
-                        format!("sign in with `steward login`, or give the token with --token-file or {var}")
-                    });
-                }
-                Err(_) => bail!("give the token with --token-file or {var}"),
-            },
-        };
-        let token = token.trim().to_owned();
-        if token.is_empty() {
-            bail!("the token is empty");
-        }
-        Ok(SecretString::from(token))
+        ApiClient::new(&self.url, token)
     }
 
     fn path(&self, action: Option<&str>) -> String {
@@ -141,39 +125,6 @@ pub async fn run(command: WritesCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn send(target: &Target, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let response = request
-        .bearer_auth(target.token()?.expose_secret())
-        .send()
-        .await
-        .with_context(|| format!("reaching Steward at {}", target.url))?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let message = body["message"].as_str().unwrap_or("no message");
-        bail!("Steward answered {status}: {}", clean(message));
-    }
-    Ok(body)
-}
-
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
-}
-
-fn url(target: &Target, action: Option<&str>) -> anyhow::Result<Url> {
-    if !matches!(target.url.scheme(), "http" | "https") {
-        bail!("--url must be an http or https URL");
-    }
-    let path = target.path(action);
-    target
-        .url
-        .join(&path)
-        .with_context(|| format!("building the URL for {path}"))
-}
-
 async fn change(
     target: &Target,
     action: &str,
@@ -181,8 +132,10 @@ async fn change(
     operator: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let body = target.body(reason, operator)?;
-    let request = client()?.post(url(target, Some(action))?).json(&body);
-    let answer = send(target, request).await?;
+    let answer = target
+        .client()?
+        .call(Method::POST, &target.path(Some(action)), Some(&body))
+        .await?;
     let scope = clean(answer["scope"].as_str().unwrap_or("?"));
     if answer["paused"] == true {
         println!("writes are paused for {scope}");
@@ -196,8 +149,7 @@ async fn change(
 }
 
 async fn status(target: &Target) -> anyhow::Result<ExitCode> {
-    let request = client()?.get(url(target, None)?);
-    let answer = send(target, request).await?;
+    let answer = target.client()?.get(&target.path(None), &[]).await?;
     let pauses = answer["pauses"].as_array().cloned().unwrap_or_default();
     if pauses.is_empty() {
         println!("writes are not paused");
@@ -214,19 +166,6 @@ async fn status(target: &Target) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Control characters escaped, so server text cannot drive the terminal.
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -255,10 +194,5 @@ mod tests {
             p.body("upgrade", Some("ana")).unwrap(),
             json!({"reason": "upgrade", "operator": "ana"})
         );
-    }
-
-    #[test]
-    fn server_text_cannot_drive_the_terminal() {
-        assert_eq!(clean("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
     }
 }
