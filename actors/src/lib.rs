@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod budgets;
+pub mod catchup;
 pub mod connectors;
 pub mod crash;
 pub mod inspect;
@@ -12,10 +13,12 @@ pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod providers;
+pub mod retention;
 pub mod retry;
 pub mod root;
 pub mod run;
 pub mod settings;
+pub mod siem;
 pub mod tenant;
 pub mod tenant_runtime;
 pub mod timers;

@@ -117,6 +117,13 @@ struct Inner {
     tls_expiry: Gauge,
     /// Break-glass grants in force (opened, not closed, not expired), read at each scrape.
     break_glass_active: Gauge,
+    /// Audit entries not yet acknowledged by the tenant's SIEM, set by the SIEM streamer.
+    siem_lag: Family<TenantLabel, Gauge>,
+    siem_failures: Family<TenantLabel, Counter>,
+    /// Runs the ServiceNow catch-up pass started, by tenant.
+    catchup_runs: Family<TenantLabel, Counter>,
+    /// Catch-up passes that stopped on an error, by tenant.
+    catchup_failures: Family<TenantLabel, Counter>,
     /// Serializes scrape-time refreshes, so two scrapes do not interleave clearing and setting.
     refresh: tokio::sync::Mutex<()>,
 }
@@ -215,6 +222,30 @@ impl Metrics {
             "Break-glass operator grants in force now",
             break_glass_active.clone(),
         );
+        let siem_lag = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "steward_siem_lag_entries",
+            "Audit entries the tenant's SIEM has not acknowledged yet, by tenant",
+            siem_lag.clone(),
+        );
+        let siem_failures = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "steward_siem_delivery_failures",
+            "Batches of audit entries the tenant's SIEM did not acknowledge, by tenant",
+            siem_failures.clone(),
+        );
+        let catchup_runs = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "steward_catchup_runs_started",
+            "Runs the ServiceNow catch-up pass started for missed incident changes, by tenant",
+            catchup_runs.clone(),
+        );
+        let catchup_failures = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "steward_catchup_pass_failures",
+            "ServiceNow catch-up passes that stopped on an error, by tenant",
+            catchup_failures.clone(),
+        );
         // Series with fixed labels exist from the start at zero, so that a rule's `increase`
         // sees their first event.
         for reason in REJECTION_REASONS {
@@ -238,6 +269,10 @@ impl Metrics {
                 audit_failures,
                 tls_expiry,
                 break_glass_active,
+                siem_lag,
+                siem_failures,
+                catchup_runs,
+                catchup_failures,
                 refresh: tokio::sync::Mutex::new(()),
             }),
         }
@@ -263,6 +298,51 @@ impl Metrics {
             tenant: tenant.to_string(),
         };
         self.inner.audit_failures.get_or_create(&labels).inc();
+    }
+
+    /// Sets how many of `tenant`'s audit entries its SIEM has not acknowledged yet.
+    pub fn set_siem_lag(&self, tenant: &TenantId, entries: u64) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
+        self.inner.siem_lag.get_or_create(&labels).set(entries);
+        drop(self.inner.siem_failures.get_or_create(&labels));
+    }
+
+    /// A batch of `tenant`'s audit entries was not acknowledged by its SIEM.
+    pub fn siem_delivery_failed(&self, tenant: &TenantId) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.inner.siem_failures.get_or_create(&labels).inc();
+    }
+
+    /// Drops `tenant`'s lag series, once its SIEM stream is removed.
+    pub fn clear_siem_lag(&self, tenant: &TenantId) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.inner.siem_lag.remove(&labels);
+    }
+
+    /// The catch-up pass started `runs` runs for `tenant`; a tenant's series exist from its
+    /// first pass, at zero.
+    pub fn catchup_runs_started(&self, tenant: &TenantId, runs: u64) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.inner.catchup_runs.get_or_create(&labels).inc_by(runs);
+        drop(self.inner.catchup_failures.get_or_create(&labels));
+    }
+
+    /// A catch-up pass for `tenant` stopped on an error.
+    pub fn catchup_pass_failed(&self, tenant: &TenantId) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.inner.catchup_failures.get_or_create(&labels).inc();
+        drop(self.inner.catchup_runs.get_or_create(&labels));
     }
 
     /// Sets the served certificate's expiry (its `notAfter`, Unix seconds).

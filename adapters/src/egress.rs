@@ -16,16 +16,24 @@ pub enum EgressKind {
     Llm,
     ServiceNow,
     Slack,
+    /// A tenant's SIEM endpoint, where its audit entries stream.
+    Siem,
 }
 
 impl EgressKind {
-    pub const ALL: [EgressKind; 3] = [EgressKind::Llm, EgressKind::ServiceNow, EgressKind::Slack];
+    pub const ALL: [EgressKind; 4] = [
+        EgressKind::Llm,
+        EgressKind::ServiceNow,
+        EgressKind::Slack,
+        EgressKind::Siem,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EgressKind::Llm => "llm",
             EgressKind::ServiceNow => "servicenow",
             EgressKind::Slack => "slack",
+            EgressKind::Siem => "siem",
         }
     }
 }
@@ -119,6 +127,8 @@ pub struct RegionEgress {
     pub llm: Vec<HostPattern>,
     pub servicenow: Vec<HostPattern>,
     pub slack: Vec<HostPattern>,
+    /// Empty by default: no SIEM host is known in advance, so each is listed by the operator.
+    pub siem: Vec<HostPattern>,
 }
 
 impl RegionEgress {
@@ -127,6 +137,7 @@ impl RegionEgress {
             EgressKind::Llm => &self.llm,
             EgressKind::ServiceNow => &self.servicenow,
             EgressKind::Slack => &self.slack,
+            EgressKind::Siem => &self.siem,
         }
     }
 
@@ -135,13 +146,14 @@ impl RegionEgress {
             EgressKind::Llm => &mut self.llm,
             EgressKind::ServiceNow => &mut self.servicenow,
             EgressKind::Slack => &mut self.slack,
+            EgressKind::Siem => &mut self.siem,
         }
     }
 }
 
 /// The allow-lists of both regions. `Default` is the production lists: LLM `api.openai.com`
 /// and `api.anthropic.com` for US, `api.mistral.ai` for EU; ServiceNow `*.service-now.com` and
-/// Slack `slack.com` in both. No loopback address is on them.
+/// Slack `slack.com` in both; no SIEM host. No loopback address is on them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Egress {
     pub us: RegionEgress,
@@ -164,11 +176,13 @@ impl Default for Egress {
                 llm: list(&["api.openai.com", "api.anthropic.com"]),
                 servicenow: list(&["*.service-now.com"]),
                 slack: list(&["slack.com"]),
+                siem: Vec::new(),
             },
             eu: RegionEgress {
                 llm: list(&["api.mistral.ai"]),
                 servicenow: list(&["*.service-now.com"]),
                 slack: list(&["slack.com"]),
+                siem: Vec::new(),
             },
         }
     }

@@ -17,10 +17,12 @@ use tokio::sync::watch;
 use url::Url;
 
 mod auth;
+mod list;
 mod record;
 mod wire;
 
 pub use auth::ServiceNowAuth;
+pub use list::{ChangePage, IncidentChange, MAX_PAGE_SIZE, format_time, parse_changes, parse_time};
 pub use record::{parse_incident_reply, parse_record_list_reply};
 pub use wire::table_error;
 

@@ -16,7 +16,10 @@ pub mod openapi;
 mod ops;
 pub mod ops_auth;
 mod ops_page;
+mod reports;
+mod retention;
 mod runs;
+pub mod siem;
 mod slack;
 pub mod state;
 mod telemetry;
@@ -44,6 +47,9 @@ pub fn router(state: AppState) -> Router {
             break_glass::audit_uses,
         ))
         .layer(axum::middleware::from_fn(telemetry::http_span))
+        .layer(axum::Extension(reports::RejectionTally::new(
+            state.store.clone(),
+        )))
         .with_state(state)
 }
 
@@ -86,8 +92,20 @@ fn routes() -> Routes {
         )
         .route("/v1/tenants/{id}", delete(tenancy::delete_tenant))
         .route("/v1/tenants/{id}/export", get(tenancy::export))
+        .route(
+            "/v1/tenants/{id}/legal-hold",
+            put(retention::put_legal_hold).delete(retention::delete_legal_hold),
+        )
+        .route("/v1/tenants/{id}/erasure", post(retention::post_erasure))
+        .route("/v1/ops/retention/sweep", post(retention::post_sweep))
+        .route(
+            "/v1/tenant/retention",
+            put(retention::put_retention).get(retention::get_retention),
+        )
         .route("/v1/tenants/{id}/evidence", get(evidence::platform_export))
         .route("/v1/tenant/evidence", get(evidence::tenant_export))
+        .route("/v1/tenants/{id}/report", get(reports::platform_report))
+        .route("/v1/tenant/report", get(reports::tenant_report))
         .route("/v1/evidence/keys", get(evidence::keys))
         .route(
             "/v1/tenant/connectors/servicenow",
@@ -108,6 +126,10 @@ fn routes() -> Routes {
         )
         .route("/v1/tenant/tokens/{id}", delete(tenancy::revoke_token))
         .route("/v1/tenant/check", post(tenancy::check))
+        .route(
+            "/v1/tenant/siem",
+            put(siem::put).get(siem::get).delete(siem::delete),
+        )
         .route("/v1/tenant/writes", get(controls::tenant_pauses))
         .route("/v1/tenant/writes/pause", post(controls::tenant_pause))
         .route("/v1/tenant/writes/resume", post(controls::tenant_resume))

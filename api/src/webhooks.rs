@@ -48,16 +48,25 @@ use crate::state::AppState;
     security(("webhookSignature" = []), ("slackSignature" = []), ("stripeSignature" = [])))]
 pub(crate) async fn receive(
     State(state): State<AppState>,
+    tally: Option<axum::Extension<std::sync::Arc<crate::reports::RejectionTally>>>,
     Path((tenant, source)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let metrics = state.metrics.clone();
-    let answer = intake(state, tenant, source, headers, body).await;
-    if let (Err(error), Some(metrics)) = (&answer, metrics)
+    let clock = state.store.clock().clone();
+    let mut known = None;
+    let answer = intake(state, tenant, source, headers, body, &mut known).await;
+    if let Err(error) = &answer
         && let Some(reason) = rejection_reason(error)
     {
-        metrics.webhook_rejected(reason);
+        if let Some(metrics) = metrics {
+            metrics.webhook_rejected(reason);
+        }
+        // Only a delivery to an existing tenant's existing source is that tenant's to count.
+        if let (Some(tenant), Some(axum::Extension(tally))) = (known, tally) {
+            tally.record(&tenant, reason, clock.now_millis());
+        }
     }
     answer
 }
@@ -82,6 +91,7 @@ async fn intake(
     source: String,
     headers: HeaderMap,
     body: Body,
+    known: &mut Option<TenantId>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // Which tenant and source; unknown ones are indistinguishable to the caller.
     let tenant = TenantId::parse(&tenant).map_err(|_| ApiError::NotFound)?;
@@ -93,6 +103,7 @@ async fn intake(
         .source(&scope, &source)
         .await?
         .ok_or(ApiError::NotFound)?;
+    *known = Some(tenant.clone());
 
     // The raw bytes, bounded.
     let body = read_body(body, &headers, state.limits.webhook_body_bytes).await?;

@@ -6,11 +6,19 @@
 //! content); entries about the tenant itself (tokens, settings, secrets by name, offboarding)
 //! stay in clear. The hash covers the stored text, sealed or not, so a chain verifies without
 //! any key, also after offboarding destroyed the data key.
+//!
+//! A sealed body is stored bound ([`BOUND_PREFIX`]): a random salt and the SHA-256 of the salt
+//! and the clear body come first, in clear, then the sealed text. The chain's hash covers the
+//! digest, so the clear body an export shows beside the stored text is proved by the chain as
+//! well: anyone can check that it hashes, with the salt, to the digest (`bound_body_matches`),
+//! and no key is needed. The salt keeps the digest from confirming a guessed short body.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 use steward_core::{RunId, TenantId};
+
+use rand::RngCore;
 
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
 use crate::content::{self, Column};
@@ -74,7 +82,8 @@ pub struct ChainBreak {
 /// The outcome of verifying a tenant's whole chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// Entries that verified, from seq 1 up to (not including) the first bad one.
+    /// Entries that verified, from the chain's stored start (seq 1, or the seq after its prune
+    /// anchor) up to (not including) the first bad one.
     pub entries: u64,
     /// Hash of the last entry that verified; [`GENESIS_HASH`] for an empty chain.
     pub head_hash: String,
@@ -177,6 +186,69 @@ impl ChainCursor {
     }
 }
 
+/// How a bound body's stored text starts: `bound:1:<salt, 32 hex>:<digest, 64 hex>:` and then
+/// the sealed text.
+pub const BOUND_PREFIX: &str = "bound:1:";
+/// Domain tag of a bound body's digest.
+const BODY_DIGEST_DOMAIN: &[u8] = b"steward-audit-body-v1\0";
+
+/// The parts of a bound body's stored text.
+struct Bound<'a> {
+    salt: [u8; 16],
+    digest: &'a str,
+    sealed: &'a str,
+}
+
+/// Lowercase hex SHA-256 of the domain tag, the salt and the clear body.
+fn body_digest(salt: &[u8; 16], plain: &str) -> String {
+    hex::encode(
+        Sha256::new()
+            .chain_update(BODY_DIGEST_DOMAIN)
+            .chain_update(salt)
+            .chain_update(plain.as_bytes())
+            .finalize(),
+    )
+}
+
+/// The stored text of a body sealed as `sealed`: a fresh salt and the digest before it.
+fn bind(plain: &str, sealed: &str) -> String {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    format!(
+        "{BOUND_PREFIX}{}:{}:{sealed}",
+        hex::encode(salt),
+        body_digest(&salt, plain)
+    )
+}
+
+fn split_bound(stored: &str) -> Option<Bound<'_>> {
+    let rest = stored.strip_prefix(BOUND_PREFIX)?;
+    let (salt, rest) = rest.split_once(':')?;
+    let (digest, sealed) = rest.split_once(':')?;
+    let lower = |t: &str, n: usize| {
+        t.len() == n && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if !lower(salt, 32) || !lower(digest, 64) {
+        return None;
+    }
+    let salt: [u8; 16] = hex::decode(salt).ok()?.try_into().ok()?;
+    Some(Bound {
+        salt,
+        digest,
+        sealed,
+    })
+}
+
+/// Whether `plain` is the clear body the stored text `stored` commits to: Some(true) or
+/// Some(false) for a bound body, None for a stored text that is not bound (a clear body, or a
+/// body sealed before bodies were bound, whose clear text the chain does not prove).
+pub fn bound_body_matches(stored: &str, plain: &str) -> Option<bool> {
+    if !stored.starts_with(BOUND_PREFIX) {
+        return None;
+    }
+    Some(split_bound(stored).is_some_and(|b| body_digest(&b.salt, plain) == b.digest))
+}
+
 #[derive(FromRow)]
 pub(crate) struct AuditRow {
     tenant_id: String,
@@ -212,7 +284,23 @@ impl Store {
     /// The entry of `row` with its body opened when it is sealed.
     pub(crate) async fn open_audit_row(&self, row: AuditRow) -> Result<AuditEntry, StoreError> {
         let mut entry = row.stored_entry()?;
-        if content::is_sealed(&entry.body) {
+        if let Some(bound) = split_bound(&entry.body) {
+            let plain = self
+                .open_content(
+                    entry.tenant.as_str(),
+                    Column::AuditBody,
+                    &entry.seq.to_string(),
+                    bound.sealed,
+                )
+                .await?;
+            if body_digest(&bound.salt, &plain) != bound.digest {
+                return Err(StoreError::Corrupt(format!(
+                    "audit entry {} of tenant {}: its opened body does not match its digest",
+                    entry.seq, entry.tenant
+                )));
+            }
+            entry.sealed = Some(std::mem::replace(&mut entry.body, plain));
+        } else if content::is_sealed(&entry.body) {
             let plain = self
                 .open_content(
                     entry.tenant.as_str(),
@@ -268,12 +356,18 @@ impl Store {
         self.open_audit_rows(rows).await
     }
 
-    /// Verifies the scope's tenant's whole chain from seq 1, a page of 1000 at a time. A row
-    /// that does not even decode (a run id that is not a UUID, say) is reported as the break.
+    /// Verifies the scope's tenant's whole stored chain, a page of 1000 at a time: from seq 1,
+    /// or, once retention pruned a prefix, from the latest prune anchor's hash at the seq after
+    /// it. A row that does not even decode (a run id that is not a UUID, say) is reported as
+    /// the break.
     pub async fn verify_audit(&self, scope: &TenantScope) -> Result<VerifyReport, StoreError> {
-        let mut cursor = ChainCursor::new(GENESIS_HASH, Some(1));
+        let anchor = self.prune_anchor(scope).await?;
+        let (start_hash, mut after) = match &anchor {
+            Some(a) => (a.hash.as_str(), a.through_seq),
+            None => (GENESIS_HASH, 0),
+        };
+        let mut cursor = ChainCursor::new(start_hash, Some(after + 1));
         let mut verified = 0u64;
-        let mut after = 0u64;
         loop {
             let rows = self.audit_rows(scope, after, PAGE).await?;
             let last_page = rows.len() < PAGE as usize;
@@ -344,7 +438,10 @@ impl Store {
 
         let seq = last_seq + 1;
         let body = match &key {
-            Some(key) => content::seal(key, scope.id(), Column::AuditBody, &seq.to_string(), &body),
+            Some(key) => bind(
+                &body,
+                &content::seal(key, scope.id(), Column::AuditBody, &seq.to_string(), &body),
+            ),
             None => body,
         };
         let mut entry = AuditEntry {
@@ -556,6 +653,42 @@ mod tests {
             let err = verify_entries(&entries, GENESIS_HASH).unwrap_err();
             let want = if field == 7 { entries[at].seq } else { at as u64 + 1 };
             prop_assert_eq!(err.seq, want);
+        }
+    }
+
+    #[test]
+    fn a_bound_body_proves_its_clear_text_and_nothing_else() {
+        let stored = bind(r#"{"state":"done"}"#, "sealed:1:1:AAAA");
+        assert!(stored.starts_with(BOUND_PREFIX));
+        assert_eq!(
+            bound_body_matches(&stored, r#"{"state":"done"}"#),
+            Some(true)
+        );
+        assert_eq!(
+            bound_body_matches(&stored, r#"{"state":"failed"}"#),
+            Some(false)
+        );
+        assert_eq!(
+            bound_body_matches(&stored, r#"{"state":"done"} "#),
+            Some(false)
+        );
+        let other = bind(r#"{"state":"done"}"#, "sealed:1:1:AAAA");
+        assert_ne!(stored, other, "each body has its own salt");
+        assert_eq!(bound_body_matches("sealed:1:1:AAAA", "x"), None);
+        assert_eq!(bound_body_matches(r#"{"a":1}"#, r#"{"a":1}"#), None);
+        let upper = stored.replacen(&stored[8..40], &stored[8..40].to_ascii_uppercase(), 1);
+        for hostile in [
+            "bound:1:",
+            "bound:1::",
+            "bound:1:zz:yy:sealed:1:1:AAAA",
+            upper.as_str(),
+            &stored[..stored.len() - 60],
+        ] {
+            assert_ne!(
+                bound_body_matches(hostile, r#"{"state":"done"}"#),
+                Some(true),
+                "{hostile}"
+            );
         }
     }
 }

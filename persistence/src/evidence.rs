@@ -762,10 +762,11 @@ impl Store {
             let prev = if last == 0 {
                 GENESIS_HASH.to_owned()
             } else {
+                // Entry `last` may have been pruned; the entry after it then links to it.
                 self.audit_entries(scope, last - 1, 1)
                     .await?
                     .pop()
-                    .map(|e| e.hash)
+                    .map(|e| if e.seq == last { e.hash } else { e.prev_hash })
                     .unwrap_or_else(|| GENESIS_HASH.to_owned())
             };
             (prev, last)
@@ -953,7 +954,7 @@ mod tests {
         assert!(err.contains("public key"), "{err}");
         let signer = CheckpointSigner::from_seed(&[1; 32], 1);
         let err = verify_signature(&signer.public().public_key, b"m", "abc").unwrap_err();
-        assert!(err.contains("128 hex"), "{err}");
+        assert!(err.contains("128 lowercase hex"), "{err}");
     }
 
     #[test]

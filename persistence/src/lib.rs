@@ -62,6 +62,7 @@ mod approvals;
 mod audit;
 pub mod backup;
 mod batch;
+mod catchup;
 mod codec;
 mod content;
 mod controls;
@@ -75,9 +76,12 @@ mod metrics;
 mod operator_audit;
 mod ops;
 mod redact;
+pub mod reports;
+mod retention;
 pub mod role_check;
 mod runs;
 mod scope;
+mod siem;
 mod snapshots;
 mod sources;
 mod store;
@@ -89,8 +93,10 @@ mod vault;
 
 pub use approvals::{ApprovalRecord, DecideOutcome, Decision, NewApproval};
 pub use audit::{
-    AuditDraft, AuditEntry, ChainBreak, GENESIS_HASH, VerifyReport, entry_hash, verify_entries,
+    AuditDraft, AuditEntry, BOUND_PREFIX, ChainBreak, GENESIS_HASH, VerifyReport,
+    bound_body_matches, entry_hash, verify_entries,
 };
+pub use catchup::{CatchupWatermark, Covered, MAX_WATERMARK_IDS};
 pub use controls::{MeterAsk, MeterUsage, PauseChange, Reservation, WritePause};
 pub use crashes::{CrashRecord, NewCrash};
 pub use error::StoreError;
@@ -105,8 +111,14 @@ pub use operator_audit::{
 };
 pub use ops::{RunFilter, WaitingRun};
 pub use redact::{REDACTED, is_secret_key, redact_json, redact_text};
+pub use reports::{RejectionCount, ReportRange, TenantReport};
+pub use retention::{
+    ERASED, ErasureReport, LegalHold, MAX_HOLD_REASON_CHARS, MAX_RETENTION_DAYS, MAX_SWEEP_BATCH,
+    MIN_AUDIT_DAYS, PruneAnchor, RetentionSettings, Subject, SweepReport,
+};
 pub use runs::{RunRecord, StepRecord, StepWrite};
 pub use scope::{Authenticator, TenantScope};
+pub use siem::{MAX_SIEM_URL_BYTES, SIEM_SECRET, SiemState, SiemStream};
 pub use sources::WebhookSource;
 pub use store::{Backend, POSTGRES_ROLES, PgOptions, Store, StoreOptions};
 pub use tenancy::{Checkpoint, NewToken, TenantSummary, TokenInfo};

@@ -112,6 +112,10 @@ const OFFBOARD_TABLES: &[&str] = &[
     "deliveries",
     "runs",
     "webhook_sources",
+    "webhook_rejections",
+    "siem_streams",
+    "catchup_watermarks",
+    "tenant_retention",
     "api_tokens",
     "sealed_secrets",
     "data_keys",
@@ -370,6 +374,18 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         live.ok_or_else(|| offboarded(scope))?;
+        // A legal hold suspends every deletion, offboarding's included.
+        let held: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM legal_holds WHERE tenant_id = $1")
+                .bind(scope.id())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if held.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "tenant {} is under legal hold; release the hold before offboarding",
+                scope.tenant()
+            )));
+        }
         let removed = self.remove_tenant_rows(&mut tx, scope).await?;
         let draft = AuditDraft {
             kind: "tenant.offboarded".into(),

@@ -69,6 +69,15 @@ pub struct ServeOptions {
     /// How often every tenant's chain head gets a signed checkpoint, and the witness that
     /// countersigns them; None: no schedule.
     pub evidence: Option<(Duration, Option<steward_actors::witness::Witness>)>,
+    /// How the retention sweeper runs (`[retention]`); None: tenants' retention settings are
+    /// not applied by this process.
+    pub retention_sweep: Option<steward_actors::retention::SweepOptions>,
+    /// How the SIEM streamer polls and backs off; None: tenants' SIEM streams are not
+    /// delivered by this process.
+    pub siem: Option<steward_actors::siem::SiemOptions>,
+    /// How the ServiceNow catch-up pass runs (`[catchup]`); None: missed incident changes are
+    /// not looked for ([`ServeOptions::new`]: off, so embedded servers start no pass unasked).
+    pub catchup: Option<steward_actors::catchup::CatchupOptions>,
     /// The span exporter installed with the process's subscriber (`[telemetry]`), flushed by
     /// [`Server::shutdown`]; None: spans are not exported.
     pub telemetry: Option<crate::telemetry::Telemetry>,
@@ -99,6 +108,9 @@ impl ServeOptions {
             metrics: true,
             audit_verify_every: None,
             evidence: None,
+            retention_sweep: Some(steward_actors::retention::SweepOptions::default()),
+            siem: Some(steward_actors::siem::SiemOptions::default()),
+            catchup: None,
             telemetry: None,
             tls: None,
         }
@@ -115,6 +127,9 @@ pub struct Server {
     purge: JoinHandle<()>,
     audit_verify: Option<JoinHandle<()>>,
     evidence: Option<JoinHandle<()>>,
+    retention: Option<JoinHandle<()>>,
+    siem: Option<JoinHandle<()>>,
+    catchup: Option<JoinHandle<()>>,
     telemetry: Option<crate::telemetry::Telemetry>,
     /// The TLS file watcher, when Steward serves TLS.
     tls_reload: Option<JoinHandle<()>>,
@@ -147,6 +162,15 @@ impl Server {
             task.abort();
         }
         if let Some(task) = &self.evidence {
+            task.abort();
+        }
+        if let Some(task) = &self.retention {
+            task.abort();
+        }
+        if let Some(task) = &self.siem {
+            task.abort();
+        }
+        if let Some(task) = &self.catchup {
             task.abort();
         }
         if let Some(task) = &self.tls_reload {
@@ -218,6 +242,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             .with_context(|| format!("applying tenant {}", tenant.id))?;
     }
     let evidence_key = opts.evidence.is_some().then(|| opts.master_key.clone());
+    let retention_key = opts.retention_sweep.map(|o| (o, opts.master_key.clone()));
     let master_key = Arc::new(opts.master_key);
     let tenancy = Arc::new(TenancySettings {
         region: opts.region,
@@ -226,7 +251,22 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     });
     // The process's one metrics registry, shared by the actors and the API.
     let metrics = Metrics::new();
+    let siem = opts
+        .siem
+        .map(|options| {
+            let (store, key) = (store.clone(), master_key.clone());
+            steward_actors::siem::SiemStreamer::new(
+                store,
+                key,
+                metrics.clone(),
+                opts.http.clone(),
+                options,
+            )
+        })
+        .transpose()
+        .context("building the SIEM client")?;
     let mut actors = opts.actors;
+    let actors_http = opts.http.clone();
     actors.http = opts.http;
     actors.metrics = metrics.clone();
     let steward = Steward::start(store.clone(), master_key.clone(), actors)
@@ -243,6 +283,17 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             .wake_parked(None, &SingleNode)
             .await
             .context("waking parked runs")?;
+    // The catch-up pass starts once unfinished runs are resumed, so its runs join them.
+    let catchup = opts.catchup.map(|options| {
+        steward_actors::catchup::Catchup::new(
+            store.clone(),
+            master_key.clone(),
+            actors_http.clone(),
+            steward.clone(),
+            metrics.clone(),
+            options,
+        )
+    });
     let state = AppState {
         steward: steward.clone(),
         store: store.clone(),
@@ -291,6 +342,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         }
     };
     let purge = spawn_purge(store.clone(), opts.delivery_retention, opts.clock);
+    let siem = siem.map(steward_actors::siem::SiemStreamer::spawn);
     let audit_verify = opts
         .audit_verify_every
         .map(|every| spawn_audit_verify(store.clone(), metrics, every));
@@ -298,6 +350,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .evidence
         .zip(evidence_key)
         .map(|((every, witness), key)| spawn_checkpoints(store.clone(), key, every, witness));
+    let retention = retention_key
+        .map(|(options, key)| steward_actors::retention::spawn(store.clone(), key, options));
+    let catchup = catchup.map(steward_actors::catchup::Catchup::spawn);
     Ok(Server {
         addr,
         steward,
@@ -307,6 +362,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         purge,
         audit_verify,
         evidence,
+        retention,
+        siem,
+        catchup,
         telemetry: opts.telemetry,
         tls_reload,
     })

@@ -76,6 +76,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<crate::tenants_cli::TenantsCommand>,
     },
+    /// A tenant's report for a time range from a running server (runs by outcome, time to
+    /// approval, writebacks, policy denials, LLM use, refused webhooks), as JSON or CSV.
+    Report(Box<crate::report_cli::ReportArgs>),
     /// Evidence bundles: export one from a running server, verify one offline.
     Evidence {
         #[command(subcommand)]
@@ -214,6 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenants { command } => crate::tenants_cli::run(*command).await,
         Command::Secrets { command } => crate::tenants_cli::run_secrets(*command).await,
         Command::Evidence { command } => crate::evidence_cli::run(*command).await,
+        Command::Report(args) => crate::report_cli::run(*args).await,
         Command::Writes { command } => crate::writes_cli::run(*command).await,
         Command::BreakGlass { command } => crate::break_glass_cli::run(*command).await,
         Command::Checklist(args) => crate::checklist::run(*args).await,
@@ -290,6 +294,8 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     opts.server_limits = config.http.limits().map_err(anyhow::Error::msg)?;
     opts.metrics = config.metrics.enabled(config.profile);
     opts.audit_verify_every = config.metrics.audit_verify_every(config.profile);
+    opts.retention_sweep = config.retention.sweep().map_err(anyhow::Error::msg)?;
+    opts.catchup = config.catchup.options().map_err(anyhow::Error::msg)?;
     opts.evidence = match config
         .evidence
         .schedule(config.profile, config.allow_plain_http)

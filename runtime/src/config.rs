@@ -132,6 +132,12 @@ pub struct FileConfig {
     /// Signed evidence checkpoints and their witness (`[evidence]`).
     #[serde(default)]
     pub evidence: EvidenceConfig,
+    /// The retention sweeper (`[retention]`).
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// The ServiceNow catch-up pass (`[catchup]`).
+    #[serde(default)]
+    pub catchup: CatchupConfig,
     /// OpenTelemetry trace export over OTLP/HTTP (`[telemetry]`); off unless an endpoint is set.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -251,12 +257,13 @@ fn default_retention() -> u32 {
     7
 }
 
-/// `[egress]`: per region (`us`, `eu`), per connector kind (`llm`, `servicenow`, `slack`), the
+/// `[egress]`: per region (`us`, `eu`), per kind (`llm`, `servicenow`, `slack`, `siem`), the
 /// host patterns a tenant homed there may be connected to: an exact host (`slack.com`,
 /// `127.0.0.1`) or `*.` and a suffix (`*.service-now.com`), without scheme or port. A list given
 /// replaces that kind's default; an empty list allows nothing. The defaults: LLM
 /// `api.openai.com` and `api.anthropic.com` for `us`, `api.mistral.ai` for `eu`; ServiceNow
-/// `*.service-now.com` and Slack `slack.com` in both. The `dev` profile adds `127.0.0.1`,
+/// `*.service-now.com` and Slack `slack.com` in both; no SIEM host (list the hosts tenants may
+/// stream their audit entries to). The `dev` profile adds `127.0.0.1`,
 /// `localhost` and `[::1]` to every default list (for the stand-ins); no other profile does,
 /// so a staging test setup on loopback lists them itself.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -275,6 +282,7 @@ pub struct RegionEgressConfig {
     pub llm: Option<Vec<String>>,
     pub servicenow: Option<Vec<String>>,
     pub slack: Option<Vec<String>>,
+    pub siem: Option<Vec<String>>,
 }
 
 impl EgressConfig {
@@ -289,6 +297,7 @@ impl EgressConfig {
                 (EgressKind::Llm, &lists.llm),
                 (EgressKind::ServiceNow, &lists.servicenow),
                 (EgressKind::Slack, &lists.slack),
+                (EgressKind::Siem, &lists.siem),
             ] {
                 let Some(list) = list else { continue };
                 let patterns = list
@@ -478,6 +487,107 @@ impl MetricsConfig {
     pub fn audit_verify_every(&self, profile: Profile) -> Option<Duration> {
         let secs = self.audit_verify_interval_secs;
         (self.enabled(profile) && secs > 0).then(|| Duration::from_secs(secs))
+    }
+}
+
+/// The retention sweeper (`[retention]`), which applies each tenant's retention settings
+/// (`PUT /v1/tenant/retention`); a tenant that set none keeps everything.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Seconds between sweeps (default 3600, at most 86400; 0 turns the sweeper off).
+    pub sweep_interval_secs: u64,
+    /// Rows of each kind one batch removes (default 500, 1 to 5000).
+    pub batch: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval_secs: 3600,
+            batch: 500,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The sweeper's options; None when it is off. Errors name the bad value.
+    pub fn sweep(&self) -> Result<Option<steward_actors::retention::SweepOptions>, String> {
+        if self.sweep_interval_secs > 86_400 {
+            return Err("retention.sweep_interval_secs must be 0 to 86400".into());
+        }
+        if !(1..=steward_persistence::MAX_SWEEP_BATCH).contains(&self.batch) {
+            return Err("retention.batch must be 1 to 5000".into());
+        }
+        Ok(
+            (self.sweep_interval_secs > 0).then(|| steward_actors::retention::SweepOptions {
+                every: Duration::from_secs(self.sweep_interval_secs),
+                batch: self.batch,
+                ..Default::default()
+            }),
+        )
+    }
+}
+
+/// The ServiceNow catch-up pass (`[catchup]`): after downtime, the incidents changed since the
+/// last one seen get the runs that were missed (`docs/operations/catchup.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatchupConfig {
+    /// Seconds between passes (default 300, at most 86400; 0 turns the pass off). The first
+    /// pass runs at startup.
+    pub interval_secs: u64,
+    /// How far back a tenant's first pass looks, in hours (default 24, 1 to 720).
+    pub lookback_hours: u32,
+    /// Pages of incidents one pass reads per tenant at most (default 20, 1 to 1000).
+    pub max_pages: u32,
+    /// Incidents per page (default 100, 1 to 1000).
+    pub page_size: u32,
+    /// The longest `Retry-After` of a 429 the pass waits out, in seconds (default 120, at
+    /// most 3600); a longer one ends the pass until the next.
+    pub max_retry_after_secs: u64,
+}
+
+impl Default for CatchupConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 300,
+            lookback_hours: 24,
+            max_pages: 20,
+            page_size: 100,
+            max_retry_after_secs: 120,
+        }
+    }
+}
+
+impl CatchupConfig {
+    /// The pass's options; None when it is off. Errors name the bad value.
+    pub fn options(&self) -> Result<Option<steward_actors::catchup::CatchupOptions>, String> {
+        if self.interval_secs > 86_400 {
+            return Err("catchup.interval_secs must be 0 to 86400".into());
+        }
+        if !(1..=720).contains(&self.lookback_hours) {
+            return Err("catchup.lookback_hours must be 1 to 720".into());
+        }
+        if !(1..=1000).contains(&self.max_pages) {
+            return Err("catchup.max_pages must be 1 to 1000".into());
+        }
+        if !(1..=steward_adapters::servicenow::MAX_PAGE_SIZE).contains(&self.page_size) {
+            return Err("catchup.page_size must be 1 to 1000".into());
+        }
+        if self.max_retry_after_secs > 3600 {
+            return Err("catchup.max_retry_after_secs must be 0 to 3600".into());
+        }
+        Ok(
+            (self.interval_secs > 0).then(|| steward_actors::catchup::CatchupOptions {
+                every: Duration::from_secs(self.interval_secs),
+                lookback: Duration::from_secs(u64::from(self.lookback_hours) * 3600),
+                max_pages: self.max_pages,
+                page_size: self.page_size,
+                max_retry_after: Duration::from_secs(self.max_retry_after_secs),
+                ..Default::default()
+            }),
+        )
     }
 }
 
@@ -864,6 +974,7 @@ impl FileConfig {
             ));
         }
         self.telemetry.options()?;
+        self.retention.sweep()?;
         self.egress.egress(self.profile)?;
         if let Some(oidc) = &self.oidc {
             oidc.unchecked(self.profile, self.allow_plain_http)?;
@@ -1347,5 +1458,58 @@ mod tests {
         assert!(err.contains("egress.us.slack"), "{err}");
         let unknown = format!("{SAMPLE}\n[egress.us]\nteams = []\n");
         assert!(toml::from_str::<FileConfig>(&unknown).is_err());
+    }
+
+    #[test]
+    fn the_retention_sweep_is_bounded_and_may_be_turned_off() {
+        let c = RetentionConfig::default();
+        let sweep = c.sweep().unwrap().unwrap();
+        assert_eq!(sweep.every, Duration::from_secs(3600));
+        assert_eq!(sweep.batch, 500);
+        let off = RetentionConfig {
+            sweep_interval_secs: 0,
+            ..RetentionConfig::default()
+        };
+        assert_eq!(off.sweep().unwrap(), None);
+        for bad in [
+            RetentionConfig {
+                sweep_interval_secs: 86_401,
+                ..RetentionConfig::default()
+            },
+            RetentionConfig {
+                batch: 0,
+                ..RetentionConfig::default()
+            },
+            RetentionConfig {
+                batch: 5001,
+                ..RetentionConfig::default()
+            },
+        ] {
+            assert!(bad.sweep().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_catchup_pass_is_bounded_and_may_be_turned_off() {
+        let c: CatchupConfig = toml::from_str("").unwrap();
+        let options = c.options().unwrap().unwrap();
+        assert_eq!(options.every, Duration::from_secs(300));
+        assert_eq!(options.lookback, Duration::from_secs(24 * 3600));
+        assert_eq!((options.max_pages, options.page_size), (20, 100));
+        let off: CatchupConfig = toml::from_str("interval_secs = 0").unwrap();
+        assert_eq!(off.options().unwrap(), None);
+        for bad in [
+            "interval_secs = 86401",
+            "lookback_hours = 0",
+            "lookback_hours = 721",
+            "max_pages = 0",
+            "page_size = 1001",
+            "max_retry_after_secs = 3601",
+        ] {
+            let c: CatchupConfig = toml::from_str(bad).unwrap();
+            assert!(c.options().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<CatchupConfig>("interval = 5").is_err());
+        assert!(toml::from_str::<CatchupConfig>("page_size = -1").is_err());
     }
 }

@@ -269,6 +269,18 @@ fn verify(dir: &Path, witness_keys: Vec<String>) -> anyhow::Result<ExitCode> {
                 (Some(seq), None) => println!("linked to checkpoint {seq}, not witnessed"),
                 (None, _) => println!("the range is empty"),
             }
+            println!(
+                "{} sealed bodies proved against their digests{}",
+                report.bound_entries,
+                if report.sealed_entries > 0 {
+                    format!(
+                        "; {} sealed before bodies were bound, shown but not proved",
+                        report.sealed_entries
+                    )
+                } else {
+                    String::new()
+                }
+            );
             println!("compare keys.json with GET /v1/evidence/keys or a copy kept earlier");
             Ok(ExitCode::SUCCESS)
         }

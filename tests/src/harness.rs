@@ -88,6 +88,7 @@ pub struct Scenario {
     peers: HashMap<Region, String>,
     postgres: Option<PgServer>,
     oidc: Option<steward_api::OidcSettings>,
+    catchup: Option<steward_actors::catchup::CatchupOptions>,
 }
 
 impl Default for Scenario {
@@ -103,6 +104,7 @@ impl Default for Scenario {
             peers: HashMap::new(),
             postgres: None,
             oidc: None,
+            catchup: None,
         }
     }
 }
@@ -192,6 +194,12 @@ impl Scenario {
         self
     }
 
+    /// Runs the ServiceNow catch-up pass with `options` (off unless asked for).
+    pub fn catchup(mut self, options: steward_actors::catchup::CatchupOptions) -> Self {
+        self.catchup = Some(options);
+        self
+    }
+
     /// Starts the mocks and Steward.
     pub async fn start(self) -> Harness {
         let telemetry = self.otlp_endpoint.map(|endpoint| {
@@ -228,6 +236,7 @@ impl Scenario {
             server_limits: self.server_limits,
             telemetry,
             oidc: self.oidc,
+            catchup: self.catchup,
         };
         harness.boot().await;
         harness
@@ -292,6 +301,7 @@ pub struct Harness {
     server_limits: ServerLimits,
     telemetry: Option<Telemetry>,
     oidc: Option<steward_api::OidcSettings>,
+    catchup: Option<steward_actors::catchup::CatchupOptions>,
 }
 
 impl Harness {
@@ -317,6 +327,7 @@ impl Harness {
         opts.server_limits = self.server_limits.clone();
         opts.telemetry = self.telemetry.clone();
         opts.oidc = self.oidc.clone();
+        opts.catchup = self.catchup.clone();
         opts.region = self.region;
         opts.peer_base_urls = self.peers.clone();
         if let Some(listen) = self.listen {

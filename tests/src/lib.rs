@@ -10,6 +10,7 @@ pub mod llm;
 pub mod onboarding;
 pub mod otlp;
 pub mod servicenow;
+pub mod siem;
 pub mod slack;
 pub mod webhook;
 pub mod witness;

@@ -1,7 +1,11 @@
 //! A ServiceNow instance on loopback: the OAuth password grant, one incident behind the Table API
 //! and that incident's work-note journal. It keeps state the way an instance does: a `PATCH`
 //! changes what the next `GET` returns, journal fields read back empty and their entries appear
-//! in `sys_journal_field`, and `sys_mod_count` goes up with every write.
+//! in `sys_journal_field`, and `sys_mod_count` goes up (and `sys_updated_on` moves to now) with
+//! every write. The incident list answers the catch-up pass's encoded query
+//! (`sys_updated_on>=…^ORDERBYsys_updated_on^ORDERBYsys_id`) over that incident and any added
+//! with [`ServiceNowMock::add_incident`], paged by `sysparm_limit` and `sysparm_offset`, with
+//! `X-Total-Count`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,11 +60,24 @@ pub enum WriteFault {
     SlowAnswer(Duration),
 }
 
+/// A way the incident list misbehaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListFault {
+    /// The next list request is answered `429` with this `Retry-After` (seconds) and the
+    /// documented rate-limit body; the one after is answered normally.
+    RateLimitedOnce { retry_after_secs: u64 },
+    /// Every list request is answered `200` with exactly this body, until cleared.
+    Body(Vec<u8>),
+}
+
 #[derive(Debug)]
 struct Instance {
     record: Map<String, Value>,
+    /// Further incidents, reachable by sys_id and listed, never written.
+    others: Vec<Map<String, Value>>,
     journal: Vec<JournalEntry>,
     fault: Option<WriteFault>,
+    list_fault: Option<ListFault>,
     token_generation: u32,
 }
 
@@ -84,8 +101,10 @@ impl ServiceNowMock {
         let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(Instance {
             record,
+            others: Vec::new(),
             journal: Vec::new(),
             fault: None,
+            list_fault: None,
             token_generation: 1,
         }));
         Mock::given(method("POST"))
@@ -116,6 +135,44 @@ impl ServiceNowMock {
         let mut instance = lock(&self.state);
         instance.record.insert(field.into(), json!(value));
         instance.bump_version();
+    }
+
+    /// Adds an incident (reachable by `GET` and listed) last updated at `updated_on`
+    /// (`YYYY-MM-DD HH:MM:SS`, UTC): a copy of the main incident with its own ids.
+    pub fn add_incident(&self, sys_id: &str, number: &str, updated_on: &str) {
+        let mut instance = lock(&self.state);
+        let mut record = instance.record.clone();
+        record.insert("sys_id".into(), json!(sys_id));
+        record.insert("number".into(), json!(number));
+        record.insert("sys_updated_on".into(), json!(updated_on));
+        record.insert("sys_mod_count".into(), json!("1"));
+        instance.others.retain(|r| text(r, "sys_id") != sys_id);
+        instance.others.push(record);
+    }
+
+    /// From now on, incident lists misbehave as `fault` says; None answers them normally.
+    pub fn fail_list(&self, fault: Option<ListFault>) {
+        lock(&self.state).list_fault = fault;
+    }
+
+    /// The query parameters of every incident list request received, in order.
+    pub async fn list_requests(&self) -> Vec<Vec<(String, String)>> {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| {
+                r.method.as_str() == "GET"
+                    && r.url.path() == "/api/now/table/incident"
+                    && query_value(r, "sysparm_query")
+                        .is_some_and(|q| q.starts_with("sys_updated_on>="))
+            })
+            .map(|r| {
+                r.url
+                    .query_pairs()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .collect()
     }
 
     /// The access token handed out so far stops working, as one that expired or was revoked.
@@ -252,6 +309,12 @@ impl Respond for TableApi {
         match (request.method.as_str(), segments.as_slice()) {
             ("GET", ["api", "now", "table", "incident", id]) => instance.get(id),
             ("PATCH", ["api", "now", "table", "incident", id]) => instance.patch(id, &request.body),
+            ("GET", ["api", "now", "table", "incident"])
+                if query_value(request, "sysparm_query")
+                    .is_some_and(|q| q.starts_with("sys_updated_on>=")) =>
+            {
+                instance.list(request)
+            }
             ("GET", ["api", "now", "table", "incident"]) => instance.by_number(request),
             ("GET", ["api", "now", "table", "sys_journal_field"]) => {
                 instance.journal_query(request)
@@ -267,10 +330,84 @@ impl Instance {
     }
 
     fn get(&self, sys_id: &str) -> ResponseTemplate {
-        if !self.is_ours(sys_id) {
-            return not_found();
+        let found = std::iter::once(&self.record)
+            .chain(&self.others)
+            .find(|r| text(r, "sys_id") == sys_id);
+        match found {
+            Some(record) => ResponseTemplate::new(200).set_body_json(json!({ "result": record })),
+            None => not_found(),
         }
-        ResponseTemplate::new(200).set_body_json(json!({ "result": self.record }))
+    }
+
+    /// The incident list for `sys_updated_on>=<time>^ORDERBYsys_updated_on^ORDERBYsys_id`, as
+    /// the Table API answers it: `{"result": […]}` of the page, `X-Total-Count` of all matches.
+    fn list(&mut self, request: &Request) -> ResponseTemplate {
+        match self.list_fault.clone() {
+            Some(ListFault::RateLimitedOnce { retry_after_secs }) => {
+                self.list_fault = None;
+                return failure(
+                    429,
+                    "Rate limit exceeded",
+                    "Rate limit of 10 requests per hour for Table API exceeded",
+                )
+                .insert_header("Retry-After", retry_after_secs.to_string().as_str())
+                .insert_header("X-RateLimit-Limit", "10");
+            }
+            Some(ListFault::Body(body)) => {
+                return ResponseTemplate::new(200).set_body_raw(body, "application/json");
+            }
+            None => {}
+        }
+        let query = query_value(request, "sysparm_query").unwrap_or_default();
+        let mut since = None;
+        for term in query.split('^') {
+            if let Some(v) = term.strip_prefix("sys_updated_on>=") {
+                since = steward_adapters::servicenow::parse_time(v);
+                if since.is_none() {
+                    return failure(400, "Invalid date", term);
+                }
+            } else if term != "ORDERBYsys_updated_on" && term != "ORDERBYsys_id" {
+                return failure(400, "Invalid query", term);
+            }
+        }
+        let Some(since) = since else {
+            return failure(400, "Invalid query", &query);
+        };
+        let number = |name: &str, default: usize| match query_value(request, name) {
+            None => Some(default),
+            Some(v) => v.parse::<usize>().ok(),
+        };
+        let (Some(limit), Some(offset)) =
+            (number("sysparm_limit", 10_000), number("sysparm_offset", 0))
+        else {
+            return failure(400, "Invalid limit or offset", &query);
+        };
+        let updated = |r: &Map<String, Value>| {
+            steward_adapters::servicenow::parse_time(&text(r, "sys_updated_on")).unwrap_or(0)
+        };
+        let mut matching: Vec<&Map<String, Value>> = std::iter::once(&self.record)
+            .chain(&self.others)
+            .filter(|r| updated(r) >= since)
+            .collect();
+        matching.sort_by_key(|r| (updated(r), text(r, "sys_id")));
+        let fields = query_value(request, "sysparm_fields");
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|r| match &fields {
+                Some(fields) => Value::Object(
+                    fields
+                        .split(',')
+                        .filter_map(|f| r.get(f).map(|v| (f.to_owned(), v.clone())))
+                        .collect(),
+                ),
+                None => Value::Object((*r).clone()),
+            })
+            .collect();
+        ResponseTemplate::new(200)
+            .insert_header("X-Total-Count", matching.len().to_string().as_str())
+            .set_body_json(json!({ "result": page }))
     }
 
     fn patch(&mut self, sys_id: &str, body: &[u8]) -> ResponseTemplate {
@@ -319,6 +456,12 @@ impl Instance {
             .unwrap_or(0);
         self.record
             .insert("sys_mod_count".into(), json!((count + 1).to_string()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if let Some(now) = steward_adapters::servicenow::format_time(now) {
+            self.record.insert("sys_updated_on".into(), json!(now));
+        }
     }
 
     fn by_number(&self, request: &Request) -> ResponseTemplate {

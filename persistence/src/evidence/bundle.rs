@@ -16,6 +16,8 @@
 //! What verification proves: the range statement and every checkpoint were signed by a key in
 //! `keys.json`, the entries form one unbroken chain from the range's `prev_hash` to a signed
 //! (and, if required, witnessed) checkpoint, and the runs and approvals agree with the entries.
+//! Once retention pruned a prefix of the chain (`retention.rs`), a range starts no earlier than
+//! the first entry kept and its `prev_hash` is the prune anchor's hash, so the same check holds.
 //! What it cannot prove alone: that `keys.json` holds Steward's real keys. Compare them with
 //! `GET /v1/evidence/keys` or a copy kept from earlier, and pin the witness key given out of
 //! band (`--witness-key`), since a witness key read from the bundle vouches only for itself.
@@ -327,8 +329,11 @@ pub struct BundleReport {
     pub entries: u64,
     /// Entries after the range, present only to link it to its checkpoint.
     pub link_entries: u64,
-    /// Entries whose body is stored sealed: the chain covers the sealed text, so their clear
-    /// `body` (opened at export) is shown to the reader but not proved by the hashes.
+    /// Entries whose body is stored sealed and bound: the chain covers the stored text and the
+    /// digest in it, which their clear `body` (opened at export) was checked against.
+    pub bound_entries: u64,
+    /// Entries whose body was sealed before bodies were bound: the chain covers the sealed
+    /// text, so their clear `body` is shown to the reader but not proved by the hashes.
     pub sealed_entries: u64,
     pub runs: u64,
     pub approvals: u64,
@@ -494,6 +499,7 @@ pub fn verify_bundle(
     let mut decided: HashMap<String, (String, String, String)> = HashMap::new();
     let mut count = 0u64;
     let mut sealed = 0u64;
+    let mut bound = 0u64;
     for_each_line(dir, AUDIT_FILE, |n, text| {
         let item = format!("{AUDIT_FILE} line {n}");
         let entry: AuditEntry =
@@ -528,7 +534,18 @@ pub fn verify_bundle(
         }
         next_seq += 1;
         count += 1;
-        sealed += u64::from(entry.sealed.is_some());
+        if let Some(stored) = &entry.sealed {
+            match crate::audit::bound_body_matches(stored, &entry.body) {
+                Some(true) => bound += 1,
+                Some(false) => {
+                    return Err(bad(
+                        item,
+                        "its body does not match the digest its stored text commits to",
+                    ));
+                }
+                None => sealed += 1,
+            }
+        }
         if count.is_multiple_of(100_000) {
             progress(count);
         }
@@ -654,6 +671,7 @@ pub fn verify_bundle(
         } else {
             range.last_seq - range.first_seq + 1
         },
+        bound_entries: bound,
         sealed_entries: sealed,
         link_entries: range.linked_through - range.last_seq.max(range.first_seq - 1),
         runs,

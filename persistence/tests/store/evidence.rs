@@ -276,7 +276,56 @@ async fn offboarding_also_signs_an_evidence_checkpoint() {
     .unwrap();
 }
 
+/// Run entries are stored sealed and bound: the export shows their clear bodies, the bundle
+/// proves them by the digest the chain covers, and an edited clear body is caught even with
+/// the manifest rehashed.
+async fn the_clear_bodies_of_sealed_entries_are_proved_by_the_chain() {
+    let db = TestDb::new().await;
+    let master = MasterKey::generate();
+    let acme = busy_tenant(&db).await;
+    let signer = db.store.checkpoint_signer(&master).await.unwrap();
+    db.store.take_checkpoint(&acme, &signer).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    export(&db, &acme, &master, 0, i64::MAX, &out).await;
+    let report = verify_bundle(&out, &VerifyOptions::default(), |_| {}).unwrap();
+    assert!(report.bound_entries > 0, "{report:?}");
+    assert_eq!(
+        report.sealed_entries, 0,
+        "no entry's clear body goes unproved"
+    );
+
+    let path = out.join(bundle::AUDIT_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let i = lines
+        .iter()
+        .position(|e| e["sealed"].is_string())
+        .expect("a sealed entry");
+    let stored = lines[i]["sealed"].as_str().unwrap().to_owned();
+    let body = lines[i]["body"].as_str().unwrap().to_owned();
+    assert!(
+        stored.starts_with(steward_persistence::BOUND_PREFIX),
+        "{stored}"
+    );
+    assert_eq!(
+        steward_persistence::bound_body_matches(&stored, &body),
+        Some(true)
+    );
+    // Edit the clear body only: the hashes still verify, the digest does not.
+    lines[i]["body"] = serde_json::json!(format!("{body} "));
+    let edited: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, edited).unwrap();
+    rehash(&out);
+    let err = verify_bundle(&out, &VerifyOptions::default(), |_| {}).unwrap_err();
+    assert!(err.reason.contains("digest"), "{err}");
+}
+
 crate::support::conformance!(
+    the_clear_bodies_of_sealed_entries_are_proved_by_the_chain,
     a_bundle_round_trips_and_verifies_offline,
     a_rewritten_history_is_caught_by_a_witnessed_checkpoint,
     offboarding_also_signs_an_evidence_checkpoint,

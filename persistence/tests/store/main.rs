@@ -3,6 +3,7 @@
 
 mod approvals;
 mod audit;
+mod catchup;
 mod controls;
 mod evidence;
 mod group_commit;
@@ -12,9 +13,12 @@ mod isolation_calls;
 mod metrics;
 mod operator_audit;
 mod ops;
+mod reports;
+mod retention;
 mod runs;
 mod schemes;
 mod sealing;
+mod siem;
 mod support;
 mod tenancy;
 mod tenants;

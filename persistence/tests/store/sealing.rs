@@ -107,7 +107,11 @@ async fn every_content_column_holds_only_sealed_text() {
             .unwrap();
     for (run, body) in &audit {
         if run.is_some() {
-            assert!(body.starts_with("sealed:1:"), "run audit body {body}");
+            // `bound:1:<salt>:<digest>:` and then the sealed text.
+            let parts: Vec<&str> = body.splitn(5, ':').collect();
+            assert_eq!(&parts[..2], ["bound", "1"], "run audit body {body}");
+            assert_eq!((parts[2].len(), parts[3].len()), (32, 64), "{body}");
+            assert!(parts[4].starts_with("sealed:1:"), "run audit body {body}");
         }
         assert_no_content("audit_log.body", body);
     }
