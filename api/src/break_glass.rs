@@ -198,7 +198,8 @@ impl OpenBody {
         let reason = self.reason.trim().chars().count();
         if !(MIN_REASON_CHARS..=MAX_REASON_CHARS).contains(&reason) {
             return Err(ApiError::Unprocessable(format!(
-                "`reason` must be {MIN_REASON_CHARS} to {MAX_REASON_CHARS} characters; it has {reason}"
+                "`reason` must be {MIN_REASON_CHARS} to {MAX_REASON_CHARS} characters; \
+                 it has {reason}"
             )));
         }
         if self.reason.chars().any(|c| c.is_control() && c != '\n') {
@@ -327,9 +328,11 @@ fn store_conflict(e: StoreError) -> ApiError {
 /// operator token may (a session, an ID token or a grant is 403, a tenant token 403).
 #[utoipa::path(post, path = "/v1/ops/break-glass", tag = "ops", operation_id = "open_break_glass",
     request_body(content = OpenBody,
-        example = json!({"person": "ana@example.com", "reason": "identity provider down during the P1 on INC0012345", "minutes": 60})),
+        example = json!({"person": "ana@example.com",
+            "reason": "identity provider down during the P1 on INC0012345", "minutes": 60})),
     responses(
-        (status = 201, description = "The grant, with its token (shown once)", body = BreakGlassOpened),
+        (status = 201, description = "The grant, with its token (shown once)",
+            body = BreakGlassOpened),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthenticated),
         (status = 403, response = crate::openapi::Forbidden),
@@ -391,7 +394,8 @@ pub(crate) async fn open(
         (status = 403, response = crate::openapi::Forbidden),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = []), ("breakGlassGrant" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = []),
+        ("breakGlassGrant" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -405,7 +409,8 @@ pub(crate) async fn list(
 
 /// `DELETE /v1/ops/break-glass/{id}`: closes a grant before its expiry; 409 when it is closed
 /// or expired already.
-#[utoipa::path(delete, path = "/v1/ops/break-glass/{id}", tag = "ops", operation_id = "close_break_glass",
+#[utoipa::path(delete, path = "/v1/ops/break-glass/{id}", tag = "ops",
+    operation_id = "close_break_glass",
     params(("id" = String, Path, description = "The grant id (`bg_…`)")),
     responses(
         (status = 200, description = "The closed grant", body = GrantView),
@@ -415,7 +420,8 @@ pub(crate) async fn list(
         (status = 409, response = crate::openapi::Conflict),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = []), ("breakGlassGrant" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = []),
+        ("breakGlassGrant" = [])))]
 pub(crate) async fn close(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -457,7 +463,8 @@ fn entry_json(e: &OperatorAuditEntry) -> Value {
         "at": e.at,
         "kind": e.kind,
         "actor": e.actor,
-        "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::String(e.detail.clone())),
+        "detail": serde_json::from_str::<Value>(&e.detail)
+            .unwrap_or(Value::String(e.detail.clone())),
         "prev_hash": e.prev_hash,
         "hash": e.hash,
     })
@@ -469,17 +476,21 @@ fn entry_json(e: &OperatorAuditEntry) -> Value {
 #[utoipa::path(get, path = "/v1/ops/audit", tag = "ops", operation_id = "operator_audit",
     params(
         ("after" = Option<u64>, Query, description = "Entries with seq above this (default 0)"),
-        ("limit" = Option<u32>, Query, description = "At most this many (default 100, at most 1000)"),
-        ("verify" = Option<bool>, Query, description = "Answer the chain's verification report instead"),
+        ("limit" = Option<u32>, Query,
+            description = "At most this many (default 100, at most 1000)"),
+        ("verify" = Option<bool>, Query,
+            description = "Answer the chain's verification report instead"),
     ),
     responses(
-        (status = 200, description = "A page of entries, or the verification report", body = OperatorAuditPage),
+        (status = 200, description = "A page of entries, or the verification report",
+            body = OperatorAuditPage),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthenticated),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 500, response = crate::openapi::Internal),
     ),
-    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = []), ("breakGlassGrant" = [])))]
+    security(("operatorToken" = []), ("opsSession" = []), ("oidcIdToken" = []),
+        ("breakGlassGrant" = [])))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -482,7 +482,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut scrapes = Vec::new();
     for d in &deployments {
         let token = match &args.token_file {
-            Some(p) => Some(read_token_file(p)?),
+            Some(p) => Some(crate::api_client::read_token(
+                Some(p),
+                "STEWARD_OPS_TOKEN",
+                None,
+            )?),
             None => d
                 .config
                 .ops_token
@@ -629,16 +633,6 @@ fn apply_sign_offs(items: &mut [Item], sign_offs: &[SignOff]) -> anyhow::Result<
     Ok(())
 }
 
-fn read_token_file(path: &Path) -> anyhow::Result<SecretString> {
-    let bytes = read_bounded(path, 1024).with_context(|| format!("reading {}", path.display()))?;
-    let text = String::from_utf8(bytes).context("the token file is not text")?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("{} is empty", path.display());
-    }
-    Ok(SecretString::from(token.to_owned()))
-}
-
 fn probe_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(PROBE_TIMEOUT)
@@ -664,15 +658,11 @@ struct Probe {
 async fn probe(http: &reqwest::Client, url: &Url) -> Probe {
     let result = async {
         let target = url.join("healthz").map_err(|e| e.to_string())?;
-        let response = http.get(target).send().await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            text
-        })?;
+        let response = http
+            .get(target)
+            .send()
+            .await
+            .map_err(|e| steward_adapters::http::error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("/healthz answered {}", response.status()));
         }
