@@ -357,6 +357,16 @@ impl Store {
             codec::check_len(err, "last error", 16 * 1024)?;
         }
         let body = step_columns(&step.kind, &step.body)?;
+        if let Some(fencing) = self.fencing() {
+            let token = fencing.token(scope.tenant()).ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "fenced: node `{}` holds no lease of tenant `{}`",
+                    fencing.node(),
+                    scope.tenant()
+                ))
+            })?;
+            self.check_fence(tx, scope, fencing.node(), token).await?;
+        }
         let now = self.now();
         let key = self.content_key_in(tx, scope).await?;
         let run = step.run_id.to_string();

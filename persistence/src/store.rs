@@ -128,6 +128,9 @@ struct Inner {
     timer_signal: tokio::sync::Notify,
     /// The master key tenant content is sealed under and the cache of unwrapped data keys.
     content: crate::content::ContentKeys,
+    /// The leases this node holds, when it shares the database with other nodes: journal
+    /// writes are then fenced by them (see `leases.rs`). Unset on a single node.
+    fencing: std::sync::OnceLock<Arc<dyn crate::leases::Fencing>>,
 }
 
 /// The pragmas every SQLite connection runs with; readers add `query_only`.
@@ -239,6 +242,7 @@ impl Store {
             clock,
             timer_signal: tokio::sync::Notify::new(),
             content: crate::content::ContentKeys::new(),
+            fencing: std::sync::OnceLock::new(),
         };
         let batcher = Store {
             inner: Arc::new(inner),
@@ -278,6 +282,22 @@ impl Store {
     /// Now, in Unix milliseconds, from the store's clock.
     pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now_millis()
+    }
+
+    /// The leases journal writes are fenced by, once [`Store::fence_with`] set them.
+    pub(crate) fn fencing(&self) -> Option<&Arc<dyn crate::leases::Fencing>> {
+        self.inner.fencing.get()
+    }
+
+    /// From now on, every journal write of this store (and its clones) commits only under the
+    /// fencing token `fencing` reports for the write's tenant, and is refused (Conflict) for a
+    /// tenant this node holds no lease of. Set once, by a node that shares the database with
+    /// others; Invalid when already set.
+    pub fn fence_with(&self, fencing: Arc<dyn crate::leases::Fencing>) -> Result<(), StoreError> {
+        self.inner
+            .fencing
+            .set(fencing)
+            .map_err(|_| StoreError::Invalid("the store's fencing is already set".into()))
     }
 
     /// Whether this store runs on PostgreSQL (for the few statements that differ).

@@ -8,6 +8,7 @@ mod controls;
 mod evidence;
 mod group_commit;
 mod intake;
+mod leases;
 mod isolation;
 mod isolation_calls;
 mod metrics;
