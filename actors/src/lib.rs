@@ -5,6 +5,7 @@
 pub mod approvals;
 pub mod budgets;
 pub mod catchup;
+pub mod cluster;
 pub mod connectors;
 pub mod crash;
 pub mod inspect;

@@ -37,6 +37,9 @@ pub struct StewardOptions {
     pub limits: PlatformLimits,
     /// The process's metrics (the binary builds one registry at boot and shares it).
     pub metrics: crate::metrics::Metrics,
+    /// Set when this node shares its PostgreSQL database with other nodes: tenants are then
+    /// owned through leases (`cluster.rs`). None: this node owns every tenant.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl Default for StewardOptions {
@@ -50,6 +53,7 @@ impl Default for StewardOptions {
             llm_providers: LlmProviders::default(),
             limits: PlatformLimits::default(),
             metrics: crate::metrics::Metrics::default(),
+            cluster: None,
         }
     }
 }
@@ -201,6 +205,7 @@ pub struct Steward {
     timers: Arc<std::sync::OnceLock<tokio::task::AbortHandle>>,
     started: std::time::Instant,
     limits: PlatformLimits,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,6 +219,13 @@ impl Steward {
     ) -> Result<Self, ActorProcessingErr> {
         let timer_poll = options.timer_poll;
         let limits = options.limits.clone();
+        let cluster = options
+            .cluster
+            .clone()
+            .map(|o| Arc::new(crate::cluster::Cluster::new(o)));
+        if let Some(cluster) = &cluster {
+            store.fence_with(cluster.book.clone())?;
+        }
         let args = RootArgs {
             store: store.clone(),
             master_key,
@@ -226,9 +238,11 @@ impl Steward {
             timers: Arc::default(),
             started: std::time::Instant::now(),
             limits,
+            cluster,
         };
         let service = crate::timers::spawn(steward.clone(), timer_poll);
         let _ = steward.timers.set(service.abort_handle());
+        crate::cluster::spawn(&steward);
         Ok(steward)
     }
 
@@ -239,6 +253,62 @@ impl Steward {
     /// The platform's budget ceilings.
     pub fn limits(&self) -> &PlatformLimits {
         &self.limits
+    }
+
+    /// This node's part in a cluster, when it shares its database with other nodes.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_deref()
+    }
+
+    /// Whether this node runs the tenant's work now: always on a single node; in a cluster,
+    /// while it holds the tenant's lease. Background passes over tenants (catch-up, SIEM)
+    /// ask this before working for one.
+    pub fn owns(&self, tenant: &TenantId) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.book.holds(tenant))
+    }
+
+    /// The gate for resuming runs: every tenant on a single node, the held ones in a cluster.
+    pub fn gate(&self) -> &dyn ResumeGate {
+        match &self.cluster {
+            Some(c) => c.book.as_ref(),
+            None => &SingleNode,
+        }
+    }
+
+    /// Runs one round of the lease keeper now (renew, take, sweep) instead of waiting for the
+    /// next; nothing on a single node.
+    pub async fn lease_round(&self) -> Result<(), StoreError> {
+        crate::cluster::keeper_round(self).await
+    }
+
+    /// Drains this node (see `cluster.rs`): it takes no more leases, stops the actors of every
+    /// tenant it holds and releases their leases. Returns how many it handed over; 0 on a
+    /// single node.
+    pub async fn drain(&self) -> usize {
+        crate::cluster::drain(self).await
+    }
+
+    /// Stops the tenant's supervisor, if one runs here, with its run and adapter actors,
+    /// without waking anything; its runs resume from their journals wherever the tenant is
+    /// owned next.
+    pub async fn stop_tenant(&self, tenant: &TenantId, reason: &str) -> Result<bool, String> {
+        let running = match self
+            .root
+            .call(|r| RootMsg::Reload(tenant.clone(), r), Some(ASK_TIMEOUT))
+            .await
+        {
+            Ok(CallResult::Success(running)) => running,
+            Ok(_) => return Err("the root did not answer in time".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let Some(sup) = running else {
+            return Ok(false);
+        };
+        let reason = Some(reason.to_owned());
+        sup.stop_children_and_wait(reason.clone(), Some(ASK_TIMEOUT))
+            .await;
+        let _ = sup.stop_and_wait(reason, Some(ASK_TIMEOUT)).await;
+        Ok(true)
     }
 
     /// Wakes every parked run of `tenant` (of every tenant when None) that this node owns, so
@@ -288,25 +358,23 @@ impl Steward {
     /// Makes the tenant start again from its stored settings: stops its supervisor, if one
     /// runs, with its run and adapter actors, then wakes the tenant's unfinished runs that do
     /// not wait, which resume from their journals under the new settings. Returns whether a
-    /// supervisor was running.
+    /// supervisor was running. In a cluster, on a node that does not own the tenant, the
+    /// owner is rung to do this.
     pub async fn reload_tenant(&self, tenant: &TenantId) -> Result<bool, String> {
-        let running = match self
-            .root
-            .call(|r| RootMsg::Reload(tenant.clone(), r), Some(ASK_TIMEOUT))
-            .await
-        {
-            Ok(CallResult::Success(running)) => running,
-            Ok(_) => return Err("the root did not answer in time".into()),
-            Err(e) => return Err(e.to_string()),
-        };
-        let Some(sup) = running else {
+        if !self.owns(tenant) {
+            // Another node runs the tenant: it must reload. A supervisor started here for an
+            // API call (a connection check) stops, so its next use reads the new settings.
+            self.stop_tenant(tenant, "tenant settings changed").await?;
+            let call = steward_persistence::WakeCall::Reload {
+                tenant: tenant.clone(),
+            };
+            self.store.ring(&call).await.map_err(|e| e.to_string())?;
             return Ok(false);
-        };
-        info!(%tenant, "Tenant settings changed; its supervisor restarts.");
-        let reason = Some("tenant settings changed".to_owned());
-        sup.stop_children_and_wait(reason.clone(), Some(ASK_TIMEOUT))
-            .await;
-        let _ = sup.stop_and_wait(reason, Some(ASK_TIMEOUT)).await;
+        }
+        if !self.stop_tenant(tenant, "tenant settings changed").await? {
+            return Ok(false);
+        }
+        info!(%tenant, "Tenant settings changed; its supervisor restarted.");
         let runs = self
             .store
             .unfinished_runs(states::TERMINAL)
@@ -321,9 +389,26 @@ impl Steward {
         Ok(true)
     }
 
-    /// Starts or wakes a run's actor. If the tenant cannot start (a missing secret, say), the
-    /// run is ended `failed` with that reason rather than left waiting.
+    /// Starts or wakes a run's actor on the node that owns its tenant: here on a single node
+    /// or when this node holds the tenant's lease; otherwise the owner is rung
+    /// ([`Store::ring`]), and the run, already durable, waits for it.
     pub async fn wake(&self, tenant: &TenantId, run_id: RunId) {
+        if !self.owns(tenant) {
+            let call = steward_persistence::WakeCall::Run {
+                tenant: tenant.clone(),
+                run: run_id,
+            };
+            if let Err(e) = self.store.ring(&call).await {
+                tracing::warn!(run.id = %run_id, error = %e, "Ringing the tenant's owner failed; its next sweep finds the run.");
+            }
+            return;
+        }
+        self.wake_here(tenant, run_id).await;
+    }
+
+    /// Starts or wakes a run's actor on this node. If the tenant cannot start (a missing
+    /// secret, say), the run is ended `failed` with that reason rather than left waiting.
+    pub(crate) async fn wake_here(&self, tenant: &TenantId, run_id: RunId) {
         match self.tenant(tenant).await {
             Ok(sup) => {
                 let _ = sup.cast(TenantMsg::Wake(run_id));
@@ -380,6 +465,9 @@ impl Steward {
     pub fn stop(&self) {
         if let Some(timers) = self.timers.get() {
             timers.abort();
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.stop_tasks();
         }
         self.root.kill();
     }

@@ -11,7 +11,7 @@ use steward_adapters::llm::TriageRequest;
 use steward_adapters::slack::{self, ApprovalView, DeniedField};
 use steward_core::{Diff, DiffEntry, Incident, RunId};
 use steward_persistence::{AuditDraft, NewApproval, StepWrite, StoreError};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::connectors::{Connectors, LlmMsg, ServiceNowMsg, SlackMsg};
 use crate::crash::RunWatch;
@@ -146,7 +146,16 @@ impl Actor for RunActor {
                 Next::AwaitApproval | Next::Wait { .. } => state.idle(&myself),
                 _ => {
                     state.watch.stepping(&next, &state.run);
-                    state.gated_step(next).await?;
+                    if let Err(e) = state.gated_step(next).await {
+                        // Another node owns the tenant now: stop here, without counting a
+                        // crash; the owner resumes the run from its journal.
+                        if let Some(StoreError::Fenced(why)) = e.downcast_ref::<StoreError>() {
+                            info!(%why, "The tenant moved to another node; the run stops here.");
+                            myself.stop(Some("fenced".into()));
+                            return Ok(());
+                        }
+                        return Err(e);
+                    }
                     myself.cast(RunMsg::Advance)?;
                 }
             }
@@ -859,7 +868,7 @@ impl RunActorState {
             timers: self.timers_for(&step),
         };
         let rt = &self.runtime;
-        let appended = rt.store.append_step(&rt.scope, write);
+        let appended = rt.store.append_owned_step(&rt.scope, write);
         match rt
             .metrics
             .metrics()

@@ -356,7 +356,7 @@ impl TenantState {
             _ => return,
         };
         let write = finished_write(run_id, steps, states::FAILED, &reason);
-        match rt.store.append_step(&rt.scope, write).await {
+        match rt.store.append_owned_step(&rt.scope, write).await {
             Ok(()) => rt.metrics.run_finished(states::FAILED),
             Err(e) => {
                 error!(

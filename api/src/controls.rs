@@ -12,7 +12,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use steward_actors::SingleNode;
 use steward_actors::budgets::{Budgets, DAY_MS};
 use steward_actors::operator::OperatorRequest;
 use steward_actors::settings::{ShadowSettings, TenantControls};
@@ -197,7 +196,10 @@ pub(crate) async fn ops_resume(
         .store
         .set_platform_writes(false, &actor, &request.reason)
         .await?;
-    let woken = state.steward.wake_parked(None, &SingleNode).await?;
+    let woken = state
+        .steward
+        .wake_parked(None, state.steward.gate())
+        .await?;
     Ok(Json(json!({
         "paused": change.paused, "was_paused": change.was_paused, "scope": "the platform",
         "woken": woken,
@@ -305,7 +307,7 @@ pub(crate) async fn tenant_resume(
         .await?;
     let woken = state
         .steward
-        .wake_parked(Some(admin.scope.tenant()), &SingleNode)
+        .wake_parked(Some(admin.scope.tenant()), state.steward.gate())
         .await?;
     Ok(Json(json!({
         "paused": change.paused, "was_paused": change.was_paused,

@@ -6,12 +6,13 @@
 
 pub mod binary;
 pub mod check;
+pub mod postgres;
 pub mod process;
 pub mod scenarios;
 pub mod world;
 
 pub use check::{Outcome, Summary};
-pub use scenarios::{Boundary, FaultPlan, RandomKills};
+pub use scenarios::{Boundary, Failover, FaultPlan, RandomKills, Upgrade};
 pub use world::{Server, World};
 
 /// Whether the full suite was asked for (`CHAOS_FULL=1`).

@@ -165,6 +165,27 @@ impl StewardProcess {
     pub fn kill(mut self) {
         stop(&mut self.child);
     }
+
+    /// Sends SIGTERM to this process (by its pid), as an orchestrator does to stop a pod, and
+    /// waits up to `patience` for it to exit; SIGKILL after that. Returns whether it exited
+    /// by itself, successfully.
+    pub fn terminate(mut self, patience: Duration) -> anyhow::Result<bool> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("could not run kill")?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop(&mut self.child);
+        Ok(false)
+    }
 }
 
 impl Drop for StewardProcess {

@@ -360,3 +360,190 @@ pub async fn faults_while_flowing(plan: &FaultPlan) -> anyhow::Result<Outcome> {
     finish(&mut world, &none, PATIENCE).await?;
     Ok(check::check(&world, &plan.name, started).await)
 }
+
+/// What the two-node failover measured.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// The checks' outcome.
+    pub outcome: Outcome,
+    /// From the SIGKILL of the owner to the survivor holding the tenant's lease.
+    pub lease_moved: Duration,
+    /// From the SIGKILL to every run that was moving at the kill being terminal or waiting
+    /// for its approval on the survivor.
+    pub runs_moving_again: Duration,
+    /// The lease time the nodes ran with.
+    pub lease: Duration,
+}
+
+/// Two nodes on one PostgreSQL database: webhooks and clicks land on both (the one that
+/// does not own the tenant hands them to the owner), then the owner is SIGKILLed with runs in
+/// flight; the survivor must take the tenant within the lease time and finish every run, with
+/// nothing lost, written twice or written without approval.
+pub async fn failover(admin: &str, runs: usize, lease_secs: u64) -> anyhow::Result<Failover> {
+    let started = Instant::now();
+    let mut world = World::start_pair(admin, lease_secs).await?;
+    let first = world.url().to_owned();
+    let second = world.second_url().context("a second node")?.to_owned();
+
+    // Half the webhooks land on the node that owns the tenant, half on the other.
+    for i in 0..runs {
+        world.use_node(if i % 2 == 0 { &first } else { &second });
+        world.send_webhook(&format!("failover {i}")).await?;
+    }
+    world.use_node(&first);
+    for accepted in world.accepted.clone() {
+        world
+            .wait_state(&accepted.run_id, &["awaiting_approval"], PATIENCE)
+            .await?;
+    }
+    // Clicks through the node that does not own the tenant: the owner writes.
+    world.use_node(&second);
+    let half = runs / 2;
+    for accepted in &world.accepted[..half] {
+        let status = world.click(&accepted.run_id, true).await?;
+        anyhow::ensure!(
+            status == 200,
+            "a click on the second node was answered {status}"
+        );
+    }
+    for accepted in &world.accepted[..half] {
+        world
+            .wait_state(&accepted.run_id, &["completed"], PATIENCE)
+            .await?;
+    }
+    // The rest are approved, and more webhooks arrive, as the owner dies.
+    for accepted in &world.accepted[half..] {
+        world.click(&accepted.run_id, true).await?;
+    }
+    world.use_node(&first);
+    for i in 0..half {
+        world.send_webhook(&format!("failover late {i}")).await?;
+    }
+    let moving: Vec<String> = world.accepted[half..]
+        .iter()
+        .map(|a| a.run_id.clone())
+        .collect();
+    let killed_at = world.kill_first_node()?;
+
+    let deadline = killed_at + PATIENCE;
+    while world.lease_holder()?.as_deref() != Some("node-b") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node-b did not take the lease; its log:\n{}",
+            world.node_log("b")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lease_moved = killed_at.elapsed();
+    let mut open: HashSet<String> = moving.into_iter().collect();
+    while !open.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "runs {open:?} did not move again on node-b; its log:\n{}",
+            world.node_log("b")
+        );
+        let mut still = HashSet::new();
+        for run in &open {
+            let state = world.state(run).await.unwrap_or_default();
+            if !(TERMINAL.contains(&state.as_str()) || state == "awaiting_approval") {
+                still.insert(run.clone());
+            }
+        }
+        open = still;
+        if !open.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let runs_moving_again = killed_at.elapsed();
+    finish(&mut world, &HashSet::new(), PATIENCE).await?;
+    let mut outcome = check::check(&world, "two nodes, owner killed", started).await;
+    require_completed(&world, &mut outcome).await;
+    Ok(Failover {
+        outcome,
+        lease_moved,
+        runs_moving_again,
+        lease: Duration::from_secs(lease_secs),
+    })
+}
+
+/// What the rolling upgrade measured.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// The checks' outcome.
+    pub outcome: Outcome,
+    /// Whether the drained node exited by itself, successfully.
+    pub exited_cleanly: bool,
+    /// From SIGTERM to the other node holding the tenant's lease.
+    pub handed_over: Duration,
+    /// Webhooks sent while the first node drained and came back.
+    pub during: usize,
+}
+
+/// A rolling upgrade of one of two nodes under load: webhooks keep arriving at both nodes
+/// while the first is stopped with SIGTERM (it drains: its tenants' leases are released, so
+/// the other node takes them at its next round) and started again; every run must finish,
+/// once, with nothing lost.
+pub async fn rolling_upgrade(admin: &str, runs: usize, lease_secs: u64) -> anyhow::Result<Upgrade> {
+    let started = Instant::now();
+    let mut world = World::start_pair(admin, lease_secs).await?;
+    let first = world.url().to_owned();
+    let second = world.second_url().context("a second node")?.to_owned();
+    for i in 0..runs {
+        world.use_node(if i % 2 == 0 { &first } else { &second });
+        world.send_webhook(&format!("before {i}")).await?;
+    }
+    // Approvals in flight as the drain begins.
+    world.use_node(&second);
+    for accepted in world.accepted.clone() {
+        world
+            .wait_state(&accepted.run_id, &["awaiting_approval"], PATIENCE)
+            .await?;
+        world.click(&accepted.run_id, true).await?;
+    }
+    let (sent_at, exited_cleanly) = world.drain_first_node()?;
+    let deadline = sent_at + PATIENCE;
+    let mut during = 0;
+    while world.lease_holder()?.as_deref() != Some("node-b") {
+        anyhow::ensure!(Instant::now() < deadline, "node-b did not take the lease");
+        world.send_webhook(&format!("during {during}")).await?;
+        during += 1;
+    }
+    let handed_over = sent_at.elapsed();
+    world.restart_first_node().await?;
+    // The upgraded node takes intake too; it owns nothing until node-b drains.
+    let upgraded = world.second_url().context("the upgraded node")?.to_owned();
+    for i in 0..runs {
+        world.use_node(if i % 2 == 0 { &upgraded } else { &second });
+        world.send_webhook(&format!("after {i}")).await?;
+        during += 1;
+    }
+    world.use_node(&second);
+    finish(&mut world, &HashSet::new(), PATIENCE).await?;
+    let mut outcome = check::check(&world, "rolling upgrade of one of two nodes", started).await;
+    require_completed(&world, &mut outcome).await;
+    if !exited_cleanly {
+        outcome
+            .violations
+            .push("the drained node did not exit cleanly within 30 s".into());
+    }
+    Ok(Upgrade {
+        outcome,
+        exited_cleanly,
+        handed_over,
+        during,
+    })
+}
+
+/// Adds a violation for every accepted run that did not end `completed` (every run of the
+/// two-node scenarios is approved).
+async fn require_completed(world: &World, outcome: &mut Outcome) {
+    for accepted in &world.accepted {
+        let state = world.state(&accepted.run_id).await.unwrap_or_default();
+        if state != "completed" {
+            outcome.violations.push(format!(
+                "run {} ended {state:?}, not completed",
+                accepted.run_id
+            ));
+        }
+    }
+}

@@ -70,6 +70,12 @@ pub struct World {
     pub kills: u32,
     /// Every webhook Steward accepted, in order.
     pub accepted: Vec<Accepted>,
+    /// The second node of a two-node world, with its URL and config.
+    second: Option<(StewardProcess, String, PathBuf)>,
+    /// The PostgreSQL database of a two-node world.
+    pg: Option<crate::postgres::Database>,
+    /// The first node's URL while it is down for an upgrade.
+    first_down: Option<String>,
 }
 
 impl World {
@@ -94,9 +100,129 @@ impl World {
             starts: 0,
             kills: 0,
             accepted: Vec::new(),
+            second: None,
+            pg: None,
+            first_down: None,
         };
         world.start_steward().await?;
         Ok(world)
+    }
+
+    /// Two nodes on one PostgreSQL database of their own on the server at the superuser URL
+    /// `admin`, sharing the stand-ins: `node-a` starts first and takes the tenant's lease
+    /// (leases of `lease_secs`), then `node-b` starts. Calls go to `node-a` until
+    /// [`World::kill_first_node`].
+    pub async fn start_pair(admin: &str, lease_secs: u64) -> anyhow::Result<World> {
+        let dir = tempfile::tempdir().context("could not make the scenario folder")?;
+        let standins = StandinsProcess::start(&dir.path().join("standins.log"))?;
+        let pg = crate::postgres::Database::create(admin)?;
+        std::fs::write(dir.path().join("pg_service"), pg.url_as("steward_service"))?;
+        std::fs::write(dir.path().join("pg_owner"), pg.url_as("steward_owner"))?;
+        let webhook_secret: [u8; 24] = rand::random();
+        let (port_a, port_b) = (free_port()?, free_port()?);
+        write_config(&dir, port_a, &standins.urls, &webhook_secret)?;
+        let base = std::fs::read_to_string(dir.path().join("steward.toml"))?;
+        for (node, port) in [("a", port_a), ("b", port_b)] {
+            let config = node_config(&base, port_a, port, node, lease_secs);
+            std::fs::write(dir.path().join(format!("steward-{node}.toml")), config)?;
+        }
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let url_a = format!("http://127.0.0.1:{port_a}");
+        let url_b = format!("http://127.0.0.1:{port_b}");
+        let config_a = dir.path().join("steward-a.toml");
+        let config_b = dir.path().join("steward-b.toml");
+        // The CLI commands a scenario runs (audit verify) read steward.toml: the first node's.
+        std::fs::copy(&config_a, dir.path().join("steward.toml"))?;
+        let a = StewardProcess::start(&config_a, &dir.path().join("node-a.log"), &url_a).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pg.lease_holder(TENANT)?.as_deref() != Some("node-a") {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node-a took no lease within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let b = StewardProcess::start(&config_b, &dir.path().join("node-b.log"), &url_b).await?;
+        Ok(World {
+            dir,
+            standins,
+            steward: Some(a),
+            url: url_a,
+            http,
+            webhook_secret: webhook_secret.to_vec(),
+            starts: 2,
+            kills: 0,
+            accepted: Vec::new(),
+            second: Some((b, url_b, config_b)),
+            pg: Some(pg),
+            first_down: None,
+        })
+    }
+
+    /// The second node's URL, in a two-node world.
+    pub fn second_url(&self) -> Option<&str> {
+        self.second.as_ref().map(|(_, url, _)| url.as_str())
+    }
+
+    /// Sends the calls that follow to the node at `url` (one of the two).
+    pub fn use_node(&mut self, url: &str) {
+        self.url = url.to_owned();
+    }
+
+    /// In a two-node world, SIGKILLs the first node; the second becomes the one the calls
+    /// go to. Returns when the kill was sent.
+    pub fn kill_first_node(&mut self) -> anyhow::Result<Instant> {
+        let (second, url, config) = self.second.take().context("not a two-node world")?;
+        let killed_at = Instant::now();
+        self.kill_steward();
+        self.steward = Some(second);
+        self.url = url;
+        std::fs::copy(config, self.config_path())?;
+        Ok(killed_at)
+    }
+
+    /// In a two-node world, stops the first node as a rolling upgrade does (SIGTERM: it
+    /// finishes its requests, drains and exits); the second becomes the one the calls go to.
+    /// Returns when SIGTERM was sent and whether the node exited cleanly within 30 s.
+    pub fn drain_first_node(&mut self) -> anyhow::Result<(Instant, bool)> {
+        let (second, url, config) = self.second.take().context("not a two-node world")?;
+        let first = self
+            .steward
+            .take()
+            .context("the first node is not running")?;
+        let first_url = std::mem::replace(&mut self.url, url);
+        let sent_at = Instant::now();
+        let clean = first.terminate(Duration::from_secs(30))?;
+        self.steward = Some(second);
+        std::fs::copy(&config, self.config_path())?;
+        self.first_down = Some(first_url);
+        Ok((sent_at, clean))
+    }
+
+    /// Starts the first node again (the upgraded binary, in a rolling upgrade) beside the
+    /// running one, after [`World::drain_first_node`].
+    pub async fn restart_first_node(&mut self) -> anyhow::Result<()> {
+        let url = self
+            .first_down
+            .take()
+            .context("the first node was not drained")?;
+        self.starts += 1;
+        let config = self.dir.path().join("steward-a.toml");
+        let log = self.dir.path().join(format!("node-a-{}.log", self.starts));
+        let node = StewardProcess::start(&config, &log, &url).await?;
+        self.second = Some((node, url, config));
+        Ok(())
+    }
+
+    /// The node holding the tenant's lease, in a two-node world.
+    pub fn lease_holder(&self) -> anyhow::Result<Option<String>> {
+        self.pg
+            .as_ref()
+            .context("not a two-node world")?
+            .lease_holder(TENANT)
     }
 
     /// Steward's base URL.
@@ -380,6 +506,12 @@ impl World {
         let World { dir, .. } = self;
         dir.keep()
     }
+
+    /// The log of the node `name` (`a` or `b`) of a two-node world.
+    pub fn node_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{name}.log")))
+            .unwrap_or_default()
+    }
 }
 
 /// The journal array of an ops run view.
@@ -404,6 +536,24 @@ fn unix_now() -> u64 {
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// A node's config in a two-node world: the single-node config on PostgreSQL, listening on
+/// `port`, in a cluster as `node-{node}`, with the catch-up pass off (the scenario sends every
+/// webhook itself).
+fn node_config(base: &str, base_port: u16, port: u16, node: &str, lease_secs: u64) -> String {
+    let listen = format!("listen = \"127.0.0.1:{base_port}\"");
+    let head = format!(
+        "listen = \"127.0.0.1:{port}\"\n\
+         postgres_url = {{ file = \"pg_service\" }}\n\
+         postgres_migrate_url = {{ file = \"pg_owner\" }}"
+    );
+    let body = base.replacen(&listen, &head, 1);
+    let (top, rest) = body.split_once("\n[").unwrap_or((&body, ""));
+    format!(
+        "{top}\n\n[cluster]\nnode_id = \"node-{node}\"\nlease_secs = {lease_secs}\n\n\
+         [catchup]\ninterval_secs = 0\n\n[{rest}"
+    )
 }
 
 fn write_config(

@@ -98,3 +98,72 @@ async fn vendor_faults_while_runs_flow_lose_nothing_and_write_once() {
     }
     report("vendor faults", &summary, started);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_the_owner_killed_its_tenants_runs_finish_on_the_other() {
+    let Some(admin) = std::env::var("STEWARD_TEST_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        println!(
+            "two-node failover runs on PostgreSQL: set STEWARD_TEST_POSTGRES to a superuser URL"
+        );
+        return;
+    };
+    binary_ready();
+    let started = Instant::now();
+    let failover = scenarios::failover(&admin, 8, 3)
+        .await
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    println!(
+        "\n== two-node failover ==\nlease {:?}; lease moved to the survivor {} ms after the \
+         SIGKILL; every run in flight moving again after {} ms",
+        failover.lease,
+        failover.lease_moved.as_millis(),
+        failover.runs_moving_again.as_millis()
+    );
+    // The survivor takes a dead node's tenant once its lease lapses, at its next round.
+    let bound = failover.lease + failover.lease / 3 + std::time::Duration::from_secs(2);
+    assert!(
+        failover.lease_moved <= bound,
+        "the lease moved after {:?}, beyond {bound:?}",
+        failover.lease_moved
+    );
+    let summary = Summary {
+        outcomes: vec![failover.outcome],
+    };
+    report("two nodes, owner killed", &summary, started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_of_one_of_two_nodes_under_load_loses_and_doubles_nothing() {
+    let Some(admin) = std::env::var("STEWARD_TEST_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        println!("the rolling upgrade runs on PostgreSQL: set STEWARD_TEST_POSTGRES");
+        return;
+    };
+    binary_ready();
+    let started = Instant::now();
+    let upgrade = scenarios::rolling_upgrade(&admin, 6, 10)
+        .await
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    println!(
+        "\n== rolling upgrade ==\nlease 10s; the other node held the tenant {} ms after SIGTERM \
+         (a drain releases the lease instead of letting it lapse); {} webhooks sent during \
+         the upgrade",
+        upgrade.handed_over.as_millis(),
+        upgrade.during
+    );
+    // A drain hands over at the other node's next round, well before the lease would lapse.
+    assert!(
+        upgrade.handed_over < std::time::Duration::from_secs(10),
+        "the hand-over took {:?}: the lease lapsed instead of being released",
+        upgrade.handed_over
+    );
+    let summary = Summary {
+        outcomes: vec![upgrade.outcome],
+    };
+    report("rolling upgrade", &summary, started);
+}

@@ -184,6 +184,7 @@ fn shared_error(error: &StoreError) -> StoreError {
             StoreError::Db(sqlx::Error::Io(std::io::Error::other(e.to_string())))
         }
         StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Fenced(m) => StoreError::Fenced(m.clone()),
         StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
         StoreError::WrongMasterKey { expected, found } => StoreError::WrongMasterKey {
             expected: expected.clone(),

@@ -12,6 +12,10 @@ pub enum StoreError {
     /// The write raced another, or repeats one that already happened.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// This node no longer holds the tenant's lease under the token the write was made for:
+    /// another node owns the tenant now, and this node must stop its work for it.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The row the call needs does not exist (in the caller's tenant).
     #[error("not found: {0}")]
     NotFound(String),

@@ -237,7 +237,7 @@ impl Store {
         row.map(Lease::try_from).transpose()
     }
 
-    /// Inside a write transaction of the scope's tenant: Conflict unless `token` is the
+    /// Inside a write transaction of the scope's tenant: Fenced unless `token` is the
     /// tenant's current fencing token held by `node`. Lapse alone does not fence: a write
     /// under the newest token is still the newest holder's. On SQLite the single writer orders
     /// the check and any takeover. On PostgreSQL the row is read, not locked (a row lock needs
@@ -259,15 +259,15 @@ impl Store {
             .await?;
         match row {
             Some((holder, current)) if holder == node && current == token => Ok(()),
-            Some((holder, current)) => Err(StoreError::Conflict(format!(
-                "fenced: tenant `{}` is leased to `{}` under token {current}, not to `{}` \
+            Some((holder, current)) => Err(StoreError::Fenced(format!(
+                "tenant `{}` is leased to `{}` under token {current}, not to `{}` \
                  under token {token}",
                 scope.tenant(),
                 codec::clip(&holder),
                 codec::clip(node)
             ))),
-            None => Err(StoreError::Conflict(format!(
-                "fenced: tenant `{}` has no lease",
+            None => Err(StoreError::Fenced(format!(
+                "tenant `{}` has no lease",
                 scope.tenant()
             ))),
         }
@@ -287,5 +287,175 @@ impl Store {
             .lease(scope)
             .await?
             .is_some_and(|l| l.holder == node && l.token == token))
+    }
+}
+
+/// The PostgreSQL channel on which a node that does not own a tenant tells the owner that a
+/// run has something to do (a new run, a recorded click, a due timer).
+pub const WAKE_CHANNEL: &str = "steward_wake";
+
+/// A wake-up that reached this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WakeCall {
+    /// A run of the tenant has something to do (a new run, a recorded click, a due timer).
+    Run {
+        tenant: TenantId,
+        run: steward_core::RunId,
+    },
+    /// The tenant's settings changed: its owner must start its supervisor again from them.
+    Reload { tenant: TenantId },
+}
+
+/// The payload word of a reload.
+const RELOAD: &str = "reload";
+
+impl WakeCall {
+    /// The tenant the call is for.
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Self::Run { tenant, .. } | Self::Reload { tenant } => tenant,
+        }
+    }
+
+    fn encode(&self) -> String {
+        match self {
+            Self::Run { tenant, run } => format!("{tenant} {run}"),
+            Self::Reload { tenant } => format!("{tenant} {RELOAD}"),
+        }
+    }
+
+    /// Reads a payload as [`Store::ring`] wrote it; None for anything else.
+    pub fn decode(payload: &str) -> Option<Self> {
+        let (tenant, what) = payload.split_once(' ')?;
+        let tenant = TenantId::parse(tenant).ok()?;
+        if what == RELOAD {
+            return Some(Self::Reload { tenant });
+        }
+        Some(Self::Run {
+            tenant,
+            run: what.parse().ok()?,
+        })
+    }
+}
+
+/// The connection a node listens for wake-ups on (PostgreSQL `LISTEN`).
+pub struct WakeListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl std::fmt::Debug for WakeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WakeListener").finish_non_exhaustive()
+    }
+}
+
+impl WakeListener {
+    /// The next wake-up. A payload that does not decode is skipped with a warning. An error
+    /// means the connection was lost: wake-ups sent meanwhile are gone, so the caller should
+    /// listen again and look at the durable state (unfinished runs) once.
+    pub async fn recv(&mut self) -> Result<WakeCall, StoreError> {
+        loop {
+            let note = self.listener.recv().await?;
+            match WakeCall::decode(note.payload()) {
+                Some(call) => return Ok(call),
+                None => tracing::warn!(
+                    payload = %codec::clip(note.payload()),
+                    "A wake-up that does not name a tenant and run was ignored."
+                ),
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Tells whichever node owns the call's tenant what it must do (PostgreSQL `NOTIFY` on
+    /// [`WAKE_CHANNEL`]). Nothing is lost if no node listens: a run is durable, and an owner
+    /// looks at every unfinished run when it takes a tenant and on its rounds; a node that
+    /// takes a tenant starts its supervisor from the stored settings. On SQLite, which one
+    /// node serves, it does nothing.
+    pub async fn ring(&self, call: &WakeCall) -> Result<(), StoreError> {
+        if !self.is_postgres() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(call.encode())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A connection listening for wake-ups on [`WAKE_CHANNEL`], as the service role.
+    /// Invalid on SQLite.
+    pub async fn listen_for_wakes(&self) -> Result<WakeListener, StoreError> {
+        use secrecy::ExposeSecret as _;
+        let Some(url) = self.listen_url() else {
+            return Err(StoreError::Invalid(
+                "wake-ups between nodes need PostgreSQL".into(),
+            ));
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url.expose_secret()).await?;
+        listener.listen(WAKE_CHANNEL).await?;
+        Ok(WakeListener { listener })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_calls_round_trip_and_anything_else_is_refused() {
+        let tenant = TenantId::parse("us-acme").unwrap();
+        let run = steward_core::RunId::new();
+        for call in [
+            WakeCall::Run {
+                tenant: tenant.clone(),
+                run,
+            },
+            WakeCall::Reload {
+                tenant: tenant.clone(),
+            },
+        ] {
+            assert_eq!(WakeCall::decode(&call.encode()), Some(call.clone()));
+            assert_eq!(call.tenant(), &tenant);
+        }
+        let long = "x".repeat(10_000);
+        for bad in [
+            "",
+            " ",
+            "us-acme",
+            "us-acme ",
+            "us-acme not-a-run",
+            "us-acme reload extra",
+            "US ACME reload",
+            "../etc reload",
+            &format!("us-acme {run} trailing"),
+            &long,
+            "us-acme\u{0} reload",
+        ] {
+            assert_eq!(WakeCall::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_ids_and_lease_times_are_bounded() {
+        assert!(check_node("steward-0").is_ok());
+        assert!(check_node("pod.ns:7_a").is_ok());
+        assert!(check_node(&"n".repeat(MAX_NODE_ID_BYTES)).is_ok());
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "ü",
+            "a\nb",
+            &"n".repeat(MAX_NODE_ID_BYTES + 1),
+        ] {
+            assert!(check_node(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_ttl(1_000).is_ok() && check_ttl(600_000).is_ok());
+        assert!(check_ttl(999).is_err() && check_ttl(600_001).is_err() && check_ttl(-5).is_err());
     }
 }

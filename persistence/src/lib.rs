@@ -105,7 +105,7 @@ pub use evidence::{
     CheckpointSigner, Countersignature, EvidenceKey, ExportRange, SignedCheckpoint, WitnessRequest,
 };
 pub use intake::{IntakeOutcome, NewRun};
-pub use leases::{Fencing, Lease, MAX_NODE_ID_BYTES};
+pub use leases::{Fencing, Lease, MAX_NODE_ID_BYTES, WAKE_CHANNEL, WakeCall, WakeListener};
 pub use operator_audit::{
     BREAK_GLASS_CLOSED, BREAK_GLASS_EXPIRED, BREAK_GLASS_OPENED, BREAK_GLASS_USED, BreakGlassGrant,
     BreakGlassUse, GrantState, MAX_DETAIL_BYTES, MAX_GRANT_MINUTES, NewBreakGlass,

@@ -309,9 +309,43 @@ impl Store {
         scope: &TenantScope,
         step: StepWrite,
     ) -> Result<(), StoreError> {
+        self.write_step(scope, &step, false).await
+    }
+
+    /// [`Store::append_step`] for the actor that owns the run: once [`Store::fence_with`] set
+    /// this node's leases, the step commits only under the tenant's current fencing token held
+    /// by this node, and is refused (Fenced) otherwise, so a node that lost the tenant cannot
+    /// move its runs on. Without fencing it is `append_step`. Writes any node may make for a
+    /// run it does not own (an approval click, an operator's decision) use `append_step` or
+    /// `decide`: the journal's compare-and-set orders them.
+    pub async fn append_owned_step(
+        &self,
+        scope: &TenantScope,
+        step: StepWrite,
+    ) -> Result<(), StoreError> {
+        self.write_step(scope, &step, true).await
+    }
+
+    async fn write_step(
+        &self,
+        scope: &TenantScope,
+        step: &StepWrite,
+        fenced: bool,
+    ) -> Result<(), StoreError> {
         self.content_key(scope).await?;
         let mut tx = self.begin_write_as(scope).await?;
-        self.append_step_in(&mut tx, scope, &step).await?;
+        if let Some(fencing) = self.fencing().filter(|_| fenced) {
+            let token = fencing.token(scope.tenant()).ok_or_else(|| {
+                StoreError::Fenced(format!(
+                    "node `{}` holds no lease of tenant `{}`",
+                    fencing.node(),
+                    scope.tenant()
+                ))
+            })?;
+            self.check_fence(&mut tx, scope, fencing.node(), token)
+                .await?;
+        }
+        self.append_step_in(&mut tx, scope, step).await?;
         tx.commit().await?;
         if !step.timers.is_empty() {
             self.timers_changed();
@@ -357,16 +391,6 @@ impl Store {
             codec::check_len(err, "last error", 16 * 1024)?;
         }
         let body = step_columns(&step.kind, &step.body)?;
-        if let Some(fencing) = self.fencing() {
-            let token = fencing.token(scope.tenant()).ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "fenced: node `{}` holds no lease of tenant `{}`",
-                    fencing.node(),
-                    scope.tenant()
-                ))
-            })?;
-            self.check_fence(tx, scope, fencing.node(), token).await?;
-        }
         let now = self.now();
         let key = self.content_key_in(tx, scope).await?;
         let run = step.run_id.to_string();

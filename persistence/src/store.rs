@@ -131,6 +131,8 @@ struct Inner {
     /// The leases this node holds, when it shares the database with other nodes: journal
     /// writes are then fenced by them (see `leases.rs`). Unset on a single node.
     fencing: std::sync::OnceLock<Arc<dyn crate::leases::Fencing>>,
+    /// The service role's URL on PostgreSQL, for the connection that listens for wake-ups.
+    listen_url: std::sync::OnceLock<SecretString>,
 }
 
 /// The pragmas every SQLite connection runs with; readers add `query_only`.
@@ -226,12 +228,13 @@ impl Store {
             .max_connections(opts.max_connections.max(1))
             .connect_with(connect)
             .await?;
-        Ok(Self::assemble(
-            Backend::Postgres,
-            pool.clone(),
-            pool,
-            opts.clock,
-        ))
+        let store = Self::assemble(Backend::Postgres, pool.clone(), pool, opts.clock);
+        store.set_listen_url(opts.url.clone());
+        Ok(store)
+    }
+
+    fn set_listen_url(&self, url: SecretString) {
+        let _ = self.inner.listen_url.set(url);
     }
 
     fn assemble(backend: Backend, writer: AnyPool, reader: AnyPool, clock: Arc<dyn Clock>) -> Self {
@@ -243,6 +246,7 @@ impl Store {
             timer_signal: tokio::sync::Notify::new(),
             content: crate::content::ContentKeys::new(),
             fencing: std::sync::OnceLock::new(),
+            listen_url: std::sync::OnceLock::new(),
         };
         let batcher = Store {
             inner: Arc::new(inner),
@@ -282,6 +286,11 @@ impl Store {
     /// Now, in Unix milliseconds, from the store's clock.
     pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now_millis()
+    }
+
+    /// The service role's URL, on PostgreSQL.
+    pub(crate) fn listen_url(&self) -> Option<&SecretString> {
+        self.inner.listen_url.get()
     }
 
     /// The leases journal writes are fenced by, once [`Store::fence_with`] set them.

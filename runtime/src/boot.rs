@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use secrecy::SecretString;
 use steward_actors::settings::{TenantSettings, secret_names};
-use steward_actors::{Metrics, SingleNode, Steward, StewardOptions};
+use steward_actors::{Metrics, Steward, StewardOptions};
 use steward_adapters::http::HttpSettings;
 use steward_adapters::webhook::check_secret;
 use steward_api::{ApiLimits, AppState, OpsAuth, OpsSettings, ServerLimits, TenancySettings};
@@ -176,6 +176,9 @@ impl Server {
         if let Some(task) = &self.tls_reload {
             task.abort();
         }
+        // In a cluster, hand the tenants over before stopping, so that the other nodes take
+        // them at their next round instead of after the lease time.
+        self.steward.drain().await;
         self.steward.stop();
         self.store.close().await;
         if let Some(telemetry) = &self.telemetry {
@@ -272,15 +275,17 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let steward = Steward::start(store.clone(), master_key.clone(), actors)
         .await
         .map_err(|e| anyhow::anyhow!("starting the actor system: {e}"))?;
+    // In a cluster this node holds no lease yet: its keeper's rounds resume the runs of the
+    // tenants it takes.
     let woken = steward
-        .resume(&SingleNode)
+        .resume(steward.gate())
         .await
         .context("resuming unfinished runs")?;
     // A run held while writes were paused needs a wake-up once they resume; resuming wakes
     // the parked runs, and so does boot, in case the process stopped in between.
     let woken = woken
         + steward
-            .wake_parked(None, &SingleNode)
+            .wake_parked(None, steward.gate())
             .await
             .context("waking parked runs")?;
     // The catch-up pass starts once unfinished runs are resumed, so its runs join them.

@@ -209,11 +209,11 @@ async fn a_journal_write_is_fenced_by_the_lease_it_was_made_under() {
     // No lease here yet: the write is refused and nothing is written.
     let err = db
         .store
-        .append_step(&acme_scope, step(run, 1, "fetched"))
+        .append_owned_step(&acme_scope, step(run, 1, "fetched"))
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Conflict(m) if m.contains("fenced")),
+        matches!(&err, StoreError::Fenced(m) if m.contains("no lease")),
         "{err}"
     );
 
@@ -226,7 +226,7 @@ async fn a_journal_write_is_fenced_by_the_lease_it_was_made_under() {
         .unwrap();
     a.hold(&t, lease.token);
     db.store
-        .append_step(&acme_scope, step(run, 1, "fetched"))
+        .append_owned_step(&acme_scope, step(run, 1, "fetched"))
         .await
         .unwrap();
 
@@ -240,18 +240,18 @@ async fn a_journal_write_is_fenced_by_the_lease_it_was_made_under() {
     assert_eq!(taken.token, 2);
     b.hold(&t, taken.token);
     node_b
-        .append_step(&acme_scope, step(run, 2, "triaged"))
+        .append_owned_step(&acme_scope, step(run, 2, "triaged"))
         .await
         .unwrap();
     // node-a wakes up still believing it holds token 1: its write is refused, even one that
     // would fit the journal, and the journal stays as node-b left it.
     let err = db
         .store
-        .append_step(&acme_scope, step(run, 3, "stale"))
+        .append_owned_step(&acme_scope, step(run, 3, "stale"))
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Conflict(m) if m.contains("token 2") && m.contains("node-b")),
+        matches!(&err, StoreError::Fenced(m) if m.contains("token 2") && m.contains("node-b")),
         "{err}"
     );
     let steps = db.store.steps(&acme_scope, run).await.unwrap();
@@ -259,10 +259,16 @@ async fn a_journal_write_is_fenced_by_the_lease_it_was_made_under() {
     let record = db.store.run(&acme_scope, run).await.unwrap().unwrap();
     assert_eq!(record.state, "triaged");
 
+    // A write any node may make for a run (a click, an operator's decision) is not fenced.
+    db.store
+        .append_step(&acme_scope, step(run, 3, "awaiting_approval"))
+        .await
+        .unwrap();
+
     // A lapsed lease nobody took still fences nothing: its holder's token is the newest.
     db.clock.advance_millis(TTL + 1);
     node_b
-        .append_step(&acme_scope, step(run, 3, "policy_decided"))
+        .append_owned_step(&acme_scope, step(run, 4, "approved"))
         .await
         .unwrap();
     node_b.close().await;
