@@ -161,10 +161,17 @@ impl Catchup {
             }
         };
         for tenant in tenants.into_iter().filter(|t| t.offboarded_at.is_none()) {
-            if let Err(e) = self.pass(&tenant.id).await {
-                self.metrics.catchup_pass_failed(&tenant.id);
-                tracing::warn!(tenant = %tenant.id, error = %e,
-                    "The ServiceNow catch-up pass failed; the watermark stays where it was.");
+            // In a cluster only the tenant's owner asks, so two nodes never race on a change.
+            if !self.steward.owns(&tenant.id) {
+                continue;
+            }
+            match self.pass(&tenant.id).await {
+                Ok(_) => self.metrics.catchup_pass_finished(&tenant.id),
+                Err(e) => {
+                    self.metrics.catchup_pass_failed(&tenant.id);
+                    tracing::warn!(tenant = %tenant.id, error = %e,
+                        "The ServiceNow catch-up pass failed; the watermark stays where it was.");
+                }
             }
         }
     }

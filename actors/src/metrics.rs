@@ -120,10 +120,16 @@ struct Inner {
     /// Audit entries not yet acknowledged by the tenant's SIEM, set by the SIEM streamer.
     siem_lag: Family<TenantLabel, Gauge>,
     siem_failures: Family<TenantLabel, Counter>,
+    /// When the oldest audit entry the tenant's SIEM has not acknowledged was written, Unix
+    /// seconds; 0 when every entry is acknowledged or the tenant streams to no SIEM.
+    siem_oldest_unacknowledged: Family<TenantLabel, Gauge>,
     /// Runs the ServiceNow catch-up pass started, by tenant.
     catchup_runs: Family<TenantLabel, Counter>,
     /// Catch-up passes that stopped on an error, by tenant.
     catchup_failures: Family<TenantLabel, Counter>,
+    /// Catch-up passes in a row that stopped on an error, by tenant; 0 after a pass that
+    /// finished.
+    catchup_consecutive_failures: Family<TenantLabel, Gauge>,
     /// Serializes scrape-time refreshes, so two scrapes do not interleave clearing and setting.
     refresh: tokio::sync::Mutex<()>,
 }
@@ -234,6 +240,13 @@ impl Metrics {
             "Batches of audit entries the tenant's SIEM did not acknowledge, by tenant",
             siem_failures.clone(),
         );
+        let siem_oldest_unacknowledged = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "steward_siem_oldest_unacknowledged_timestamp_seconds",
+            "Append time (Unix seconds) of the oldest audit entry the tenant's SIEM has not \
+             acknowledged; 0 when none waits",
+            siem_oldest_unacknowledged.clone(),
+        );
         let catchup_runs = Family::<TenantLabel, Counter>::default();
         registry.register(
             "steward_catchup_runs_started",
@@ -245,6 +258,13 @@ impl Metrics {
             "steward_catchup_pass_failures",
             "ServiceNow catch-up passes that stopped on an error, by tenant",
             catchup_failures.clone(),
+        );
+        let catchup_consecutive_failures = Family::<TenantLabel, Gauge>::default();
+        registry.register(
+            "steward_catchup_consecutive_failures",
+            "ServiceNow catch-up passes in a row that stopped on an error, by tenant; 0 after a \
+             pass that finished",
+            catchup_consecutive_failures.clone(),
         );
         // Series with fixed labels exist from the start at zero, so that a rule's `increase`
         // sees their first event.
@@ -271,8 +291,10 @@ impl Metrics {
                 break_glass_active,
                 siem_lag,
                 siem_failures,
+                siem_oldest_unacknowledged,
                 catchup_runs,
                 catchup_failures,
+                catchup_consecutive_failures,
                 refresh: tokio::sync::Mutex::new(()),
             }),
         }
@@ -318,12 +340,29 @@ impl Metrics {
         self.inner.siem_failures.get_or_create(&labels).inc();
     }
 
-    /// Drops `tenant`'s lag series, once its SIEM stream is removed.
+    /// Sets when the oldest audit entry of `tenant` its SIEM has not acknowledged was
+    /// appended (Unix ms), or None when none waits.
+    pub fn set_siem_oldest_unacknowledged(&self, tenant: &TenantId, at_ms: Option<i64>) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        let secs = at_ms.map_or(0, |ms| ms.max(0) / 1000);
+        self.inner
+            .siem_oldest_unacknowledged
+            .get_or_create(&labels)
+            .set(secs);
+    }
+
+    /// Drops `tenant`'s lag series, once its SIEM stream is removed; nothing waits any more.
     pub fn clear_siem_lag(&self, tenant: &TenantId) {
         let labels = TenantLabel {
             tenant: tenant.to_string(),
         };
         self.inner.siem_lag.remove(&labels);
+        self.inner
+            .siem_oldest_unacknowledged
+            .get_or_create(&labels)
+            .set(0);
     }
 
     /// The catch-up pass started `runs` runs for `tenant`; a tenant's series exist from its
@@ -334,6 +373,11 @@ impl Metrics {
         };
         self.inner.catchup_runs.get_or_create(&labels).inc_by(runs);
         drop(self.inner.catchup_failures.get_or_create(&labels));
+        drop(
+            self.inner
+                .catchup_consecutive_failures
+                .get_or_create(&labels),
+        );
     }
 
     /// A catch-up pass for `tenant` stopped on an error.
@@ -342,7 +386,22 @@ impl Metrics {
             tenant: tenant.to_string(),
         };
         self.inner.catchup_failures.get_or_create(&labels).inc();
+        self.inner
+            .catchup_consecutive_failures
+            .get_or_create(&labels)
+            .inc();
         drop(self.inner.catchup_runs.get_or_create(&labels));
+    }
+
+    /// A catch-up pass for `tenant` finished (or had nothing to do): the run of failures ends.
+    pub fn catchup_pass_finished(&self, tenant: &TenantId) {
+        let labels = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.inner
+            .catchup_consecutive_failures
+            .get_or_create(&labels)
+            .set(0);
     }
 
     /// Sets the served certificate's expiry (its `notAfter`, Unix seconds).
@@ -395,7 +454,9 @@ impl Metrics {
         self.render()
     }
 
-    /// Creates the tenant's counter series at zero (an existing series is left as it is).
+    /// Creates the tenant's counter series, its SIEM wait gauge and its catch-up failures in a
+    /// row at zero (an existing series is left as it is). The catch-up counters exist from a
+    /// tenant's first pass, so that their presence shows a pass has finished.
     fn zero_tenant(&self, tenant: &str) {
         let inner = &self.inner;
         for state in states::TERMINAL {
@@ -410,6 +471,9 @@ impl Metrics {
         };
         drop(inner.run_restarts.get_or_create(&labels));
         drop(inner.audit_failures.get_or_create(&labels));
+        drop(inner.siem_failures.get_or_create(&labels));
+        drop(inner.siem_oldest_unacknowledged.get_or_create(&labels));
+        drop(inner.catchup_consecutive_failures.get_or_create(&labels));
     }
 
     async fn refresh_runs(&self, store: &Store, tenants: &[String]) {
@@ -601,5 +665,29 @@ mod tests {
         assert!(text.contains("steward_webhook_rejections_total{reason=\"signature_mismatch\"} 1"));
         assert!(text.contains("# TYPE steward_tls_certificate_expiry_timestamp_seconds gauge"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn catchup_failures_in_a_row_reset_on_a_finished_pass_and_siem_waits_clear() {
+        let metrics = Metrics::new();
+        let acme = TenantId::parse("us-acme").unwrap();
+        let in_a_row = "steward_catchup_consecutive_failures{tenant=\"us-acme\"}";
+        metrics.catchup_pass_failed(&acme);
+        metrics.catchup_pass_failed(&acme);
+        assert!(metrics.render().contains(&format!("{in_a_row} 2\n")));
+        metrics.catchup_pass_finished(&acme);
+        let text = metrics.render();
+        assert!(text.contains(&format!("{in_a_row} 0\n")), "{text}");
+        assert!(text.contains("steward_catchup_pass_failures_total{tenant=\"us-acme\"} 2"));
+
+        let waiting = "steward_siem_oldest_unacknowledged_timestamp_seconds{tenant=\"us-acme\"}";
+        metrics.set_siem_oldest_unacknowledged(&acme, Some(1_767_225_600_123));
+        assert!(
+            metrics
+                .render()
+                .contains(&format!("{waiting} 1767225600\n"))
+        );
+        metrics.clear_siem_lag(&acme);
+        assert!(metrics.render().contains(&format!("{waiting} 0\n")));
     }
 }

@@ -22,7 +22,8 @@
 //! (shown by `GET /v1/tenant/siem`, counted in `steward_siem_delivery_failures`) and are retried
 //! at the capped interval: a refusal is usually a setting to fix on the SIEM's side, after which
 //! delivery resumes by itself. `steward_siem_lag_entries` is the number of entries not yet
-//! acknowledged.
+//! acknowledged, and `steward_siem_oldest_unacknowledged_timestamp_seconds` when the oldest of
+//! them was appended (0 when none waits).
 //!
 //! New entries are found by polling, every [`SiemOptions::poll`] (250 ms by default): one
 //! keyed read per tenant per poll. An offboarded tenant's stream stops (its signing secret was
@@ -361,11 +362,18 @@ impl SiemStreamer {
             .metrics
             .set_siem_lag(tenant, head.saturating_sub(stream.delivered_seq));
         if head <= stream.delivered_seq {
+            self.inner
+                .metrics
+                .set_siem_oldest_unacknowledged(tenant, None);
             return Ok(Some(Step::UpToDate));
         }
         let mut entries = store
             .audit_entries(scope, stream.delivered_seq, MAX_BATCH_ENTRIES as u32)
             .await?;
+        let oldest = entries.first().map(|e| e.at);
+        self.inner
+            .metrics
+            .set_siem_oldest_unacknowledged(tenant, oldest);
         // A batch already sent once is sent again with exactly its entries, so its id holds.
         if let Some(pending) = stream.pending_seq {
             entries.retain(|e| e.seq <= pending);
@@ -394,6 +402,11 @@ impl SiemStreamer {
         self.inner
             .metrics
             .set_siem_lag(tenant, head.saturating_sub(batch.last_seq));
+        if head <= batch.last_seq {
+            self.inner
+                .metrics
+                .set_siem_oldest_unacknowledged(tenant, None);
+        }
         Ok(Some(Step::Delivered(batch.last_seq)))
     }
 

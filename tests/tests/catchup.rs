@@ -103,6 +103,17 @@ async fn series(h: &Harness, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A gauge's value for the main tenant in `GET /metrics`; None when absent.
+async fn gauge(h: &Harness, name: &str) -> Option<i64> {
+    let metrics = h.get("/metrics", None).await;
+    let wanted = format!("{name}{{tenant=\"{}\"}} ", h.tenant.id);
+    metrics
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix(&wanted))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A counter's value for the main tenant; 0 when absent.
 async fn counter(h: &Harness, name: &str) -> u64 {
     series(h, name).await.unwrap_or(0)
@@ -309,6 +320,11 @@ async fn a_hostile_answer_fails_the_pass_and_moves_nothing() {
         assert!(all_runs(&h).await.is_empty(), "answer {i} started a run");
     }
     assert_eq!(counter(&h, "steward_catchup_runs_started").await, 0);
+    let in_a_row = gauge(&h, "steward_catchup_consecutive_failures").await;
+    assert!(
+        in_a_row.is_some_and(|n| n >= 8),
+        "every failed pass in a row counts: {in_a_row:?}"
+    );
 
     // Once the instance answers properly again, the change is not lost.
     h.servicenow.fail_list(None);
@@ -320,6 +336,10 @@ async fn a_hostile_answer_fails_the_pass_and_moves_nothing() {
         watermark(&h)
             .await
             .filter(|w| w.updated_ms > before.updated_ms)
+    })
+    .await;
+    eventually("a finished pass to end the run of failures", || async {
+        (gauge(&h, "steward_catchup_consecutive_failures").await == Some(0)).then_some(())
     })
     .await;
     h.shutdown().await;

@@ -216,11 +216,33 @@ async fn failures_a_refusal_a_rotation_and_a_restart_lose_nothing() {
         h.tenant.id
     );
     assert!(metrics.contains(&failures), "{metrics}");
+    let oldest = format!(
+        "steward_siem_oldest_unacknowledged_timestamp_seconds{{tenant=\"{}\"}} ",
+        h.tenant.id
+    );
+    let waiting = |text: &str| -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&oldest))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let since = waiting(&metrics).expect("the oldest unacknowledged entry's time");
+    assert!(
+        (now_secs - 120..=now_secs).contains(&since),
+        "the refused entry waits since {since}, now {now_secs}"
+    );
     siem.always(None);
     all_delivered(&h, &siem).await;
     let shown = h.get("/v1/tenant/siem", Some(&token)).await;
     assert_eq!(shown.body["state"], "active", "{}", shown.text);
     assert_eq!(shown.body["lag"], 0, "{}", shown.text);
+    until("nothing waits any more", async || {
+        waiting(&scrape(&h).await) == Some(0)
+    })
+    .await;
 
     // A rotation: a new secret, both signatures during the overlap.
     let old = first["secret"].as_str().unwrap().to_owned();
