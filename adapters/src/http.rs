@@ -19,6 +19,10 @@ pub struct HttpSettings {
     /// tenant's clients are built. The default is the production lists plus loopback, for
     /// tests and the demo; `steward serve` always sets it from the `[egress]` config.
     pub egress: crate::egress::Egress,
+    /// Certificate authorities trusted for outbound TLS besides the built-in web roots (a
+    /// private CA in front of a connector); `steward serve` reads them from
+    /// `[http] outbound_ca_file` with [`read_ca_file`]. Empty by default.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for HttpSettings {
@@ -28,6 +32,7 @@ impl Default for HttpSettings {
             connect_timeout: Duration::from_secs(5),
             https_only: false,
             egress: crate::egress::Egress::default().with_loopback(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -50,9 +55,52 @@ impl HttpSettings {
     }
 }
 
+/// The largest CA file [`read_ca_file`] reads, in bytes.
+pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a PEM file of one or more CA certificates to trust for outbound TLS. The error names
+/// the file and what is wrong: unreadable, too large, not PEM, no certificate in it, or a
+/// certificate that does not parse.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    use std::io::Read as _;
+    let name = path.display();
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the CA file {name}: {e}"))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read the CA file {name}: {e}"))?;
+    if pem.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(format!(
+            "the CA file {name} is larger than {MAX_CA_FILE_BYTES} bytes"
+        ));
+    }
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("the CA file {name} holds no PEM CERTIFICATE block"));
+    }
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("the CA file {name} is not valid PEM certificates: {e}"))?;
+    // Build a client once so a certificate rustls cannot use is reported here, at startup.
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    for root in &roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder.build().map_err(|e| {
+        format!(
+            "the CA file {name} holds a certificate that cannot be trusted: {}",
+            error_chain(&e)
+        )
+    })?;
+    Ok(roots)
+}
+
 /// Builds a client with the given settings.
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    for root in &settings.extra_roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder
         .use_rustls_tls()
         .timeout(settings.timeout)
         .connect_timeout(settings.connect_timeout)
@@ -151,5 +199,34 @@ mod tests {
             .check_url(Region::Us, EgressKind::Llm, "https://llm.evil.io/v1")
             .unwrap_err();
         assert_eq!(refused.why, Refusal::Host);
+    }
+
+    #[test]
+    fn a_ca_file_that_does_not_hold_certificates_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("steward-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let err = read_ca_file(&missing).unwrap_err();
+        assert!(
+            err.contains("cannot read the CA file") && err.contains("missing.pem"),
+            "{err}"
+        );
+        let text = dir.join("text.pem");
+        std::fs::write(&text, "not a certificate").unwrap();
+        let err = read_ca_file(&text).unwrap_err();
+        assert!(err.contains("no PEM CERTIFICATE block"), "{err}");
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = read_ca_file(&garbage).unwrap_err();
+        assert!(err.contains("garbage.pem"), "{err}");
+        let large = dir.join("large.pem");
+        std::fs::write(&large, vec![b'A'; MAX_CA_FILE_BYTES as usize + 1]).unwrap();
+        let err = read_ca_file(&large).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -57,6 +57,24 @@ pub fn read_token(
     Ok(SecretString::from(token))
 }
 
+/// The variable naming a PEM file of CA certificates the operator commands trust besides the
+/// web roots, for a server whose certificate a private CA issued.
+pub const CA_FILE_VAR: &str = "STEWARD_CA_FILE";
+
+/// The start of every operator command's HTTP client: no redirect followed, and the CA
+/// certificates of `STEWARD_CA_FILE` trusted when it is set.
+pub fn http_builder() -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = std::env::var_os(CA_FILE_VAR).filter(|v| !v.is_empty()) {
+        let roots = steward_adapters::http::read_ca_file(Path::new(&path))
+            .map_err(|e| anyhow::anyhow!("{CA_FILE_VAR}: {e}"))?;
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    Ok(builder)
+}
+
 /// A client of one server, presenting one token.
 pub struct ApiClient {
     http: reqwest::Client,
@@ -79,10 +97,7 @@ impl ApiClient {
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             bail!("--url must be an http or https URL");
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = http_builder()?.timeout(timeout).build()?;
         Ok(Self {
             http,
             base: base.clone(),

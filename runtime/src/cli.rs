@@ -50,6 +50,18 @@ pub enum Command {
         /// Also serve the OpenID provider stand-in here (say 127.0.0.1:18084).
         #[arg(long)]
         oidc: Option<std::net::SocketAddr>,
+        /// Serve ServiceNow, Slack and the LLM over HTTPS with this PEM certificate chain
+        /// (with --tls-key); the URLs printed are then https. Without it they serve plain
+        /// HTTP. The OpenID provider stand-in stays plain HTTP.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// CA certificates (PEM) the Slack stand-in trusts when it delivers a click to an
+        /// https Steward (with --tls-cert).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        ca_file: Option<PathBuf>,
     },
     /// Sign in to a server's ops API as yourself, through its identity provider (device
     /// code); `steward runs` and `steward writes` then use the saved ID token.
@@ -184,6 +196,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             slack,
             llm,
             oidc,
+            tls_cert,
+            tls_key,
+            ca_file,
         } => {
             init_logs(false);
             let oidc = match oidc {
@@ -192,8 +207,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 None => None,
             };
-            crate::standins::serve_forever(Default::default(), servicenow, slack, llm, oidc)
-                .await?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert_file), Some(key_file)) => Some(crate::standins::StandinTls {
+                    cert_file,
+                    key_file,
+                    click_roots: match ca_file {
+                        Some(path) => steward_adapters::http::read_ca_file(&path)
+                            .map_err(anyhow::Error::msg)?,
+                        None => Vec::new(),
+                    },
+                }),
+                _ => None,
+            };
+            crate::standins::serve_forever(
+                Default::default(),
+                servicenow,
+                slack,
+                llm,
+                oidc,
+                tls.as_ref(),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Login(args) => crate::login_cli::run_login(args).await,
@@ -296,6 +330,17 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     opts.audit_verify_every = config.metrics.audit_verify_every(config.profile);
     opts.retention_sweep = config.retention.sweep().map_err(anyhow::Error::msg)?;
     opts.catchup = config.catchup.options().map_err(anyhow::Error::msg)?;
+    opts.actors.cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| {
+            let env = std::env::var("STEWARD_NODE_ID")
+                .ok()
+                .filter(|v| !v.is_empty());
+            c.options(env, opts.postgres.is_some())
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     opts.evidence = match config
         .evidence
         .schedule(config.profile, config.allow_plain_http)
@@ -330,6 +375,10 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         egress: config
             .egress
             .egress(config.profile)
+            .map_err(anyhow::Error::msg)?,
+        extra_roots: config
+            .http
+            .outbound_roots(base)
             .map_err(anyhow::Error::msg)?,
         ..HttpSettings::default()
     };

@@ -138,6 +138,10 @@ pub struct FileConfig {
     /// The ServiceNow catch-up pass (`[catchup]`).
     #[serde(default)]
     pub catchup: CatchupConfig,
+    /// Several nodes on one PostgreSQL database (`[cluster]`); absent: this node owns every
+    /// tenant.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// OpenTelemetry trace export over OTLP/HTTP (`[telemetry]`); off unless an endpoint is set.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -591,6 +595,58 @@ impl CatchupConfig {
     }
 }
 
+/// Several nodes on one PostgreSQL database (`[cluster]`, `docs/operations/multi-node.md`):
+/// each tenant is run by the node that holds its lease.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, unique among the nodes (a pod name); `STEWARD_NODE_ID` overrides it.
+    pub node_id: Option<String>,
+    /// How long a lease lasts unless renewed, in seconds (default 15, 3 to 600): a dead
+    /// node's tenants move after at most this long.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_lease_secs() -> u64 {
+    15
+}
+
+impl ClusterConfig {
+    /// The cluster options for a node; `node_id` is the configured id or `STEWARD_NODE_ID`.
+    /// A cluster needs PostgreSQL (`postgres`). Errors name the bad value.
+    pub fn options(
+        &self,
+        env_node_id: Option<String>,
+        postgres: bool,
+    ) -> Result<steward_actors::cluster::ClusterOptions, String> {
+        if !postgres {
+            return Err("[cluster] needs postgres_url: nodes share one PostgreSQL database".into());
+        }
+        if !(3..=600).contains(&self.lease_secs) {
+            return Err("cluster.lease_secs must be 3 to 600".into());
+        }
+        let node_id = env_node_id
+            .or_else(|| self.node_id.clone())
+            .ok_or("[cluster] needs node_id (or STEWARD_NODE_ID), unique per node")?;
+        let ok = !node_id.is_empty()
+            && node_id.len() <= steward_persistence::MAX_NODE_ID_BYTES
+            && node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+        if !ok {
+            return Err(format!(
+                "cluster.node_id must be 1 to {} letters, digits, `.`, `_`, `-` or `:`",
+                steward_persistence::MAX_NODE_ID_BYTES
+            ));
+        }
+        Ok(steward_actors::cluster::ClusterOptions {
+            node_id,
+            lease: Duration::from_secs(self.lease_secs),
+        })
+    }
+}
+
 /// Signed evidence checkpoints (`[evidence]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -667,6 +723,11 @@ pub struct HttpConfig {
     /// Reverse proxies whose `X-Forwarded-For` names the client (default none: the header is
     /// never read, and every client behind a proxy shares the proxy's address).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A PEM file of CA certificates that every outbound call (connectors, SIEM, the
+    /// ServiceNow catch-up) trusts besides the built-in web roots, in every profile: for a
+    /// private CA in front of a connector. Relative to the config file's folder; a file that
+    /// does not load stops startup with the reason. Default: none.
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -688,11 +749,22 @@ impl Default for HttpConfig {
             per_tenant_per_second: tenant.per_second.get(),
             per_tenant_burst: tenant.burst.get(),
             trusted_proxies: Vec::new(),
+            outbound_ca_file: None,
         }
     }
 }
 
 impl HttpConfig {
+    /// The CA certificates `outbound_ca_file` names, read relative to `base` (none without
+    /// it); the error names the setting, the file and what is wrong with it.
+    pub fn outbound_roots(&self, base: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+        match &self.outbound_ca_file {
+            None => Ok(Vec::new()),
+            Some(path) => steward_adapters::http::read_ca_file(&base.join(path))
+                .map_err(|e| format!("http.outbound_ca_file: {e}")),
+        }
+    }
+
     /// The server limits this section describes; refuses values no server should run with.
     pub fn limits(&self) -> Result<ServerLimits, String> {
         if !(1..=300).contains(&self.header_read_timeout_secs) {
@@ -1383,6 +1455,19 @@ mod tests {
             assert!(c.check().is_err(), "{bad}");
         }
         assert!(toml::from_str::<FileConfig>("[http]\nrate = 1").is_err());
+        let c: FileConfig =
+            toml::from_str("[http]\noutbound_ca_file = \"missing-ca.pem\"").unwrap();
+        assert_eq!(
+            c.http.outbound_ca_file,
+            Some(PathBuf::from("missing-ca.pem"))
+        );
+        let err = c.http.outbound_roots(Path::new(".")).unwrap_err();
+        assert!(
+            err.starts_with("http.outbound_ca_file: cannot read the CA file"),
+            "{err}"
+        );
+        let none: FileConfig = toml::from_str("").unwrap();
+        assert!(none.http.outbound_roots(Path::new(".")).unwrap().is_empty());
     }
 
     #[test]
@@ -1487,6 +1572,50 @@ mod tests {
         ] {
             assert!(bad.sweep().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_cluster_needs_postgres_a_node_id_and_a_sane_lease() {
+        let c: FileConfig = toml::from_str("[cluster]\nnode_id = \"steward-0\"").unwrap();
+        let cluster = c.cluster.unwrap();
+        let o = cluster.options(None, true).unwrap();
+        assert_eq!(
+            (o.node_id.as_str(), o.lease),
+            ("steward-0", Duration::from_secs(15))
+        );
+        let o = cluster.options(Some("pod-7".into()), true).unwrap();
+        assert_eq!(o.node_id, "pod-7", "the variable wins");
+        assert!(
+            cluster
+                .options(None, false)
+                .unwrap_err()
+                .contains("postgres_url")
+        );
+        let c: FileConfig = toml::from_str("[cluster]\nlease_secs = 30").unwrap();
+        assert!(
+            c.cluster
+                .unwrap()
+                .options(None, true)
+                .unwrap_err()
+                .contains("node_id")
+        );
+        for bad in [
+            "lease_secs = 2",
+            "lease_secs = 601",
+            "node_id = \"a b\"",
+            "node_id = \"\"",
+            "node_id = \"x\"\nnope = 1",
+        ] {
+            let parsed = toml::from_str::<FileConfig>(&format!("[cluster]\n{bad}"));
+            let refused = match parsed {
+                Err(_) => true,
+                Ok(c) => c.cluster.unwrap().options(None, true).is_err(),
+            };
+            assert!(refused, "{bad}");
+        }
+        let long = "n".repeat(129);
+        let c: FileConfig = toml::from_str(&format!("[cluster]\nnode_id = \"{long}\"")).unwrap();
+        assert!(c.cluster.unwrap().options(None, true).is_err());
     }
 
     #[test]

@@ -127,10 +127,9 @@ async fn export(
     to: Option<i64>,
     out: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let http = reqwest::Client::builder()
+    let http = crate::api_client::http_builder()?
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(READ_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let export = Export {
         base,

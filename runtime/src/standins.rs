@@ -13,6 +13,9 @@
 //! - LLM: `PUT /_standin/llm_reply` with an [`LlmScript`] changes the scripted reply;
 //! - every server: `PUT /_standin/faults` replaces its fault book (see [`FaultRule`]) and
 //!   `GET /_standin/faults` shows it with each rule's hits.
+//!
+//! They serve plain HTTP, or HTTPS with a given certificate pair ([`Standins::start_with`],
+//! `steward standins --tls-cert … --tls-key …`).
 
 mod faults;
 mod llm;
@@ -207,6 +210,16 @@ impl Counters {
     }
 }
 
+/// What the stand-ins need to serve HTTPS: the PEM certificate chain and key they present
+/// (the same pair for all three), and the CA certificates the Slack stand-in trusts, besides
+/// the web roots, when it delivers a click to an `https://` interactions URL.
+#[derive(Debug, Clone)]
+pub struct StandinTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub click_roots: Vec<reqwest::Certificate>,
+}
+
 /// The three running stand-ins and their shared state. Dropping it stops the servers.
 pub struct Standins {
     servicenow: Arc<ServiceNow>,
@@ -250,14 +263,36 @@ impl Standins {
         slack: SocketAddr,
         llm: SocketAddr,
     ) -> anyhow::Result<Standins> {
+        Self::start_with(settings, servicenow, slack, llm, None).await
+    }
+
+    /// As [`Standins::start_on`], serving HTTPS with `tls` when given: every URL is then
+    /// `https://`. Fails on a pair that does not load, naming the file.
+    pub async fn start_with(
+        settings: StandinSettings,
+        servicenow: SocketAddr,
+        slack: SocketAddr,
+        llm: SocketAddr,
+        tls: Option<&StandinTls>,
+    ) -> anyhow::Result<Standins> {
+        let listener = match tls {
+            Some(tls) => {
+                let options = crate::tls::TlsOptions::new(&tls.cert_file, &tls.key_file);
+                let server = crate::tls::ServerTls::new(options).map_err(anyhow::Error::msg)?;
+                Some(server.listener())
+            }
+            None => None,
+        };
+        let https = listener.is_some();
+        let click_roots = tls.map(|t| t.click_roots.as_slice()).unwrap_or_default();
         // Bind first: the ServiceNow links and Slack response URLs name the bound ports.
         let (sn_listener, sn_addr) = support::bind_loopback(servicenow).await?;
         let (slack_listener, slack_addr) = support::bind_loopback(slack).await?;
         let (llm_listener, llm_addr) = support::bind_loopback(llm).await?;
         let urls = Urls {
-            servicenow: support::base_url(sn_addr),
-            slack: support::base_url(slack_addr),
-            llm: support::base_url(llm_addr),
+            servicenow: support::base_url(sn_addr, https),
+            slack: support::base_url(slack_addr, https),
+            llm: support::base_url(llm_addr, https),
         };
 
         // Build each service's state from its share of the settings.
@@ -272,6 +307,7 @@ impl Standins {
             settings.slack_bot_token,
             settings.slack_signing_secret,
             counters.clone(),
+            click_roots,
         )?);
         let llm = Arc::new(Llm::new(
             settings.llm_api_key,
@@ -293,16 +329,19 @@ impl Standins {
                     servicenow::router(servicenow.clone()),
                     faults.servicenow.clone(),
                 ),
+                listener.clone(),
             ),
             ServerTask::spawn(
                 "slack",
                 slack_listener,
                 faults::layer(slack::router(slack.clone()), faults.slack.clone()),
+                listener.clone(),
             ),
             ServerTask::spawn(
                 "llm",
                 llm_listener,
                 faults::layer(llm::router(llm.clone()), faults.llm.clone()),
+                listener,
             ),
         ];
         Ok(Standins {
@@ -316,17 +355,17 @@ impl Standins {
         })
     }
 
-    /// The ServiceNow instance base, `http://127.0.0.1:PORT`.
+    /// The ServiceNow instance base, `http://127.0.0.1:PORT` (`https://` over TLS).
     pub fn servicenow_url(&self) -> String {
         self.urls.servicenow.clone()
     }
 
-    /// The Slack Web API base, `http://127.0.0.1:PORT/api/`.
+    /// The Slack Web API base, `http://127.0.0.1:PORT/api/` (`https://` over TLS).
     pub fn slack_api_url(&self) -> String {
         format!("{}/api/", self.urls.slack)
     }
 
-    /// The OpenAI-compatible base, `http://127.0.0.1:PORT/v1/`.
+    /// The OpenAI-compatible base, `http://127.0.0.1:PORT/v1/` (`https://` over TLS).
     pub fn llm_base_url(&self) -> String {
         format!("{}/v1/", self.urls.llm)
     }
@@ -471,17 +510,18 @@ fn servicenow_credentials(settings: &StandinSettings) -> servicenow::Credentials
     }
 }
 
-/// Starts the stand-ins, prints one JSON line `{"servicenow", "slack_api", "llm"}` with their
-/// URLs to stdout (and `oidc_issuer` when the OpenID provider stand-in `oidc` is served too),
-/// and serves until Ctrl-C.
+/// Starts the stand-ins (over HTTPS with `tls`), prints one JSON line `{"servicenow",
+/// "slack_api", "llm"}` with their URLs to stdout (and `oidc_issuer` when the OpenID provider
+/// stand-in `oidc` is served too), and serves until Ctrl-C.
 pub async fn serve_forever(
     settings: StandinSettings,
     servicenow: SocketAddr,
     slack: SocketAddr,
     llm: SocketAddr,
     oidc: Option<crate::standins_oidc::OidcStandin>,
+    tls: Option<&StandinTls>,
 ) -> anyhow::Result<()> {
-    let standins = Standins::start_on(settings, servicenow, slack, llm).await?;
+    let standins = Standins::start_with(settings, servicenow, slack, llm, tls).await?;
     let mut line = standins.url_line();
     if let Some(oidc) = &oidc {
         line["oidc_issuer"] = json!(oidc.issuer());

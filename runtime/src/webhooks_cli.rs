@@ -83,9 +83,8 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
             segment(&args.source)
         ))
         .context("building the intake URL")?;
-    let http = reqwest::Client::builder()
+    let http = crate::api_client::http_builder()?
         .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let response = http
         .post(target)

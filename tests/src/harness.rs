@@ -313,6 +313,7 @@ impl Harness {
             connect_timeout: Duration::from_secs(2),
             // The production allow-lists plus loopback, where every mock listens.
             egress: Egress::default().with_loopback(),
+            ..HttpSettings::default()
         };
         opts.clock = Arc::clone(&self.clock);
         opts.actors.retry = RetryPolicy {

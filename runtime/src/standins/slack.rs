@@ -357,14 +357,20 @@ impl Content {
 // === impl Slack ===
 
 impl Slack {
-    /// A workspace at `base_url` accepting `bot_token`, signing clicks with `signing_secret`.
+    /// A workspace at `base_url` accepting `bot_token`, signing clicks with `signing_secret` and
+    /// trusting `click_roots` besides the web roots when it delivers one over `https://`.
     pub(super) fn new(
         base_url: String,
         bot_token: String,
         signing_secret: String,
         counters: Arc<Counters>,
+        click_roots: &[reqwest::Certificate],
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for root in click_roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .user_agent("Slackbot 1.0 (+https://api.slack.com/robots)")

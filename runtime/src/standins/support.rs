@@ -28,10 +28,24 @@ pub(super) struct ServerTask {
 // === impl ServerTask ===
 
 impl ServerTask {
-    /// Serves `router` on `listener` in a new task named after the stand-in.
-    pub(super) fn spawn(name: &'static str, listener: TcpListener, router: Router) -> Self {
+    /// Serves `router` on `listener` in a new task named after the stand-in: over TLS with
+    /// `tls`, else plain HTTP.
+    pub(super) fn spawn(
+        name: &'static str,
+        listener: TcpListener,
+        router: Router,
+        tls: Option<crate::tls::TlsListener>,
+    ) -> Self {
         let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            let served = match tls {
+                None => axum::serve(listener, router).await,
+                Some(tls) => {
+                    let limits = steward_api::ServerLimits::default();
+                    let forever = std::future::pending::<()>();
+                    crate::http_server::serve_tls(listener, router, &limits, &tls, forever).await
+                }
+            };
+            if let Err(error) = served {
                 tracing::error!(%error, standin = name, "stand-in server stopped");
             }
         });
@@ -45,9 +59,10 @@ impl Drop for ServerTask {
     }
 }
 
-/// `http://IP:PORT` for an address (IPv6 in brackets).
-pub(super) fn base_url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+/// `http://IP:PORT` for an address (IPv6 in brackets), `https://` when served over TLS.
+pub(super) fn base_url(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
 /// Binds a listener and returns it with the address it got, refusing any address that is not
