@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The exit gate's local harness (CI): a test CA and leaf certificates made with openssl, one
 # HTTPS stand-in set (ServiceNow, Slack, LLM) per deployment, and four deployments, each
-# `steward serve` over TLS with its own SQLite database and master key: staging-us,
-# staging-eu, production-us, production-eu. Then deploy/exit-gate/run.sh against staging
-# (both regions) and against production (both regions).
+# `steward serve` over TLS with its own master key: staging-us and staging-eu on their own
+# SQLite files; production-us and production-eu on PostgreSQL, as production runs, each on a
+# database of its own in one private cluster (initdb in the harness's temporary folder, a free
+# loopback port, trust on loopback only; never the machine's shared server), with the roles of
+# persistence/sql/postgres_roles.sql and the backup role of docs/operations/backup.md, and an
+# empty scratch database per region for the restore drill. Then deploy/exit-gate/run.sh
+# against staging (both regions) and against production (both regions).
 #
 #   bash deploy/ci/exit-gate.sh                       # runs the release gate once, then both
 #   bash deploy/ci/exit-gate.sh --gate-log FILE       # takes the gate's result from its log
@@ -12,8 +16,9 @@
 # The release gate runs at most once: with --gate-log its log is judged for both
 # environments; without, the harness runs it first (outside the watchdog's time) and both
 # environments judge that log.
-# Every process started is stopped by pid on exit, failure included; the whole harness is
-# bounded by a watchdog (EXIT_GATE_TIMEOUT, default 600 s).
+# Every process started is stopped by pid on exit, failure included, and the PostgreSQL
+# cluster with pg_ctl stop; the whole harness is bounded by a watchdog (EXIT_GATE_TIMEOUT,
+# default 600 s).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -28,7 +33,7 @@ case "${1:-}" in
     [ -n "${3:-}" ] && [ "$3" = --gate-status ] && gate_args+=(--gate-status "${4:-}")
     ;;
 --skip-gate) skip_gate=1 ;;
-*) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 
 steward="${STEWARD_BIN:-$repo/target/debug/steward}"
@@ -37,10 +42,59 @@ for tool in openssl jq python3 curl promtool timeout; do
     command -v "$tool" >/dev/null || { echo "exit-gate harness: $tool is required" >&2; exit 2; }
 done
 
+# The PostgreSQL server tools (initdb, pg_ctl, psql, pg_dump, pg_restore of one major
+# version), for the production deployments: the newest /usr/lib/postgresql/N/bin, else the
+# folder initdb on the PATH resolves to.
+pg_bin=""
+if [ "$skip_gate" -eq 0 ]; then
+    for d in $(ls -d /usr/lib/postgresql/[0-9]*/bin 2>/dev/null | sort -t/ -k4 -n); do
+        [ -x "$d/initdb" ] && pg_bin=$d
+    done
+    if [ -z "$pg_bin" ] && command -v initdb >/dev/null; then
+        pg_bin=$(dirname "$(readlink -f "$(command -v initdb)")")
+    fi
+    for tool in initdb pg_ctl psql pg_dump pg_restore; do
+        [ -n "$pg_bin" ] && [ -x "$pg_bin/$tool" ] || {
+            echo "exit-gate harness: the production deployments run on PostgreSQL: $tool is required (Debian: postgresql)" >&2
+            exit 2
+        }
+    done
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 && command -v runuser >/dev/null || {
+            echo "exit-gate harness: as root, the PostgreSQL server runs as the postgres OS user (runuser -u postgres)" >&2
+            exit 2
+        }
+    fi
+fi
+# Nothing of the caller's own PostgreSQL settings reaches a client (PGHOST, PGPASSWORD, ...).
+for var in $(compgen -e | grep '^PG'); do unset "$var"; done
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/steward-exit-gate.XXXXXX")
 pids=()
 watchdog=""
+pg_dir=""
 started=$(date +%s)
+
+# A PostgreSQL server tool, bounded in time, run in the cluster's folder as the postgres OS
+# user when the harness runs as root (initdb and postgres refuse root).
+pg_as() {
+    local as=()
+    [ "$(id -u)" -eq 0 ] && as=(runuser -u postgres --)
+    (cd "$pg_dir" && timeout 60 "${as[@]}" "$@")
+}
+
+# Stops the private cluster: pg_ctl stop (fast: sessions are ended), then the postmaster by
+# its pid if it is still there.
+pg_stop() {
+    [ -n "$pg_dir" ] && [ -f "$pg_dir/data/postmaster.pid" ] || return 0
+    local postmaster
+    postmaster=$(head -n 1 "$pg_dir/data/postmaster.pid")
+    pg_as "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w -t 20 stop >>"$pg_dir/pg_ctl.log" 2>&1 ||
+        echo "exit-gate harness: pg_ctl stop failed; stopping the postmaster ($postmaster) by pid" >&2
+    if [ -n "$postmaster" ] && kill -0 "$postmaster" 2>/dev/null; then
+        kill -9 "$postmaster" 2>/dev/null
+    fi
+}
 
 cleanup() {
     local code=$?
@@ -54,10 +108,11 @@ cleanup() {
         kill -9 "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
     done
+    pg_stop
     [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null && wait "$watchdog" 2>/dev/null
     if [ "$code" -ne 0 ]; then
         echo "exit-gate harness FAILED (exit $code); server logs:"
-        for log in "$work"/*/serve.log "$work"/*/standins.log; do
+        for log in "$work"/*/serve.log "$work"/*/standins.log "$work"/pg/postgres.log "$work"/pg/pg_ctl.log; do
             [ -f "$log" ] || continue
             echo "--- $log (last 15 lines)"
             tail -n 15 "$log"
@@ -108,6 +163,7 @@ free_port() {
 
 ca="$work/ca"
 mkdir -p "$ca"
+chmod 700 "$ca"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -subj "/CN=Steward exit gate test CA" -keyout "$ca/ca.key" -out "$ca/ca.pem" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
@@ -133,6 +189,61 @@ wait_ready() {
     done
     echo "$url did not become ready in 30 s" >&2
     exit 1
+}
+
+# --- the private PostgreSQL cluster of the production deployments -------------------------
+
+pg_port=""
+psql_admin() {
+    "$pg_bin/psql" -h "$pg_dir" -p "$pg_port" -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres "$@"
+}
+
+# One cluster in $work/pg, listening on 127.0.0.1 and its own socket folder only, trust on
+# both (no other address is listened on or admitted); the roles of postgres_roles.sql and the
+# backup role of docs/operations/backup.md.
+pg_cluster() {
+    pg_dir="$work/pg"
+    mkdir -p "$pg_dir"
+    if [ "$(id -u)" -eq 0 ]; then
+        # The postgres OS user may pass through the harness's folder (not list it) to its own.
+        chmod 711 "$work"
+        chown postgres "$pg_dir"
+    fi
+    chmod 700 "$pg_dir"
+    pg_port=$(free_port)
+    pg_as "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -E UTF8 --no-sync --auth=trust \
+        >"$pg_dir/initdb.log" 2>&1 || { echo "initdb failed:" >&2; tail "$pg_dir/initdb.log" >&2; exit 1; }
+    printf '%s\n' '# The exit gate harness: trust, on the socket folder and loopback only.' \
+        'local all all trust' 'host all all 127.0.0.1/32 trust' |
+        pg_as tee "$pg_dir/data/pg_hba.conf" >/dev/null
+    pg_as "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 30 \
+        -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories=$pg_dir -c fsync=off" \
+        start >"$pg_dir/pg_ctl.log" 2>&1 ||
+        { echo "pg_ctl start failed:" >&2; tail "$pg_dir/pg_ctl.log" "$pg_dir/postgres.log" >&2; exit 1; }
+    psql_admin -f "$repo/persistence/sql/postgres_roles.sql" &&
+        psql_admin -c 'CREATE ROLE steward_backup LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE BYPASSRLS' \
+            -c 'GRANT pg_read_all_data TO steward_backup' ||
+        { echo "the PostgreSQL roles could not be made" >&2; exit 1; }
+    echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') at 127.0.0.1:$pg_port" \
+        "(postmaster $(head -n 1 "$pg_dir/data/postmaster.pid"))"
+}
+
+# pg_databases DIR NAME: the deployment's database and the drill's empty scratch database,
+# both owned by steward_owner, and their URLs as secret files in DIR (no passwords: trust).
+pg_databases() {
+    local dir=$1 name=$2
+    psql_admin -c "CREATE DATABASE $name OWNER steward_owner" \
+        -c "CREATE DATABASE ${name}_drill OWNER steward_owner" ||
+        { echo "the databases of $name could not be made" >&2; exit 1; }
+    url() { echo "postgres://$1@127.0.0.1:$pg_port/$2"; }
+    (
+        umask 077
+        url steward_service "$name" >"$dir/postgres_url"
+        url steward_owner "$name" >"$dir/postgres_owner_url"
+        url steward_backup "$name" >"$dir/postgres_backup_url"
+        url steward_owner "${name}_drill" >"$dir/drill_owner_url"
+        url steward_backup "${name}_drill" >"$dir/drill_backup_url"
+    )
 }
 
 # --- one deployment: its stand-ins and its steward serve ----------------------------------
@@ -183,11 +294,32 @@ deployment() {
     (umask 077 && openssl rand -hex 32 >"$dir/master.key" && openssl rand -hex 24 >"$dir/ops_token")
     local port
     port=$(free_port)
+    # Staging on its own SQLite file; production on its PostgreSQL database: the service
+    # pool as steward_service, migrations as steward_owner, `steward backup` as
+    # steward_backup; and the drill's config, naming the empty scratch database.
+    local store="database = \"$dir/steward.db\"" backup=""
+    if [ "$env" = production ]; then
+        pg_databases "$dir" "steward_${env}_$region"
+        store='postgres_url = { file = "postgres_url" }
+postgres_migrate_url = { file = "postgres_owner_url" }'
+        backup="
+[backup]
+postgres_url = { file = \"postgres_backup_url\" }
+pg_bin_dir = \"$pg_bin\""
+        cat >"$dir/drill.toml" <<EOF
+# The restore drill of $env-$region: an empty scratch database that serves nothing.
+postgres_migrate_url = { file = "drill_owner_url" }
+
+[backup]
+postgres_url = { file = "drill_backup_url" }
+pg_bin_dir = "$pg_bin"
+EOF
+    fi
     cat >"$dir/steward.toml" <<EOF
 profile = "$env"
 region = "$region"
 listen = "127.0.0.1:$port"
-database = "$dir/steward.db"
+$store
 master_key = { file = "master.key" }
 ops_token = { file = "ops_token" }
 
@@ -205,17 +337,21 @@ enabled = true
 llm = ["127.0.0.1"]
 servicenow = ["127.0.0.1"]
 slack = ["127.0.0.1"]
+$backup
 EOF
     (cd "$dir" && exec "$steward" serve --config "$dir/steward.toml") >/dev/null 2>"$dir/serve.log" &
     local pid=$!
     pids+=("$pid")
     echo "https://127.0.0.1:$port" >"$dir/url"
     wait_ready "https://127.0.0.1:$port" "$pid" "$dir/serve.log"
-    echo "$env-$region: steward at https://127.0.0.1:$port, stand-ins $sn $slack $llm"
+    local on="SQLite $dir/steward.db"
+    [ "$env" = production ] && on="PostgreSQL steward_${env}_$region (drill: steward_${env}_${region}_drill)"
+    echo "$env-$region: steward at https://127.0.0.1:$port on $on, stand-ins $sn $slack $llm"
 }
 
 environments=(staging production)
 [ "$skip_gate" -eq 1 ] && environments=(staging)
+[ "$skip_gate" -eq 0 ] && pg_cluster
 for env in "${environments[@]}"; do
     deployment "$env" us
     deployment "$env" eu
@@ -229,6 +365,7 @@ for env in "${environments[@]}"; do
     for region in us eu; do
         dir="$work/$env-$region"
         args+=(--config "$dir/steward.toml" --url "$(cat "$dir/url")" --setup "$dir/setup")
+        [ -f "$dir/drill.toml" ] && args+=(--drill-config "$region=$dir/drill.toml")
     done
     # In the background, so that the watchdog's signal is handled at once (a trap waits for a
     # foreground command); stopped by pid like the servers.

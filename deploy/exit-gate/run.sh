@@ -6,22 +6,24 @@
 #       --config eu.toml --url https://steward-eu.example.com --setup eu-setup/ \
 #       (--gate run | --gate-log gate.log [--gate-status 0] | --skip-gate) \
 #       --sign-off 'item=ops.oncall,who=ana@example.com,role=SRE lead' \
+#       [--drill-config us=us-drill.toml --drill-config eu=eu-drill.toml] \
 #       [--ca-file ca.pem] [--signing-key checklist.key --public-key HEX] [--out DIR]
 #
 # Per deployment (one per region, in --config/--url/--setup order) it onboards a new tenant
 # from nothing, runs the flagship scenario through both branches (approve: ServiceNow written
 # exactly once; reject: not written), verifies the tenant's audit chain, exports and verifies
-# its evidence, and runs a backup+restore drill; then it judges the release gate and makes the
-# signed go/no-go checklist with the new tenants as smoke tenants. Every part prints its
-# result and time; the first part that fails stops the gate, which exits 1 naming it.
-# docs/operations/exit-gate.md describes the setup folders and each part.
+# its evidence, and runs a backup+restore drill (SQLite: to a scratch file; PostgreSQL: into
+# the empty scratch database its region's --drill-config names); then it judges the release
+# gate and makes the signed go/no-go checklist with the new tenants as smoke tenants. Every
+# part prints its result and time; the first part that fails stops the gate, which exits 1
+# naming it. docs/operations/exit-gate.md describes the setup folders and each part.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -39,6 +41,7 @@ out=""
 signing_key=""
 public_key=""
 restore_report=""
+declare -A drill_configs=()
 sign_offs=()
 test_identity=0
 alerts="$repo/deploy/prometheus/alerts.yml"
@@ -65,6 +68,12 @@ while [ $# -gt 0 ]; do
     --signing-key) signing_key=${2:-}; shift 2 ;;
     --public-key) public_key=${2:-}; shift 2 ;;
     --restore-report) restore_report=${2:-}; shift 2 ;;
+    --drill-config)
+        case "${2:-}" in
+        us=?* | eu=?*) drill_configs[${2%%=*}]=${2#*=} ;;
+        *) echo "--drill-config takes REGION=FILE (us or eu)" >&2; exit 2 ;;
+        esac
+        shift 2 ;;
     --sign-off) sign_offs+=("${2:-}"); shift 2 ;;
     --test-identity) test_identity=1; shift ;;
     --alerts) alerts=${2:-}; shift 2 ;;
@@ -201,7 +210,7 @@ release_gate() {
 
 # --- one deployment -----------------------------------------------------------------------
 
-# The region and the operator token file of a config, from the config itself.
+# The region, the operator token file and the backend of a config, from the config itself.
 read_config() {
     python3 - "$1" <<'EOF'
 import os, sys, tomllib
@@ -215,8 +224,11 @@ if "file" in token:
     token_file = os.path.join(base, token["file"])
 else:
     token_file = ""
+postgres = ("postgres_url" in config or "STEWARD_POSTGRES_URL" in os.environ
+            or "STEWARD_POSTGRES_URL_FILE" in os.environ)
 print(region)
 print(token_file)
+print("postgres" if postgres else "sqlite")
 EOF
 }
 
@@ -409,11 +421,31 @@ drill() {
         return 0
     fi
     rm -rf "$d_dir/drill" && mkdir -p "$d_dir/drill"
-    st backup --config "$d_config" --out "$d_dir/drill/backup.db" ||
-        fail "steward backup (on PostgreSQL, drill per docs/operations/backup.md and pass --restore-report)" ||
+    local drill_config=${drill_configs[$d_region]:-} backup restore=()
+    if [ "$d_backend" = postgres ]; then
+        # Restored as the drill config's schema owner into its empty scratch database, and
+        # checked there as its backup role: never the deployment's own database.
+        [ -n "$drill_config" ] ||
+            fail "$d_config runs on PostgreSQL: name the drill's empty scratch database with --drill-config $d_region=FILE (docs/operations/exit-gate.md), or pass --restore-report" ||
+            return 1
+        [ -f "$drill_config" ] || fail "no drill config $drill_config" || return 1
+        backup="$d_dir/drill/backup.dump"
+        restore=(--config "$drill_config")
+        echo "backend postgres: backup with $d_config, restore with $drill_config"
+    else
+        [ -z "$drill_config" ] ||
+            fail "--drill-config $d_region= is for PostgreSQL; $d_config runs on SQLite" || return 1
+        backup="$d_dir/drill/backup.db"
+        restore=(--config "$d_config" --to "$d_dir/drill/restored.db")
+        echo "backend sqlite: restore to a scratch file"
+    fi
+    st backup --config "$d_config" --out "$backup" >"$d_dir/drill/backup.txt" || {
+        cat "$d_dir/drill/backup.txt"
+        fail "steward backup"
         return 1
-    st restore --config "$d_config" --from "$d_dir/drill/backup.db" --to "$d_dir/drill/restored.db" \
-        >"$d_dir/drill/report.txt" || {
+    }
+    tail -n 1 "$d_dir/drill/backup.txt"
+    st restore "${restore[@]}" --from "$backup" >"$d_dir/drill/report.txt" || {
         cat "$d_dir/drill/report.txt"
         fail "steward restore"
         return 1
@@ -437,6 +469,7 @@ for i in "${!configs[@]}"; do
     mapfile -t read_back < <(read_config "$d_config")
     d_region=${read_back[0]:-}
     d_ops_token=${ops_token_file:-${read_back[1]:-}}
+    d_backend=${read_back[2]:-sqlite}
     case "$d_region" in us | eu) ;; *) failed_part="deployment $i: region of $d_config"; finish ;; esac
     d_tenant="$d_region-exit-gate-$env_name-$stamp"
     d_dir="$out/$d_region"
