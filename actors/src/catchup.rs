@@ -24,8 +24,13 @@
 //! [`CatchupOptions::lookback`], never at the beginning of the instance's history. A pass reads
 //! at most [`CatchupOptions::max_pages`] pages; what is left is read by the next one.
 //!
-//! Limits, stated plainly: a webhook delivered after the pass started a run for the same change
-//! starts a run of its own (webhook intake does not consult the pass); the pass builds its own
+//! Each run it starts also claims its change (`NewRun::change`, `{sys_id}@{updated ms}`), which
+//! webhook intake claims too when the body carries the record's `sys_updated_on` beside its
+//! sys_id (`steward_adapters::webhook::change_at`): a webhook that arrives after the pass dealt
+//! with its change is a duplicate of the pass's run.
+//!
+//! Limits, stated plainly: a late webhook whose body lacks `sys_updated_on` starts a run of its
+//! own; the pass builds its own
 //! ServiceNow client per pass, so it signs in once per pass, and it skips tenants on the
 //! `refresh_token` grant, whose rotating refresh token belongs to the tenant's supervisor.
 
@@ -366,6 +371,10 @@ impl Catchup {
             id,
             source: Some(source.clone()),
             delivery_id: Some(delivery_id.clone()),
+            change: Some(steward_adapters::webhook::change_key(
+                &change.sys_id,
+                change.updated_at_ms,
+            )),
             incident: incident.clone(),
             trigger: json!({
                 "kind": "catchup",

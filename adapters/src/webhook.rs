@@ -297,6 +297,30 @@ pub fn incident_at(
         })
 }
 
+/// The change a delivery reports, as `{sys_id}@{unix ms}`, when the body carries the record's
+/// `sys_updated_on` beside the sys_id a pointer found: for the sys_id pointer `/incident/sys_id`
+/// the field read is `/incident/sys_updated_on`, in ServiceNow's `YYYY-MM-DD HH:MM:SS` (UTC).
+/// The ServiceNow catch-up pass names the changes it starts runs for the same way, so a
+/// delivery that arrives after the pass dealt with its change is recognised as a copy. None
+/// when the body has no such field, or one that is not a ServiceNow time.
+pub fn change_at(payload: &Value, sys_id_pointers: &[String]) -> Option<String> {
+    sys_id_pointers.iter().find_map(|pointer| {
+        let sys_id = payload.pointer(pointer).and_then(Value::as_str)?;
+        IncidentRef::sys_id(sys_id)?;
+        let parent = pointer.rsplit_once('/').map(|(parent, _)| parent)?;
+        let updated = payload
+            .pointer(&format!("{parent}/sys_updated_on"))
+            .and_then(Value::as_str)?;
+        let at = crate::servicenow::parse_time(updated)?;
+        Some(change_key(sys_id, at))
+    })
+}
+
+/// The name of one incident change: its sys_id and its `sys_updated_on` in Unix ms.
+pub fn change_key(sys_id: &str, updated_ms: i64) -> String {
+    format!("{sys_id}@{updated_ms}")
+}
+
 fn check_id(id: &str) -> Result<(), SignatureError> {
     if id.is_empty() {
         return Err(SignatureError::MissingHeader(ID_HEADER));
@@ -834,5 +858,36 @@ mod tests {
             );
             prop_assert_eq!(res, Ok(VerifiedDelivery { id, timestamp: ts }));
         }
+    }
+
+    #[test]
+    fn a_change_is_named_by_the_update_time_beside_the_sys_id() {
+        let sys_id = "a9e30c7dc61122760116894de7bcc7bd";
+        let pointers = vec!["/incident/sys_id".to_owned(), "/sys_id".to_owned()];
+        let body = serde_json::json!({"incident": {"sys_id": sys_id,
+            "sys_updated_on": "2026-01-02 03:04:05"}});
+        assert_eq!(
+            change_at(&body, &pointers),
+            Some(format!("{sys_id}@1767323045000"))
+        );
+        let top = serde_json::json!({"sys_id": sys_id, "sys_updated_on": "2026-01-02 03:04:05"});
+        assert_eq!(
+            change_at(&top, &pointers),
+            Some(format!("{sys_id}@1767323045000"))
+        );
+        for body in [
+            serde_json::json!({"incident": {"sys_id": sys_id}}),
+            serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": 1767323045}}),
+            serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": "2026-02-30 00:00:00"}}),
+            serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": "2026-01-02T03:04:05Z"}}),
+            serde_json::json!({"incident": {"sys_id": "not a sys id", "sys_updated_on": "2026-01-02 03:04:05"}}),
+            serde_json::json!({"incident": {"sys_updated_on": "2026-01-02 03:04:05"}}),
+            serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": "x".repeat(100_000)}}),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(change_at(&body, &pointers), None, "{body}");
+        }
+        assert_eq!(change_at(&body, &[]), None);
+        assert_eq!(change_key(sys_id, 5), format!("{sys_id}@5"));
     }
 }

@@ -125,6 +125,7 @@ pub(crate) async fn create(
         id,
         source: None,
         delivery_id: key,
+        change: None,
         incident: incident.clone(),
         // The token's label is the requester's principal: the tenant maps it to a person.
         trigger: json!({

@@ -115,7 +115,9 @@ async fn intake(
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
     let incident = incident_ref(&config, &payload)?;
-    let mut run = new_run(&source, &delivery.id, delivery.timestamp, incident, &body)?;
+    let change = steward_adapters::webhook::change_at(&payload, &config.sys_id_pointers);
+    let found = (incident, change);
+    let mut run = new_run(&source, &delivery.id, delivery.timestamp, found, &body)?;
     crate::telemetry::record_traceparent(&mut run.trigger, &headers);
     // The delivery is verified: record it and start its run in a task of their own, so that a
     // client that goes away now cannot stop an accepted delivery halfway (between its commit and
@@ -220,7 +222,7 @@ fn new_run(
     source: &SourceName,
     delivery_id: &str,
     timestamp: i64,
-    incident: IncidentRef,
+    (incident, change): (IncidentRef, Option<String>),
     body: &[u8],
 ) -> Result<NewRun, ApiError> {
     use sha2::{Digest, Sha256};
@@ -236,6 +238,7 @@ fn new_run(
         id,
         source: Some(source.clone()),
         delivery_id: Some(delivery_id.to_owned()),
+        change,
         incident: incident.clone(),
         trigger: json!({ "kind": "webhook", "webhook_timestamp": timestamp, "body_sha256": body_sha256 }),
         state: states::RECEIVED.into(),

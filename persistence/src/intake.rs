@@ -24,6 +24,11 @@ pub struct NewRun {
     /// with no source may still carry one (an API idempotency key, say); it is then unique
     /// among the tenant's source-less runs.
     pub delivery_id: Option<String>,
+    /// The incident change the run is for, when the trigger names it (`{sys_id}@{unix ms}` of
+    /// its `sys_updated_on`): unique per tenant across every source, so a webhook delivered
+    /// after the catch-up pass started a run for its change (or the other way round) is a
+    /// `Duplicate` of that run.
+    pub change: Option<String>,
     pub incident: IncidentRef,
     /// The trigger as received, at most 1 MiB as JSON.
     pub trigger: serde_json::Value,
@@ -44,6 +49,10 @@ pub enum IntakeOutcome {
 
 /// The `deliveries.source` key of a run without a source. Source names are never empty.
 const NO_SOURCE: &str = "";
+
+/// The `deliveries.source` key under which incident changes are claimed; no source name can
+/// hold `~`.
+const CHANGES: &str = "~change";
 
 /// A run that passed intake's checks, with its documents already encoded and sealed, on its
 /// way to the intake batcher.
@@ -73,6 +82,9 @@ impl ValidRun {
             &step_row(&id, 0),
             &step_body,
         );
+        if let Some(change) = &run.change {
+            codec::check_text(change, "incident change", MAX_DELIVERY_ID_BYTES)?;
+        }
         if let Some(id) = &run.delivery_id {
             codec::check_text(id, "delivery id", MAX_DELIVERY_ID_BYTES)?;
         }
@@ -118,6 +130,26 @@ impl Store {
         self.enter_tenant(tx, scope).await?;
         if let Some(existing) = self.claim_delivery(tx, scope, run, now).await? {
             return Ok(IntakeOutcome::Duplicate(existing));
+        }
+        if let Some(change) = &run.change {
+            let claimed = self.claim(tx, scope, CHANGES, change, run.id, now).await?;
+            if let Some(existing) = claimed {
+                // A copy of a change another run deals with: this delivery now names that
+                // run, so its redeliveries are answered the same way.
+                if let Some(delivery_id) = &run.delivery_id {
+                    sqlx::query(
+                        "UPDATE deliveries SET run_id = $1 WHERE tenant_id = $2 AND source = $3 \
+                         AND delivery_id = $4",
+                    )
+                    .bind(existing.to_string())
+                    .bind(scope.id())
+                    .bind(run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str))
+                    .bind(delivery_id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                return Ok(IntakeOutcome::Duplicate(existing));
+            }
         }
         sqlx::query(
             "INSERT INTO runs (tenant_id, id, source, delivery_id, incident_by, incident_value, \
@@ -188,14 +220,29 @@ impl Store {
             return Ok(None);
         };
         let source = run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str);
+        self.claim(tx, scope, source, delivery_id, run.id, now)
+            .await
+    }
+
+    /// Records `key` under `source` for `run`; returns the run that recorded it first, if
+    /// another did.
+    async fn claim(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        source: &str,
+        key: &str,
+        run: RunId,
+        now: i64,
+    ) -> Result<Option<RunId>, StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO deliveries (tenant_id, source, delivery_id, run_id, received_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, source, delivery_id) DO NOTHING",
         )
         .bind(scope.id())
         .bind(source)
-        .bind(delivery_id)
-        .bind(run.id.to_string())
+        .bind(key)
+        .bind(run.to_string())
         .bind(now)
         .execute(&mut **tx)
         .await?;
@@ -208,7 +255,7 @@ impl Store {
         )
         .bind(scope.id())
         .bind(source)
-        .bind(delivery_id)
+        .bind(key)
         .fetch_one(&mut **tx)
         .await?;
         codec::run_id(&existing).map(Some)

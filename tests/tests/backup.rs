@@ -150,6 +150,7 @@ async fn one_run(
         id,
         source: None,
         delivery_id: Some(format!("w{worker}-{i}")),
+        change: None,
         incident: IncidentRef::number("INC0010001").unwrap(),
         trigger: json!({"number": "INC0010001", "worker": worker, "i": i}),
         state: "received".into(),

@@ -344,3 +344,50 @@ async fn a_hostile_answer_fails_the_pass_and_moves_nothing() {
     .await;
     h.shutdown().await;
 }
+
+/// A webhook body for incident `i` that carries the record's `sys_updated_on`.
+fn event_with_update(i: usize, updated_on: &str) -> Vec<u8> {
+    serde_json::json!({
+        "event": "incident.updated",
+        "incident": {"sys_id": sys_id(i), "number": number(i), "sys_updated_on": updated_on},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_delivered_after_the_pass_handled_its_change_is_a_copy() {
+    let mut h = start(Duration::from_secs(3600)).await;
+    pass_done(&h).await;
+    let changed = ago(30);
+    h.servicenow.add_incident(&sys_id(7), &number(7), &changed);
+    // Steward was down when the change was made; the sender's webhook comes late, after the
+    // catch-up pass at startup started a run for the change.
+    h.restart().await;
+    pass_done(&h).await;
+    assert_eq!(runs_for(&h, &sys_id(7), &number(7)).await, 1);
+    let caught = all_runs(&h).await[0].id;
+
+    let late = h.delivery(event_with_update(7, &changed));
+    let reply = h.send(&late).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.run_id(), caught, "the copy names the pass's run");
+    let again = h.send(&h.redelivery(&late)).await;
+    assert_eq!((again.status, again.run_id()), (200, caught));
+    assert_eq!(runs_for(&h, &sys_id(7), &number(7)).await, 1);
+
+    // A later change of the same incident is a change of its own.
+    let later =
+        format_time(steward_adapters::servicenow::parse_time(&changed).unwrap() + 5_000).unwrap();
+    let reply = h.send(&h.delivery(event_with_update(7, &later))).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_ne!(reply.run_id(), caught);
+    // A body whose update time is not one cannot be matched to a change: it starts a run,
+    // as any delivery does, and loses nothing.
+    for odd in ["yesterday", "2026-02-30 10:00:00", ""] {
+        let reply = h.send(&h.delivery(event_with_update(7, odd))).await;
+        assert_eq!(reply.status, 202, "{odd:?}: {reply:?}");
+    }
+    assert_eq!(runs_for(&h, &sys_id(7), &number(7)).await, 5);
+    h.shutdown().await;
+}

@@ -917,6 +917,7 @@ async fn record_intake(rig: &Rig, id: RunId) {
         id,
         source: None,
         delivery_id: None,
+        change: None,
         incident,
         trigger: json!({ "sys_id": SYS_ID }),
         state: states::RECEIVED.into(),

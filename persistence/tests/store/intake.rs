@@ -279,7 +279,67 @@ async fn malformed_intake_is_refused_and_writes_nothing() {
     );
 }
 
+async fn one_incident_change_gets_one_run_whichever_source_delivers_it() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let change = |run: &mut steward_persistence::NewRun, key: &str| {
+        run.change = Some(key.to_owned());
+    };
+    let mut first = new_run(Some("catchup:s:1"));
+    change(&mut first, "s@1000");
+    let first = created(db.store.record_intake(&acme, first).await.unwrap());
+
+    // The same change by another source and delivery id is a copy of the first run, and so
+    // are that delivery's redeliveries, with or without the change named.
+    let mut late = new_run(Some("msg_late"));
+    late.source = Some(steward_core::SourceName::parse("another").unwrap());
+    change(&mut late, "s@1000");
+    let outcome = db.store.record_intake(&acme, late.clone()).await.unwrap();
+    assert_eq!(outcome, IntakeOutcome::Duplicate(first));
+    late.change = None;
+    late.id = steward_core::RunId::new();
+    let outcome = db.store.record_intake(&acme, late).await.unwrap();
+    assert_eq!(outcome, IntakeOutcome::Duplicate(first));
+
+    // A later change, or the same change of another tenant, is new.
+    let mut next = new_run(Some("msg_next"));
+    change(&mut next, "s@2000");
+    created(db.store.record_intake(&acme, next).await.unwrap());
+    let mut other = new_run(Some("msg_other"));
+    change(&mut other, "s@1000");
+    created(
+        db.store
+            .record_intake(&scope("eu-beta"), other)
+            .await
+            .unwrap(),
+    );
+
+    // Two deliveries of one change at the same moment make one run.
+    let (mut a, mut b) = (new_run(Some("msg_a")), new_run(Some("msg_b")));
+    change(&mut a, "s@3000");
+    change(&mut b, "s@3000");
+    let (a, b) = tokio::join!(
+        db.store.record_intake(&acme, a),
+        db.store.record_intake(&acme, b)
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let made = outcomes
+        .iter()
+        .filter(|o| matches!(o, IntakeOutcome::Created(_)))
+        .count();
+    assert_eq!(made, 1, "{outcomes:?}");
+
+    for bad in ["", "s@1\n", &"c".repeat(300)] {
+        let mut run = new_run(Some("msg_bad"));
+        change(&mut run, bad);
+        let err = db.store.record_intake(&acme, run).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err}");
+    }
+    assert_eq!(db.store.list_runs(&acme, 10, None).await.unwrap().len(), 3);
+}
+
 crate::support::conformance!(
+    one_incident_change_gets_one_run_whichever_source_delivers_it,
     intake_writes_the_run_its_first_step_and_its_audit_entry,
     the_same_delivery_at_the_same_moment_creates_one_run,
     the_same_delivery_from_two_processes_creates_one_run,

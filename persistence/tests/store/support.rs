@@ -408,6 +408,7 @@ pub(crate) fn new_run(delivery: Option<&str>) -> NewRun {
         id,
         source: delivery.map(|_| source()),
         delivery_id: delivery.map(str::to_owned),
+        change: None,
         incident: IncidentRef::number("INC0010001").unwrap(),
         trigger: json!({"number": "INC0010001"}),
         state: "fetching".into(),
