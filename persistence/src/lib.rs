@@ -70,6 +70,7 @@ mod crashes;
 mod envelope;
 mod error;
 pub mod evidence;
+mod hot;
 mod intake;
 mod leases;
 mod legacy;

@@ -126,6 +126,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.hot().forget_source(scope.id(), source.name.as_str());
         Ok(())
     }
 
@@ -135,6 +136,9 @@ impl Store {
         scope: &TenantScope,
         name: &SourceName,
     ) -> Result<Option<WebhookSource>, StoreError> {
+        if let Some(cached) = self.hot().source(scope.id(), name.as_str()) {
+            return Ok(cached);
+        }
         let mut tx = self.read_as(scope).await?;
         let row: Option<SourceRow> = sqlx::query_as(
             "SELECT name, scheme, secret_name, sys_id_pointers, number_pointers \
@@ -144,7 +148,10 @@ impl Store {
         .bind(name.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        row.map(WebhookSource::try_from).transpose()
+        let source = row.map(WebhookSource::try_from).transpose()?;
+        self.hot()
+            .put_source(scope.id(), name.as_str(), source.clone());
+        Ok(source)
     }
 }
 
