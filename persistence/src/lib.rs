@@ -70,7 +70,6 @@ mod crashes;
 mod envelope;
 mod error;
 pub mod evidence;
-mod hot;
 mod intake;
 mod leases;
 mod legacy;

@@ -126,7 +126,6 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.hot().forget_source(scope.id(), source.name.as_str());
         Ok(())
     }
 
@@ -136,9 +135,6 @@ impl Store {
         scope: &TenantScope,
         name: &SourceName,
     ) -> Result<Option<WebhookSource>, StoreError> {
-        if let Some(cached) = self.hot().source(scope.id(), name.as_str()) {
-            return Ok(cached);
-        }
         let mut tx = self.read_as(scope).await?;
         let row: Option<SourceRow> = sqlx::query_as(
             "SELECT name, scheme, secret_name, sys_id_pointers, number_pointers \
@@ -148,10 +144,7 @@ impl Store {
         .bind(name.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        let source = row.map(WebhookSource::try_from).transpose()?;
-        self.hot()
-            .put_source(scope.id(), name.as_str(), source.clone());
-        Ok(source)
+        row.map(WebhookSource::try_from).transpose()
     }
 }
 

@@ -131,8 +131,6 @@ struct Inner {
     /// The leases this node holds, when it shares the database with other nodes: journal
     /// writes are then fenced by them (see `leases.rs`). Unset on a single node.
     fencing: std::sync::OnceLock<Arc<dyn crate::leases::Fencing>>,
-    /// Webhook sources and opened secrets, for at most `hot::TTL` (`hot.rs`).
-    hot: crate::hot::HotCache,
     /// The service role's URL on PostgreSQL, for the connection that listens for wake-ups.
     listen_url: std::sync::OnceLock<SecretString>,
 }
@@ -248,7 +246,6 @@ impl Store {
             timer_signal: tokio::sync::Notify::new(),
             content: crate::content::ContentKeys::new(),
             fencing: std::sync::OnceLock::new(),
-            hot: crate::hot::HotCache::default(),
             listen_url: std::sync::OnceLock::new(),
         };
         let batcher = Store {
@@ -289,11 +286,6 @@ impl Store {
     /// Now, in Unix milliseconds, from the store's clock.
     pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now_millis()
-    }
-
-    /// The cache of webhook sources and opened secrets.
-    pub(crate) fn hot(&self) -> &crate::hot::HotCache {
-        &self.inner.hot
     }
 
     /// The service role's URL, on PostgreSQL.

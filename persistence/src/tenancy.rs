@@ -421,7 +421,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.evict_content_keys(scope.id());
-        self.hot().forget_tenant(scope.id());
         Ok(checkpoint)
     }
 

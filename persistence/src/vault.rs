@@ -291,7 +291,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.hot().forget_all();
         tracing::info!(from = %old.id, to = %new.id, rewrapped, "rotated the vault master key");
         Ok(rewrapped)
     }
@@ -381,7 +380,6 @@ impl Store {
         let mut tx = self.begin_tenant_write(scope).await?;
         let next = self.seal_next(&mut tx, scope, key, name, value).await?;
         tx.commit().await?;
-        self.hot().forget_secret(scope.id(), name);
         codec::to_u32(next, "secret version")
     }
 
@@ -403,7 +401,6 @@ impl Store {
             )));
         }
         self.ensure_master_key(tx, key).await?;
-        self.hot().forget_secret(scope.id(), name);
         // Two writers of one tenant's secrets at once would both number the same version (or
         // both make the first data key): the tenant's lock orders them.
         self.lock_chain(tx, scope).await?;
@@ -500,7 +497,6 @@ impl Store {
         };
         self.append_audit_in(&mut tx, scope, &draft).await?;
         tx.commit().await?;
-        self.hot().forget_secret(scope.id(), name);
         codec::to_u32(next, "secret version")
     }
 
@@ -513,40 +509,25 @@ impl Store {
         key: &MasterKey,
         name: &str,
     ) -> Result<Vec<SecretString>, StoreError> {
-        if let Some(versions) = self.hot().secrets(scope.id(), name) {
-            return Ok(crate::hot::valid_at(&versions, self.now()));
-        }
-        let now = self.now();
-        let rows: Vec<(i64, i64, Vec<u8>, Option<i64>)> = {
+        let rows: Vec<SealedRow> = {
             let mut tx = self.read_as(scope).await?;
             sqlx::query_as(
-                "SELECT version, dek_version, sealed, expires_at FROM sealed_secrets \
+                "SELECT version, dek_version, sealed FROM sealed_secrets \
                  WHERE tenant_id = $1 AND name = $2 AND (expires_at > $3 OR version = \
                  (SELECT MAX(version) FROM sealed_secrets WHERE tenant_id = $1 AND name = $2)) \
                  ORDER BY version DESC",
             )
             .bind(scope.id())
             .bind(name)
-            .bind(now)
+            .bind(self.now())
             .fetch_all(&mut *tx)
             .await?
         };
-        let mut versions = Vec::with_capacity(rows.len());
-        for (version, dek_version, sealed, expires_at) in rows {
-            let row = SealedRow {
-                version,
-                dek_version,
-                sealed,
-            };
-            let dek = self.data_key_for(scope, key, name, &row).await?;
-            versions.push(crate::hot::SecretVersion {
-                version,
-                expires_at,
-                value: open_secret(scope, name, &row, &dek)?,
-            });
+        let mut open = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let dek = self.data_key_for(scope, key, name, row).await?;
+            open.push(open_secret(scope, name, row, &dek)?);
         }
-        let open = crate::hot::valid_at(&versions, now);
-        self.hot().put_secrets(scope.id(), name, versions);
         Ok(open)
     }
 
