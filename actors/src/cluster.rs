@@ -247,7 +247,8 @@ pub(crate) async fn keeper_round(steward: &Steward) -> Result<(), StoreError> {
                     let _ = store.release_lease(&tenant, node, held.token).await;
                 }
                 Ok(None) => {
-                    warn!(%tenant, "Another node holds the tenant's lease now; its work stops here.");
+                    let why = "Another node holds the tenant's lease now; its work stops here.";
+                    warn!(%tenant, "{why}");
                     lose(steward, &tenant).await;
                 }
                 Err(e) => warn!(%tenant, error = %e, "Renewing a lease failed."),
@@ -314,7 +315,8 @@ async fn listen(steward: Steward) {
                     Ok(WakeCall::Run { tenant, run }) => steward.wake_here(&tenant, run).await,
                     Ok(WakeCall::Reload { tenant }) => {
                         if let Err(e) = steward.reload_tenant(&tenant).await {
-                            error!(%tenant, error = %e, "Reloading a tenant changed through another node failed.");
+                            let why = "Reloading a tenant changed through another node failed.";
+                            error!(%tenant, error = %e, "{why}");
                         }
                     }
                     Err(e) => {

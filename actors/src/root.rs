@@ -275,12 +275,6 @@ impl Steward {
         }
     }
 
-    /// Runs one round of the lease keeper now (renew, take, sweep) instead of waiting for the
-    /// next; nothing on a single node.
-    pub async fn lease_round(&self) -> Result<(), StoreError> {
-        crate::cluster::keeper_round(self).await
-    }
-
     /// Drains this node (see `cluster.rs`): it takes no more leases, stops the actors of every
     /// tenant it holds and releases their leases. Returns how many it handed over; 0 on a
     /// single node.
@@ -399,7 +393,8 @@ impl Steward {
                 run: run_id,
             };
             if let Err(e) = self.store.ring(&call).await {
-                tracing::warn!(run.id = %run_id, error = %e, "Ringing the tenant's owner failed; its next sweep finds the run.");
+                let why = "Ringing the tenant's owner failed; its next sweep finds the run.";
+                tracing::warn!(run.id = %run_id, error = %e, "{why}");
             }
             return;
         }

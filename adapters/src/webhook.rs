@@ -878,11 +878,15 @@ mod tests {
         for body in [
             serde_json::json!({"incident": {"sys_id": sys_id}}),
             serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": 1767323045}}),
-            serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": "2026-02-30 00:00:00"}}),
-            serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": "2026-01-02T03:04:05Z"}}),
-            serde_json::json!({"incident": {"sys_id": "not a sys id", "sys_updated_on": "2026-01-02 03:04:05"}}),
+            serde_json::json!({"incident": {"sys_id": sys_id,
+                "sys_updated_on": "2026-02-30 00:00:00"}}),
+            serde_json::json!({"incident": {"sys_id": sys_id,
+                "sys_updated_on": "2026-01-02T03:04:05Z"}}),
+            serde_json::json!({"incident": {"sys_id": "not a sys id",
+                "sys_updated_on": "2026-01-02 03:04:05"}}),
             serde_json::json!({"incident": {"sys_updated_on": "2026-01-02 03:04:05"}}),
-            serde_json::json!({"incident": {"sys_id": sys_id, "sys_updated_on": "x".repeat(100_000)}}),
+            serde_json::json!({"incident": {"sys_id": sys_id,
+                "sys_updated_on": "x".repeat(100_000)}}),
             serde_json::json!([]),
         ] {
             assert_eq!(change_at(&body, &pointers), None, "{body}");

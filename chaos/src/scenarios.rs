@@ -386,10 +386,7 @@ pub async fn failover(admin: &str, runs: usize, lease_secs: u64) -> anyhow::Resu
     let second = world.second_url().context("a second node")?.to_owned();
 
     // Half the webhooks land on the node that owns the tenant, half on the other.
-    for i in 0..runs {
-        world.use_node(if i % 2 == 0 { &first } else { &second });
-        world.send_webhook(&format!("failover {i}")).await?;
-    }
+    send_to_both(&mut world, [&first, &second], runs, "failover").await?;
     world.use_node(&first);
     for accepted in world.accepted.clone() {
         world
@@ -488,10 +485,7 @@ pub async fn rolling_upgrade(admin: &str, runs: usize, lease_secs: u64) -> anyho
     let mut world = World::start_pair(admin, lease_secs).await?;
     let first = world.url().to_owned();
     let second = world.second_url().context("a second node")?.to_owned();
-    for i in 0..runs {
-        world.use_node(if i % 2 == 0 { &first } else { &second });
-        world.send_webhook(&format!("before {i}")).await?;
-    }
+    send_to_both(&mut world, [&first, &second], runs, "before").await?;
     // Approvals in flight as the drain begins.
     world.use_node(&second);
     for accepted in world.accepted.clone() {
@@ -512,11 +506,8 @@ pub async fn rolling_upgrade(admin: &str, runs: usize, lease_secs: u64) -> anyho
     world.restart_first_node().await?;
     // The upgraded node takes intake too; it owns nothing until node-b drains.
     let upgraded = world.second_url().context("the upgraded node")?.to_owned();
-    for i in 0..runs {
-        world.use_node(if i % 2 == 0 { &upgraded } else { &second });
-        world.send_webhook(&format!("after {i}")).await?;
-        during += 1;
-    }
+    send_to_both(&mut world, [&upgraded, &second], runs, "after").await?;
+    during += runs;
     world.use_node(&second);
     finish(&mut world, &HashSet::new(), PATIENCE).await?;
     let mut outcome = check::check(&world, "rolling upgrade of one of two nodes", started).await;
@@ -546,4 +537,18 @@ async fn require_completed(world: &World, outcome: &mut Outcome) {
             ));
         }
     }
+}
+
+/// Sends `runs` webhooks, alternating between the two nodes at `urls`.
+async fn send_to_both(
+    world: &mut World,
+    urls: [&str; 2],
+    runs: usize,
+    label: &str,
+) -> anyhow::Result<()> {
+    for i in 0..runs {
+        world.use_node(urls[i % 2]);
+        world.send_webhook(&format!("{label} {i}")).await?;
+    }
+    Ok(())
 }

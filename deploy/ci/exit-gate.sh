@@ -69,7 +69,7 @@ fi
 # Nothing of the caller's own PostgreSQL settings reaches a client (PGHOST, PGPASSWORD, ...).
 for var in $(compgen -e | grep '^PG'); do unset "$var"; done
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/steward-exit-gate.XXXXXX")
+work=$(mktemp -d)
 pids=()
 watchdog=""
 pg_dir=""

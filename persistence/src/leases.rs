@@ -272,22 +272,6 @@ impl Store {
             ))),
         }
     }
-
-    /// Whether `node` still holds the tenant's lease under `token` (see
-    /// [`Store::check_fence`]), read in a transaction of its own. For callers that fence work
-    /// the store does not write (a call to ServiceNow); the answer can be stale by the time
-    /// they act on it, which is why writes check the fence in their own transaction.
-    pub async fn holds_fence(
-        &self,
-        scope: &TenantScope,
-        node: &str,
-        token: i64,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .lease(scope)
-            .await?
-            .is_some_and(|l| l.holder == node && l.token == token))
-    }
 }
 
 /// The PostgreSQL channel on which a node that does not own a tenant tells the owner that a
