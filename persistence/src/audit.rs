@@ -417,9 +417,7 @@ impl Store {
         scope: &TenantScope,
         draft: &AuditDraft,
     ) -> Result<u64, StoreError> {
-        codec::check_text(&draft.kind, "audit kind", 128)?;
-        codec::check_text(&draft.actor, "audit actor", 256)?;
-        let body = codec::json_text(&draft.body, "audit body", MAX_DOCUMENT_BYTES)?;
+        let body = draft_body(draft)?;
         let key = match draft.run_id {
             Some(_) => Some(self.content_key_in(tx, scope).await?),
             None => None,
@@ -431,13 +429,55 @@ impl Store {
         .bind(scope.id())
         .fetch_optional(&mut **tx)
         .await?;
-        let (last_seq, prev_hash) = match head {
-            Some((seq, hash)) => (codec::to_u64(seq, "audit seq")?, hash),
-            None => (0, GENESIS_HASH.to_owned()),
-        };
+        let mut head = ChainHead::read(head)?;
+        let entry = head.next(scope, draft, body, key.as_deref(), self.now());
+        insert_entry(tx, &entry).await?;
+        Ok(entry.seq)
+    }
+}
 
-        let seq = last_seq + 1;
-        let body = match &key {
+/// Checks `draft`'s kind and actor and encodes its body: what an append can refuse before it
+/// touches the chain.
+pub(crate) fn draft_body(draft: &AuditDraft) -> Result<String, StoreError> {
+    codec::check_text(&draft.kind, "audit kind", 128)?;
+    codec::check_text(&draft.actor, "audit actor", 256)?;
+    codec::json_text(&draft.body, "audit body", MAX_DOCUMENT_BYTES)
+}
+
+/// The last entry of a tenant's chain, as appends in one transaction move it along.
+#[derive(Debug, Clone)]
+pub(crate) struct ChainHead {
+    seq: u64,
+    hash: String,
+}
+
+impl ChainHead {
+    /// The head from the stored `(seq, hash)` of the newest entry; the genesis when none.
+    pub(crate) fn read(newest: Option<(i64, String)>) -> Result<Self, StoreError> {
+        Ok(match newest {
+            Some((seq, hash)) => Self {
+                seq: codec::to_u64(seq, "audit seq")?,
+                hash,
+            },
+            None => Self {
+                seq: 0,
+                hash: GENESIS_HASH.to_owned(),
+            },
+        })
+    }
+
+    /// The entry `draft` becomes after this head (its body already encoded by
+    /// [`draft_body`], sealed and bound with `key` when given), which becomes the new head.
+    pub(crate) fn next(
+        &mut self,
+        scope: &TenantScope,
+        draft: &AuditDraft,
+        body: String,
+        key: Option<&crate::vault::DataKey>,
+        at: i64,
+    ) -> AuditEntry {
+        let seq = self.seq + 1;
+        let body = match key {
             Some(key) => bind(
                 &body,
                 &content::seal(key, scope.id(), Column::AuditBody, &seq.to_string(), &body),
@@ -447,18 +487,19 @@ impl Store {
         let mut entry = AuditEntry {
             tenant: scope.tenant().clone(),
             seq,
-            at: self.now(),
+            at,
             kind: draft.kind.clone(),
             run_id: draft.run_id,
             actor: draft.actor.clone(),
             body,
             sealed: None,
-            prev_hash,
+            prev_hash: std::mem::take(&mut self.hash),
             hash: String::new(),
         };
         entry.hash = entry_hash(&entry);
-        insert_entry(tx, &entry).await?;
-        Ok(entry.seq)
+        self.seq = seq;
+        self.hash.clone_from(&entry.hash);
+        entry
     }
 }
 
@@ -482,6 +523,50 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Inserts `entries` (at least one) with one statement.
+pub(crate) async fn insert_entries(
+    tx: &mut WriteTx,
+    entries: &[AuditEntry],
+) -> Result<(), StoreError> {
+    let mut sql = String::from(
+        "INSERT INTO audit_log (tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash) \
+         VALUES ",
+    );
+    for i in 0..entries.len() {
+        let n = i * 9;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8,
+            n + 9
+        ));
+    }
+    let mut query = sqlx::query(&sql);
+    for e in entries {
+        query = query
+            .bind(e.tenant.as_str())
+            .bind(codec::to_i64(e.seq, "audit seq")?)
+            .bind(e.at)
+            .bind(e.kind.as_str())
+            .bind(e.run_id.map(|r| r.to_string()))
+            .bind(e.actor.as_str())
+            .bind(e.body.as_str())
+            .bind(e.prev_hash.as_str())
+            .bind(e.hash.as_str());
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
 }
 
 async fn insert_entry(tx: &mut WriteTx, e: &AuditEntry) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! Group commit for intake. Concurrent [`Store::record_intake`] calls hand their validated run to
-//! one batcher task, which writes whatever is pending in one write transaction, each run under
-//! a savepoint of its own, and commits once. Every caller is answered only after the commit
+//! one batcher task, which writes whatever is pending in one write transaction and commits
+//! once: with multi-row statements for the whole batch when it can
+//! ([`Store::intake_together`]), else each run under a savepoint of its own. Every caller is answered only after the commit
 //! that covers its run has returned, so no caller hears of a write that is not durable, and
 //! one fsync serves the whole batch.
 
@@ -9,7 +10,7 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::intake::{IntakeOutcome, ValidRun};
+use crate::intake::{IntakeOutcome, ValidRun, keys_distinct};
 use crate::store::WriteTx;
 use crate::{Store, StoreError, TenantScope};
 
@@ -21,6 +22,9 @@ const QUEUE_DEPTH: usize = 4 * MAX_BATCH;
 
 /// The savepoint each run of a batch is written under.
 const SAVEPOINT: &str = "intake_job";
+
+/// The savepoint a batch written together is written under.
+const TOGETHER: &str = "intake_batch";
 
 /// One validated run waiting to be written, and where to send what became of it.
 pub(crate) struct IntakeJob {
@@ -94,26 +98,21 @@ impl Store {
         }
     }
 
-    /// Writes `jobs` in one transaction and answers each: a run that fails is rolled back to
-    /// its savepoint and answered with its error at once; the others are answered after the
-    /// commit, with their outcome or the commit's error.
+    /// Writes `jobs` in one transaction and answers each: a run that fails is rolled back
+    /// alone and answered with its own error; the others are answered after the commit, with
+    /// their outcome or the commit's error.
     async fn write_batch(&self, jobs: Vec<IntakeJob>) {
         let mut tx = match self.begin_write().await {
             Ok(tx) => tx,
             Err(e) => return fail_all(jobs.into_iter().map(|job| job.reply), &e),
         };
+        let results = match self.write_jobs(&mut tx, &jobs).await {
+            Ok(results) => results,
+            Err(e) => return fail_all(jobs.into_iter().map(|job| job.reply), &e),
+        };
         let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
-        let mut jobs = jobs.into_iter();
-        while let Some(job) = jobs.next() {
-            let written = match self.write_job(&mut tx, &job).await {
-                Ok(written) => written,
-                Err(e) => {
-                    let rest = jobs.map(|job| job.reply);
-                    let all = pending.into_iter().map(|(reply, _)| reply);
-                    return fail_all(std::iter::once(job.reply).chain(all).chain(rest), &e);
-                }
-            };
-            match written {
+        for (job, result) in jobs.into_iter().zip(results) {
+            match result {
                 Ok(outcome) => pending.push((job.reply, outcome)),
                 Err(e) => answer(job.reply, Err(e)),
             }
@@ -129,6 +128,38 @@ impl Store {
                 &StoreError::Db(e),
             ),
         }
+    }
+
+    /// Writes `jobs` inside `tx`: together, with a few statements for the whole batch, when
+    /// there are several and no two claim the same delivery or change; one at a time, each
+    /// under its own savepoint, otherwise or when writing them together failed (which is
+    /// then undone first). The error is the transaction's, which can no longer be trusted.
+    async fn write_jobs(
+        &self,
+        tx: &mut WriteTx,
+        jobs: &[IntakeJob],
+    ) -> Result<Vec<Result<IntakeOutcome, StoreError>>, StoreError> {
+        let runs: Vec<_> = jobs.iter().map(|job| (&job.scope, &job.run)).collect();
+        if runs.len() > 1 && keys_distinct(runs.iter().copied()) {
+            savepoint(tx, &format!("SAVEPOINT {TOGETHER}")).await?;
+            match self.intake_together(tx, &runs).await {
+                Ok(results) => {
+                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
+                    return Ok(results);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, runs = runs.len(),
+                        "an intake batch could not be written together; writing its runs one by one");
+                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {TOGETHER}")).await?;
+                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            results.push(self.write_job(tx, job).await?);
+        }
+        Ok(results)
     }
 
     /// Writes one run under its own savepoint. The outer error means the transaction itself

@@ -62,6 +62,8 @@ pub(crate) struct ValidRun {
     trigger: String,
     /// Step 0's body, sealed.
     step_body: String,
+    /// The audit entry's body, checked and encoded (sealed once its seq is known).
+    audit_body: String,
     /// The store's time when intake was called, stamped on the delivery, run and step.
     now: i64,
 }
@@ -88,10 +90,12 @@ impl ValidRun {
         if let Some(id) = &run.delivery_id {
             codec::check_text(id, "delivery id", MAX_DELIVERY_ID_BYTES)?;
         }
+        let audit_body = crate::audit::draft_body(&run.audit)?;
         Ok(Self {
             run,
             trigger,
             step_body,
+            audit_body,
             now,
         })
     }
@@ -259,5 +263,524 @@ impl Store {
         .fetch_one(&mut **tx)
         .await?;
         codec::run_id(&existing).map(Some)
+    }
+}
+
+/// What became of one run of a batch: its outcome, or its own error (the others unaffected).
+pub(crate) type JobResult = Result<IntakeOutcome, StoreError>;
+
+/// Whether the runs of a batch may be written together by [`Store::intake_together`]: no two
+/// of them claim the same delivery or the same incident change. A batch that fails this (a
+/// redelivery racing its original, say) is written one run at a time.
+pub(crate) fn keys_distinct<'a>(
+    runs: impl IntoIterator<Item = (&'a TenantScope, &'a ValidRun)>,
+) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    runs.into_iter().all(|(scope, valid)| {
+        let run = &valid.run;
+        let delivery = run.delivery_id.as_deref().map(|id| {
+            let source = run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str);
+            (scope.id(), source, id)
+        });
+        let change = run.change.as_deref().map(|c| (scope.id(), CHANGES, c));
+        [delivery, change]
+            .into_iter()
+            .flatten()
+            .all(|key| seen.insert(key))
+    })
+}
+
+/// `($1, $2, …), (…)`: placeholders for `rows` rows of `cols` values each.
+fn value_rows(rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..cols {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * cols + col + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// A claim of one key in `deliveries` by one run of a batch.
+struct Claim<'a> {
+    job: usize,
+    source: &'a str,
+    key: &'a str,
+}
+
+impl Store {
+    /// Writes the runs of one intake batch with a handful of statements for the whole batch
+    /// instead of about ten per run: multi-row inserts of the deliveries, runs, first steps
+    /// and audit entries, the tenants checked and their chains' heads read once each. On
+    /// PostgreSQL, whose row-level security admits one tenant per statement, that is done
+    /// once per tenant of the batch, in tenant order, after locking the tenant's row (which
+    /// orders its chain's appends against other writers).
+    ///
+    /// The runs must pass [`keys_distinct`]. Each run's answer is what [`Store::intake_in`]
+    /// would give it: `Created`, `Duplicate` of the run that claimed its delivery or its
+    /// incident change first, or NotFound for an unregistered tenant. Any database error is
+    /// the batch's: the caller rolls all of it back and writes the runs one at a time, which
+    /// names the run at fault.
+    pub(crate) async fn intake_together(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+    ) -> Result<Vec<JobResult>, StoreError> {
+        let mut results: Vec<Option<JobResult>> = runs.iter().map(|_| None).collect();
+        let groups: Vec<Vec<usize>> = if self.is_postgres() {
+            let mut by_tenant = std::collections::BTreeMap::<&str, Vec<usize>>::new();
+            for (i, (scope, _)) in runs.iter().enumerate() {
+                by_tenant.entry(scope.id()).or_default().push(i);
+            }
+            by_tenant.into_values().collect()
+        } else {
+            vec![(0..runs.len()).collect()]
+        };
+        for group in groups {
+            if self.is_postgres() {
+                self.set_tenant(tx, runs[group[0]].0.id()).await?;
+            }
+            self.intake_group(tx, runs, group, &mut results).await?;
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.ok_or_else(|| StoreError::Corrupt("an intake batch left a run unanswered".into()))
+            })
+            .collect()
+    }
+
+    /// [`Store::intake_together`] for the runs `live` of `runs` (on PostgreSQL, of one tenant).
+    async fn intake_group(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+        mut live: Vec<usize>,
+        results: &mut [Option<JobResult>],
+    ) -> Result<(), StoreError> {
+        // The tenants must be registered (and on PostgreSQL their rows are locked).
+        let mut tenants: Vec<&str> = live.iter().map(|&i| runs[i].0.id()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        let lock = if self.is_postgres() {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT id FROM tenants WHERE id IN ({}){lock}",
+            value_rows(1, tenants.len()).trim_matches(['(', ')'])
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for tenant in &tenants {
+            query = query.bind(*tenant);
+        }
+        let found: std::collections::HashSet<String> =
+            query.fetch_all(&mut **tx).await?.into_iter().collect();
+        live.retain(|&i| {
+            let scope = runs[i].0;
+            let known = found.contains(scope.id());
+            if !known {
+                results[i] = Some(Err(StoreError::NotFound(format!(
+                    "tenant `{}` is not registered",
+                    scope.tenant()
+                ))));
+            }
+            known
+        });
+
+        // Deliveries first: a delivery recorded before names its run and writes nothing.
+        let deliveries: Vec<Claim<'_>> = live
+            .iter()
+            .filter_map(|&i| {
+                let run = &runs[i].1.run;
+                let key = run.delivery_id.as_deref()?;
+                let source = run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str);
+                Some(Claim {
+                    job: i,
+                    source,
+                    key,
+                })
+            })
+            .collect();
+        for (job, existing) in self.claim_all(tx, runs, &deliveries).await? {
+            results[job] = Some(Ok(IntakeOutcome::Duplicate(existing)));
+        }
+        live.retain(|&i| results[i].is_none());
+
+        // Then incident changes: a copy of a change another run deals with names that run,
+        // and so do its delivery's later redeliveries.
+        let changes: Vec<Claim<'_>> = live
+            .iter()
+            .filter_map(|&i| {
+                let key = runs[i].1.run.change.as_deref()?;
+                Some(Claim {
+                    job: i,
+                    source: CHANGES,
+                    key,
+                })
+            })
+            .collect();
+        for (job, existing) in self.claim_all(tx, runs, &changes).await? {
+            let (scope, valid) = runs[job];
+            let run = &valid.run;
+            if let Some(delivery_id) = &run.delivery_id {
+                sqlx::query(
+                    "UPDATE deliveries SET run_id = $1 WHERE tenant_id = $2 AND source = $3 \
+                     AND delivery_id = $4",
+                )
+                .bind(existing.to_string())
+                .bind(scope.id())
+                .bind(run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str))
+                .bind(delivery_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            results[job] = Some(Ok(IntakeOutcome::Duplicate(existing)));
+        }
+        live.retain(|&i| results[i].is_none());
+        if live.is_empty() {
+            return Ok(());
+        }
+
+        self.insert_runs(tx, runs, &live).await?;
+        self.insert_first_steps(tx, runs, &live).await?;
+        self.append_intake_audit(tx, runs, &live).await?;
+        for &i in &live {
+            results[i] = Some(Ok(IntakeOutcome::Created(runs[i].1.run.id)));
+        }
+        Ok(())
+    }
+
+    /// Records every claim in `deliveries` with one statement; answers, for each claim whose
+    /// key was recorded before, its job and the run that holds the key.
+    async fn claim_all(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+        claims: &[Claim<'_>],
+    ) -> Result<Vec<(usize, RunId)>, StoreError> {
+        if claims.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "INSERT INTO deliveries (tenant_id, source, delivery_id, run_id, received_at) \
+             VALUES {} ON CONFLICT (tenant_id, source, delivery_id) DO NOTHING \
+             RETURNING tenant_id, source, delivery_id",
+            value_rows(claims.len(), 5)
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+        for claim in claims {
+            let (scope, valid) = runs[claim.job];
+            query = query
+                .bind(scope.id())
+                .bind(claim.source)
+                .bind(claim.key)
+                .bind(valid.run.id.to_string())
+                .bind(valid.now);
+        }
+        let inserted: std::collections::HashSet<(String, String, String)> =
+            query.fetch_all(&mut **tx).await?.into_iter().collect();
+        let mut taken = Vec::new();
+        for claim in claims {
+            let scope = runs[claim.job].0;
+            let key = (
+                scope.id().to_owned(),
+                claim.source.to_owned(),
+                claim.key.to_owned(),
+            );
+            if inserted.contains(&key) {
+                continue;
+            }
+            let existing: String = sqlx::query_scalar(
+                "SELECT run_id FROM deliveries \
+                 WHERE tenant_id = $1 AND source = $2 AND delivery_id = $3",
+            )
+            .bind(scope.id())
+            .bind(claim.source)
+            .bind(claim.key)
+            .fetch_one(&mut **tx)
+            .await?;
+            taken.push((claim.job, codec::run_id(&existing)?));
+        }
+        Ok(taken)
+    }
+
+    /// Inserts the runs `live` of `runs` with one statement.
+    async fn insert_runs(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+        live: &[usize],
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO runs (tenant_id, id, source, delivery_id, incident_by, incident_value, \
+             trigger_body, state, steps, last_error, created_at, updated_at, fetched_number) \
+             VALUES {}",
+            value_rows(live.len(), 13)
+        );
+        let mut query = sqlx::query(&sql);
+        for &i in live {
+            let (scope, valid) = runs[i];
+            let run = &valid.run;
+            let (incident_by, incident_value) = codec::incident_columns(&run.incident)?;
+            query = query
+                .bind(scope.id())
+                .bind(run.id.to_string())
+                .bind(run.source.as_ref().map(SourceName::as_str))
+                .bind(run.delivery_id.as_deref())
+                .bind(incident_by)
+                .bind(incident_value)
+                .bind(valid.trigger.as_str())
+                .bind(run.state.as_str())
+                .bind(1_i64)
+                .bind(None::<String>)
+                .bind(valid.now)
+                .bind(valid.now)
+                .bind(fetched_number(&run.first_step.0, &run.first_step.1));
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| codec::conflict_on_duplicate(e, || "a run of the batch exists".into()))?;
+        Ok(())
+    }
+
+    /// Inserts step 0 of the runs `live` of `runs` with one statement.
+    async fn insert_first_steps(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+        live: &[usize],
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) VALUES {}",
+            value_rows(live.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for &i in live {
+            let (scope, valid) = runs[i];
+            query = query
+                .bind(scope.id())
+                .bind(valid.run.id.to_string())
+                .bind(0_i64)
+                .bind(valid.run.first_step.0.as_str())
+                .bind(valid.step_body.as_str())
+                .bind(valid.now);
+        }
+        query.execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// Appends the audit entries of the runs `live` of `runs`, in their order, each tenant's
+    /// chain continued from its head (read with one statement), with one insert.
+    async fn append_intake_audit(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+        live: &[usize],
+    ) -> Result<(), StoreError> {
+        use crate::audit::ChainHead;
+        let mut tenants: Vec<&TenantScope> = Vec::new();
+        for &i in live {
+            let scope = runs[i].0;
+            if !tenants.iter().any(|t| t.id() == scope.id()) {
+                tenants.push(scope);
+            }
+        }
+        let sql = format!(
+            "SELECT tenant_id, seq, hash FROM audit_log a WHERE tenant_id IN ({}) \
+             AND seq = (SELECT MAX(seq) FROM audit_log b WHERE b.tenant_id = a.tenant_id)",
+            value_rows(1, tenants.len()).trim_matches(['(', ')'])
+        );
+        let mut query = sqlx::query_as::<_, (String, i64, String)>(&sql);
+        for scope in &tenants {
+            query = query.bind(scope.id());
+        }
+        let newest: std::collections::HashMap<String, (i64, String)> = query
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(tenant, seq, hash)| (tenant, (seq, hash)))
+            .collect();
+        let mut chains = std::collections::HashMap::new();
+        for scope in tenants {
+            let head = ChainHead::read(newest.get(scope.id()).cloned())?;
+            let key = self.content_key_in(tx, scope).await?;
+            chains.insert(scope.id(), (head, key));
+        }
+        let mut entries = Vec::with_capacity(live.len());
+        for &i in live {
+            let (scope, valid) = runs[i];
+            let (head, key) = chains
+                .get_mut(scope.id())
+                .ok_or_else(|| StoreError::Corrupt("a batch's tenant has no chain head".into()))?;
+            let key = valid.run.audit.run_id.map(|_| key.as_ref());
+            entries.push(head.next(
+                scope,
+                &valid.run.audit,
+                valid.audit_body.clone(),
+                key,
+                self.now(),
+            ));
+        }
+        crate::audit::insert_entries(tx, &entries).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use steward_core::TenantId;
+
+    use super::*;
+    use crate::{Authenticator, StoreOptions, TenantRecord};
+
+    fn scope(tenant: &str) -> TenantScope {
+        TenantScope::assume(TenantId::parse(tenant).unwrap(), Authenticator::Operator)
+    }
+
+    fn run(delivery: &str, change: Option<&str>) -> NewRun {
+        let id = RunId::new();
+        NewRun {
+            id,
+            source: Some(SourceName::parse("alerts").unwrap()),
+            delivery_id: Some(delivery.to_owned()),
+            change: change.map(str::to_owned),
+            incident: IncidentRef::number("INC0010001").unwrap(),
+            trigger: json!({"kind": "webhook"}),
+            state: "received".into(),
+            first_step: ("received".into(), json!({"delivery": delivery})),
+            audit: AuditDraft {
+                kind: "run.received".into(),
+                run_id: Some(id),
+                actor: "webhook:alerts".into(),
+                body: json!({"delivery_id": delivery}),
+            },
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreOptions::new(dir.path().join("steward.db")))
+            .await
+            .unwrap();
+        for id in ["us-acme", "eu-beta"] {
+            let record = TenantRecord {
+                id: TenantId::parse(id).unwrap(),
+                name: id.into(),
+                settings: json!({}),
+                created_at: 0,
+            };
+            store.upsert_tenant(&record).await.unwrap();
+        }
+        (dir, store)
+    }
+
+    async fn valid(store: &Store, scope: &TenantScope, run: NewRun) -> ValidRun {
+        let key = store.content_key(scope).await.unwrap();
+        ValidRun::new(run, store.now(), scope, &key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_written_together_answers_each_run_as_one_at_a_time_would() {
+        let (_dir, store) = store().await;
+        let (acme, beta, ghost) = (scope("us-acme"), scope("eu-beta"), scope("us-ghost"));
+        let IntakeOutcome::Created(first) = store
+            .record_intake(&acme, run("d1", Some("c1")))
+            .await
+            .unwrap()
+        else {
+            panic!("the first delivery starts a run");
+        };
+
+        let fresh = run("d2", Some("c2"));
+        let other_tenant = run("d1", Some("c1"));
+        let batch = [
+            (&acme, valid(&store, &acme, fresh.clone()).await),
+            (&acme, valid(&store, &acme, run("d1", None)).await),
+            (&acme, valid(&store, &acme, run("d9", Some("c1"))).await),
+            (&beta, valid(&store, &beta, other_tenant.clone()).await),
+            (&ghost, valid(&store, &acme, run("d3", None)).await),
+        ];
+        let runs: Vec<_> = batch.iter().map(|(s, v)| (*s, v)).collect();
+        assert!(keys_distinct(runs.iter().copied()));
+        let mut tx = store.begin_write().await.unwrap();
+        let results = store.intake_together(&mut tx, &runs).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(
+            results[0].as_ref().unwrap(),
+            &IntakeOutcome::Created(fresh.id)
+        );
+        assert_eq!(
+            results[1].as_ref().unwrap(),
+            &IntakeOutcome::Duplicate(first)
+        );
+        assert_eq!(
+            results[2].as_ref().unwrap(),
+            &IntakeOutcome::Duplicate(first)
+        );
+        assert_eq!(
+            results[3].as_ref().unwrap(),
+            &IntakeOutcome::Created(other_tenant.id),
+            "keys are per tenant"
+        );
+        assert!(
+            matches!(results[4], Err(StoreError::NotFound(_))),
+            "{:?}",
+            results[4]
+        );
+
+        // A copy of a change names the run of the change, and so do its redeliveries.
+        let again = store.record_intake(&acme, run("d9", None)).await.unwrap();
+        assert_eq!(again, IntakeOutcome::Duplicate(first));
+
+        let stored = store.run(&acme, fresh.id).await.unwrap().unwrap();
+        assert_eq!(stored.delivery_id.as_deref(), Some("d2"));
+        let steps = store.steps(&acme, fresh.id).await.unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].body, json!({"delivery": "d2"}));
+        for (scope, entries) in [(&acme, 2), (&beta, 1)] {
+            let report = store.verify_audit(scope).await.unwrap();
+            assert_eq!((report.entries, report.first_bad), (entries, None));
+        }
+        let audit = store.audit_entries(&acme, 0, 10).await.unwrap();
+        assert_eq!(audit[1].run_id, Some(fresh.id));
+        assert_eq!(audit[1].body, json!({"delivery_id": "d2"}).to_string());
+        store.close().await;
+    }
+
+    #[test]
+    fn runs_claiming_one_key_twice_are_not_written_together() {
+        let acme = scope("us-acme");
+        let beta = scope("eu-beta");
+        let key = DataKey {
+            version: 1,
+            key: secrecy::SecretBox::new(Box::new([7; 32])),
+        };
+        let valid = |r: NewRun, s: &TenantScope| ValidRun::new(r, 0, s, &key).unwrap();
+        let a = valid(run("d1", Some("c1")), &acme);
+        let b = valid(run("d1", None), &acme);
+        let c = valid(run("d2", Some("c1")), &acme);
+        let d = valid(run("d1", Some("c1")), &beta);
+        assert!(!keys_distinct([(&acme, &a), (&acme, &b)]));
+        assert!(!keys_distinct([(&acme, &a), (&acme, &c)]));
+        assert!(keys_distinct([(&acme, &a), (&beta, &d)]));
+        assert!(keys_distinct([(&acme, &b), (&acme, &c)]));
+    }
+
+    #[test]
+    fn value_rows_number_every_placeholder_once() {
+        assert_eq!(value_rows(1, 1), "($1)");
+        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 }

@@ -211,6 +211,16 @@ impl WrappedRow {
     }
 }
 
+/// A secret version and, when it exists, the wrapped data key that sealed it.
+#[derive(FromRow)]
+struct SealedWithKey {
+    version: i64,
+    dek_version: i64,
+    sealed: Vec<u8>,
+    master_key_id: Option<String>,
+    wrapped: Option<Vec<u8>>,
+}
+
 #[derive(FromRow)]
 struct SealedRow {
     version: i64,
@@ -509,13 +519,17 @@ impl Store {
         key: &MasterKey,
         name: &str,
     ) -> Result<Vec<SecretString>, StoreError> {
-        let rows: Vec<SealedRow> = {
+        // Each version with the data key that sealed it, in one statement: intake calls this
+        // for every delivery, before its signature is checked.
+        let rows: Vec<SealedWithKey> = {
             let mut tx = self.read_as(scope).await?;
             sqlx::query_as(
-                "SELECT version, dek_version, sealed FROM sealed_secrets \
-                 WHERE tenant_id = $1 AND name = $2 AND (expires_at > $3 OR version = \
+                "SELECT s.version, s.dek_version, s.sealed, d.master_key_id, d.wrapped \
+                 FROM sealed_secrets s LEFT JOIN data_keys d \
+                 ON d.tenant_id = s.tenant_id AND d.version = s.dek_version \
+                 WHERE s.tenant_id = $1 AND s.name = $2 AND (s.expires_at > $3 OR s.version = \
                  (SELECT MAX(version) FROM sealed_secrets WHERE tenant_id = $1 AND name = $2)) \
-                 ORDER BY version DESC",
+                 ORDER BY s.version DESC",
             )
             .bind(scope.id())
             .bind(name)
@@ -524,9 +538,23 @@ impl Store {
             .await?
         };
         let mut open = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let dek = self.data_key_for(scope, key, name, row).await?;
-            open.push(open_secret(scope, name, row, &dek)?);
+        for row in rows {
+            let sealed = SealedRow {
+                version: row.version,
+                dek_version: row.dek_version,
+                sealed: row.sealed,
+            };
+            let (Some(master_key_id), Some(wrapped)) = (row.master_key_id, row.wrapped) else {
+                return Err(missing_data_key(scope, name, &sealed));
+            };
+            let wrapped = WrappedRow {
+                tenant_id: scope.id().to_owned(),
+                version: sealed.dek_version,
+                master_key_id,
+                wrapped,
+            };
+            let dek = wrapped.unwrap_with(key)?;
+            open.push(open_secret(scope, name, &sealed, &dek)?);
         }
         Ok(open)
     }
@@ -548,15 +576,7 @@ impl Store {
         .bind(row.dek_version)
         .fetch_optional(&mut *tx)
         .await?;
-        let wrapped = wrapped.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "secret `{}` v{} of tenant {} names data key v{}, which does not exist",
-                clip(name),
-                row.version,
-                scope.tenant(),
-                row.dek_version
-            ))
-        })?;
+        let wrapped = wrapped.ok_or_else(|| missing_data_key(scope, name, row))?;
         wrapped.unwrap_with(key)
     }
 
@@ -655,6 +675,17 @@ impl Store {
             key: fresh,
         })
     }
+}
+
+/// A secret version names a data key that does not exist.
+fn missing_data_key(scope: &TenantScope, name: &str, row: &SealedRow) -> StoreError {
+    StoreError::Corrupt(format!(
+        "secret `{}` v{} of tenant {} names data key v{}, which does not exist",
+        clip(name),
+        row.version,
+        scope.tenant(),
+        row.dek_version
+    ))
 }
 
 fn open_secret(
