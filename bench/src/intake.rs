@@ -30,7 +30,12 @@ pub(crate) struct IntakeArgs {
     pub(crate) background: Background,
     pub(crate) synchronous_full: bool,
     pub(crate) server_threads: usize,
+    /// A PostgreSQL server's superuser URL: serve from a database made there, not SQLite.
+    pub(crate) postgres: Option<String>,
 }
+
+/// Connections of Steward's PostgreSQL pool in this scenario.
+const PG_CONNECTIONS: u32 = 16;
 
 /// How long a parked run's first read may stay open.
 const PARK_FOR: Duration = Duration::from_secs(1800);
@@ -49,15 +54,24 @@ pub(crate) async fn run(args: &IntakeArgs, machine: &Machine) -> anyhow::Result<
     let sync = disk::sync_latency(dir.path(), 300)?;
     println!("disk: 4 KiB + fdatasync, appending:   {}", sync.append);
     println!("disk: 4 KiB + fdatasync, overwriting: {}", sync.overwrite);
-    println!(
-        "database: SQLite (WAL), synchronous={}; the PostgreSQL backend is not benchmarked yet, so \
-         only SQLite is measured",
-        if args.synchronous_full {
-            "FULL"
-        } else {
-            "NORMAL"
+    let database = match &args.postgres {
+        Some(server) => {
+            let db = crate::pg::BenchDatabase::create(server).await?;
+            println!("database: {}", db.describe().await?);
+            Some(db)
         }
-    );
+        None => {
+            println!(
+                "database: SQLite (WAL), synchronous={}",
+                if args.synchronous_full {
+                    "FULL"
+                } else {
+                    "NORMAL"
+                }
+            );
+            None
+        }
+    };
 
     let standins = Standins::start(StandinSettings::default()).await?;
     let hold = Hold::start().await?;
@@ -81,6 +95,9 @@ pub(crate) async fn run(args: &IntakeArgs, machine: &Machine) -> anyhow::Result<
         &endpoints,
         args.synchronous_full,
     )?;
+    if let Some(db) = &database {
+        opts.postgres = Some(db.options(PG_CONNECTIONS));
+    }
     if args.background == Background::Parked {
         // Parked runs must stay parked for the whole scenario, not time out and fail.
         opts.http.timeout = PARK_FOR;
@@ -110,6 +127,9 @@ pub(crate) async fn run(args: &IntakeArgs, machine: &Machine) -> anyhow::Result<
     }
     server.stop().await;
     drop(hold);
+    if let Some(db) = database {
+        db.drop_now().await?;
+    }
     Ok(())
 }
 

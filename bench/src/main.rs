@@ -14,6 +14,7 @@ mod intake;
 mod latency;
 mod load;
 mod machine;
+mod pg;
 mod probe;
 mod recovery;
 mod tap;
@@ -66,6 +67,11 @@ enum Command {
         /// Worker threads of Steward's runtime (default: one per core).
         #[arg(long)]
         server_threads: Option<usize>,
+        /// Serve from PostgreSQL instead of SQLite: a superuser URL of a server on loopback
+        /// (`postgres://postgres@127.0.0.1:5432/postgres`), on which a database of the
+        /// benchmark's own is made and dropped.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// Whole runs at a steady rate: webhook → Slack request, click → ServiceNow PATCH.
     Flagship {
@@ -229,6 +235,7 @@ async fn scenario(command: Command) -> anyhow::Result<()> {
             background,
             synchronous_normal,
             server_threads,
+            postgres,
         } => {
             let args = intake::IntakeArgs {
                 tenants,
@@ -239,6 +246,7 @@ async fn scenario(command: Command) -> anyhow::Result<()> {
                 background,
                 synchronous_full: !synchronous_normal,
                 server_threads: threads(server_threads),
+                postgres,
             };
             intake::run(&args, &machine).await
         }
