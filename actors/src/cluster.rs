@@ -363,3 +363,181 @@ pub(crate) async fn drain(steward: &Steward) -> usize {
     info!(released, "The node drained; its tenants' leases are free.");
     released
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ractor::ActorStatus;
+    use secrecy::SecretString;
+    use serde_json::json;
+    use steward_core::{Clock, FixedClock};
+    use steward_persistence::{
+        Authenticator, Lease, MasterKey, Store, StoreOptions, TenantRecord, TenantScope,
+    };
+
+    use super::*;
+    use crate::root::StewardOptions;
+    use crate::settings::secret_names;
+
+    /// The shortest lease a node may take, in ms.
+    const LEASE_MS: i64 = 3_000;
+
+    fn acme() -> TenantId {
+        TenantId::parse("us-acme").unwrap()
+    }
+
+    /// `node-a` on a fresh database (with `clock` as the database's clock) and one tenant whose
+    /// supervisor starts: its connectors point at loopback, which nothing here calls. The
+    /// keeper and the listener are stopped before they ever run, so each test runs the rounds
+    /// itself.
+    async fn node_a(dir: &tempfile::TempDir, clock: &FixedClock) -> Steward {
+        let mut opts = StoreOptions::new(dir.path().join("steward.db"));
+        opts.clock = Arc::new(clock.clone());
+        let store = Store::open(opts).await.unwrap();
+        let record = TenantRecord {
+            id: acme(),
+            name: "Acme".into(),
+            settings: json!({
+                "servicenow": {
+                    "instance_url": "http://127.0.0.1:9",
+                    "grant": "client_credentials",
+                    "client_id": "steward",
+                },
+                "slack": {
+                    "api_base": "http://127.0.0.1:9/api/",
+                    "approval_channel": "C1",
+                    "approvers": ["U1"],
+                },
+                "llm": {
+                    "provider": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "model": "m",
+                },
+            }),
+            created_at: 0,
+        };
+        store.upsert_tenant(&record).await.unwrap();
+        let key = Arc::new(MasterKey::generate());
+        let scope = TenantScope::assume(acme(), Authenticator::Operator);
+        for name in [
+            secret_names::LLM_API_KEY,
+            secret_names::SERVICENOW_CLIENT_SECRET,
+            secret_names::SLACK_BOT_TOKEN,
+        ] {
+            let value = SecretString::from("not-a-real-secret");
+            store.put_secret(&scope, &key, name, &value).await.unwrap();
+        }
+        let options = StewardOptions {
+            cluster: Some(ClusterOptions {
+                node_id: "node-a".into(),
+                lease: Duration::from_millis(LEASE_MS as u64),
+            }),
+            ..StewardOptions::default()
+        };
+        let steward = Steward::start(store, key, options).await.unwrap();
+        // The test runtime has one thread and nothing has yielded since the tasks were
+        // spawned, so neither has run a round.
+        steward.cluster().unwrap().stop_tasks();
+        steward
+    }
+
+    /// The tenant's lease as stored.
+    async fn stored_lease(steward: &Steward) -> Lease {
+        let mut leases = steward.store().leases().await.unwrap();
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        leases.remove(0)
+    }
+
+    /// Moves the tenant's last renewal on this node `by` into the past, as if the node had
+    /// tried and failed to renew for that long.
+    fn last_renewed_ago(steward: &Steward, tenant: &TenantId, by: Duration) {
+        let cluster = steward.cluster().unwrap();
+        let mut held = cluster.book.lock();
+        let entry = held.get_mut(tenant).unwrap();
+        entry.renewed = Instant::now().checked_sub(by).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_renewal_refused_for_a_newer_holder_drops_the_tenant_and_stops_its_supervisor() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FixedClock::at_secs(1_700_000_000);
+        let a = node_a(&dir, &clock).await;
+        let t = acme();
+        keeper_round(&a).await.unwrap();
+        assert!(a.owns(&t));
+        let supervisor = a.tenant(&t).await.unwrap();
+
+        // A round in time renews the lease under the same token and leaves the work running.
+        clock.advance_millis(1_000);
+        keeper_round(&a).await.unwrap();
+        assert!(a.owns(&t));
+        assert_eq!(supervisor.get_status(), ActorStatus::Running);
+        let lease = stored_lease(&a).await;
+        assert_eq!(
+            (lease.holder.as_str(), lease.token, lease.expires_at),
+            ("node-a", 1, clock.now_millis() + LEASE_MS)
+        );
+
+        // The lease lapses on the database's clock before node-a's own time says it should
+        // (their clocks drifted apart), and node-b takes the tenant under a newer token.
+        clock.advance_millis(LEASE_MS + 1);
+        let taken = a
+            .store()
+            .acquire_lease(&t, "node-b", LEASE_MS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken.token, 2);
+
+        // node-a's next round finds its renewal refused: the tenant leaves its book, so its
+        // journal writes are fenced, and its supervisor is stopped and forgotten.
+        keeper_round(&a).await.unwrap();
+        assert!(!a.owns(&t));
+        assert!(a.cluster().unwrap().book().tenants().is_empty());
+        assert_eq!(supervisor.get_status(), ActorStatus::Stopped);
+        assert!(!a.stop_tenant(&t, "checking").await.unwrap(), "forgotten");
+
+        // It does not take the tenant back while node-b's lease is in force.
+        keeper_round(&a).await.unwrap();
+        assert!(!a.owns(&t));
+        assert_eq!(stored_lease(&a).await, taken);
+        a.stop();
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_renew_in_time_stops_the_tenant_without_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FixedClock::at_secs(1_700_000_000);
+        let a = node_a(&dir, &clock).await;
+        let t = acme();
+        keeper_round(&a).await.unwrap();
+        assert!(a.owns(&t));
+        let supervisor = a.tenant(&t).await.unwrap();
+        let lease = stored_lease(&a).await;
+
+        // The database becomes unreachable. A failed round alone keeps the tenant: its lease
+        // is still good for most of its time.
+        a.store().close().await;
+        assert!(keeper_round(&a).await.is_err());
+        assert!(a.owns(&t));
+        assert_eq!(supervisor.get_status(), ActorStatus::Running);
+
+        // Two thirds of a lease pass without a renewal: the next round stops the tenant before
+        // asking the database anything, a third of a lease before another node could take it.
+        let keep = a.cluster().unwrap().options.keep_unrenewed();
+        let waited = keep + Duration::from_millis(1);
+        last_renewed_ago(&a, &t, waited);
+        clock.advance_millis(i64::try_from(waited.as_millis()).unwrap());
+        assert!(
+            keeper_round(&a).await.is_err(),
+            "the database is still away"
+        );
+        assert!(!a.owns(&t));
+        assert_eq!(supervisor.get_status(), ActorStatus::Stopped);
+        assert!(!a.stop_tenant(&t, "checking").await.unwrap(), "forgotten");
+        assert!(lease.live_at(clock.now_millis()));
+        assert!(lease.expires_at - clock.now_millis() >= LEASE_MS / 3 - 1);
+        a.stop();
+    }
+}

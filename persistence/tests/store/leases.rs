@@ -1,16 +1,22 @@
 //! Tenant leases on each backend: one holder at a time, a fencing token that grows with every
 //! new holding and never goes back, renewal and release, journal writes refused once a later
-//! holding began, and bad input refused without a row written.
+//! holding began, and bad input refused without a row written. On PostgreSQL, wake-ups rung
+//! through one store reach a listener on another, and whatever else is sent on their channel
+//! is skipped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use steward_core::TenantId;
-use steward_persistence::{Backend, Fencing, StoreError};
+use steward_persistence::{Backend, Fencing, StoreError, WAKE_CHANNEL, WakeCall, WakeListener};
 
 use crate::support::{TestDb, scope, service_connection, step};
 
 const TTL: i64 = 15_000;
+
+/// How long a wake-up may take to reach a listener on the same server.
+const WAKE_WAIT: Duration = Duration::from_secs(5);
 
 fn acme() -> TenantId {
     TenantId::parse("us-acme").unwrap()
@@ -338,10 +344,118 @@ async fn the_service_role_reads_only_its_tenants_lease_and_writes_none() {
     tx.rollback().await.unwrap();
 }
 
+/// The next wake-up the listener decodes, failing the test when none arrives in [`WAKE_WAIT`].
+async fn next_wake(listener: &mut WakeListener) -> WakeCall {
+    tokio::time::timeout(WAKE_WAIT, listener.recv())
+        .await
+        .expect("a wake-up arrives within the wait")
+        .expect("the listener keeps its connection")
+}
+
+async fn a_wake_call_rung_through_one_store_reaches_a_listener_on_another() {
+    let db = TestDb::new().await;
+    let call = WakeCall::Reload { tenant: acme() };
+    if db.backend() != Backend::Postgres {
+        // One node serves SQLite: a ring goes nowhere and there is nothing to listen on.
+        db.store.ring(&call).await.unwrap();
+        let err = db.store.listen_for_wakes().await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        return;
+    }
+    // The owner listens through its own store; the node that took the intake rings through
+    // another, with no keeper or sweep anywhere to find the run instead.
+    let mut owner = db.store.listen_for_wakes().await.unwrap();
+    let intake_node = db.second_process().await;
+    let run = db.intake("us-acme").await;
+    let beta = TenantId::parse("eu-beta").unwrap();
+    for call in [
+        WakeCall::Run {
+            tenant: acme(),
+            run,
+        },
+        call,
+        WakeCall::Run {
+            tenant: beta.clone(),
+            run,
+        },
+        WakeCall::Reload { tenant: beta },
+    ] {
+        intake_node.ring(&call).await.unwrap();
+        assert_eq!(next_wake(&mut owner).await, call);
+    }
+    intake_node.close().await;
+}
+
+async fn hostile_payloads_on_the_wake_channel_are_skipped_and_the_listener_keeps_going() {
+    let db = TestDb::new().await;
+    if db.backend() != Backend::Postgres {
+        return;
+    }
+    let mut owner = db.store.listen_for_wakes().await.unwrap();
+    let run = db.intake("us-acme").await;
+    // Any role that may connect may notify on any channel: the service role's own connection
+    // sends what a compromised or confused peer might.
+    let mut conn = service_connection(&db).await;
+    let huge_run = format!("us-acme {}", "9".repeat(7_900));
+    let long_tenant = format!("us-{} reload", "a".repeat(7_900));
+    let trailing = format!("us-acme {run} trailing");
+    let hostile = [
+        "",
+        " ",
+        "us-acme",
+        "us-acme ",
+        "us-acme  reload",
+        "us-acme\treload",
+        "us-acme not-a-run",
+        "us-acme reload extra",
+        "US-ACME reload",
+        "../etc reload",
+        "xx-acme reload",
+        "'; DROP TABLE runs; --",
+        "{\"tenant\":\"us-acme\",\"run\":\"x\"}",
+        "us-acme\u{202e} reload",
+        &trailing,
+        &huge_run,
+        &long_tenant,
+        &"x".repeat(7_999),
+        &"ü".repeat(3_999),
+    ];
+    for payload in hostile {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(payload)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("notifying {} bytes: {e}", payload.len()));
+    }
+    // The server refuses a payload of 8000 bytes or more, so no listener ever reads one.
+    let oversized = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(WAKE_CHANNEL)
+        .bind("x".repeat(8_000))
+        .execute(&mut conn)
+        .await;
+    assert!(oversized.is_err(), "an oversized payload was sent");
+
+    // Every one of them was skipped: the first call the listener hands over is the real ring
+    // sent after them, and it still hears the next.
+    for call in [
+        WakeCall::Run {
+            tenant: acme(),
+            run,
+        },
+        WakeCall::Reload { tenant: acme() },
+    ] {
+        db.store.ring(&call).await.unwrap();
+        assert_eq!(next_wake(&mut owner).await, call);
+    }
+}
+
 crate::support::conformance!(
     one_node_holds_a_lease_and_each_new_holding_raises_the_token,
     nodes_racing_for_a_lease_get_one_holder,
     a_journal_write_is_fenced_by_the_lease_it_was_made_under,
     bad_lease_requests_are_refused_and_write_nothing,
     the_service_role_reads_only_its_tenants_lease_and_writes_none,
+    a_wake_call_rung_through_one_store_reaches_a_listener_on_another,
+    hostile_payloads_on_the_wake_channel_are_skipped_and_the_listener_keeps_going,
 );
