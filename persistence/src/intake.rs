@@ -596,12 +596,16 @@ impl Store {
                 tenants.push(scope);
             }
         }
+        // Each head is found by its own index seek (newest seq of the tenant), as a single
+        // append finds it; a grouped or correlated MAX would walk every entry of the tenants.
         let sql = format!(
-            "SELECT tenant_id, seq, hash FROM audit_log a WHERE tenant_id IN ({}) \
-             AND seq = (SELECT MAX(seq) FROM audit_log b WHERE b.tenant_id = a.tenant_id)",
+            "SELECT t.id, \
+             (SELECT a.seq FROM audit_log a WHERE a.tenant_id = t.id ORDER BY a.seq DESC LIMIT 1), \
+             (SELECT a.hash FROM audit_log a WHERE a.tenant_id = t.id ORDER BY a.seq DESC LIMIT 1) \
+             FROM tenants t WHERE t.id IN ({})",
             value_rows(1, tenants.len()).trim_matches(['(', ')'])
         );
-        let mut query = sqlx::query_as::<_, (String, i64, String)>(&sql);
+        let mut query = sqlx::query_as::<_, (String, Option<i64>, Option<String>)>(&sql);
         for scope in &tenants {
             query = query.bind(scope.id());
         }
@@ -609,7 +613,7 @@ impl Store {
             .fetch_all(&mut **tx)
             .await?
             .into_iter()
-            .map(|(tenant, seq, hash)| (tenant, (seq, hash)))
+            .filter_map(|(tenant, seq, hash)| Some((tenant, (seq?, hash?))))
             .collect();
         let mut chains = std::collections::HashMap::new();
         for scope in tenants {
