@@ -1,7 +1,9 @@
 //! Group commit for intake. Concurrent [`Store::record_intake`] calls hand their validated run to
 //! one batcher task, which writes whatever is pending in one write transaction and commits
 //! once: with multi-row statements for the whole batch when it can
-//! ([`Store::intake_together`]), else each run under a savepoint of its own. Every caller is answered only after the commit
+//! ([`Store::intake_together`]), else each run under a savepoint of its own. Budget
+//! reservations ([`Store::reserve_budget`], one per starting run) ride in the same
+//! transactions, each under a savepoint of its own. Every caller is answered only after the commit
 //! that covers its run has returned, so no caller hears of a write that is not durable, and
 //! one fsync serves the whole batch.
 
@@ -10,6 +12,7 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::controls::{MeterAsk, Reservation};
 use crate::intake::{IntakeOutcome, ValidRun, keys_distinct};
 use crate::store::WriteTx;
 use crate::{Store, StoreError, TenantScope};
@@ -26,6 +29,9 @@ const SAVEPOINT: &str = "intake_job";
 /// The savepoint a batch written together is written under.
 const TOGETHER: &str = "intake_batch";
 
+/// The savepoint each budget reservation of a batch is taken under.
+const RESERVE: &str = "reserve_job";
+
 /// One validated run waiting to be written, and where to send what became of it.
 pub(crate) struct IntakeJob {
     pub(crate) scope: TenantScope,
@@ -33,11 +39,26 @@ pub(crate) struct IntakeJob {
     pub(crate) reply: oneshot::Sender<Result<IntakeOutcome, StoreError>>,
 }
 
+/// One budget reservation waiting to be taken (its asks checked and in meter order), and
+/// where to send its answer.
+pub(crate) struct ReserveJob {
+    pub(crate) scope: TenantScope,
+    pub(crate) asks: Vec<MeterAsk>,
+    pub(crate) reply: oneshot::Sender<Result<Reservation, StoreError>>,
+}
+
+/// What the batcher writes: new runs, and the budget reservations each run takes as it starts.
+/// Both are many small writes that would each cost a commit of their own.
+pub(crate) enum Job {
+    Intake(Box<IntakeJob>),
+    Reserve(ReserveJob),
+}
+
 /// The handle on a store's batcher task: its queue and the task itself. A store that is the
 /// batcher's own has neither.
 #[derive(Debug, Default)]
 pub(crate) struct IntakeQueue {
-    sender: Mutex<Option<mpsc::Sender<IntakeJob>>>,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -53,7 +74,7 @@ impl IntakeQueue {
     }
 
     /// Hands `job` to the batcher; fails with a closed-pool error once the store is closed.
-    pub(crate) async fn submit(&self, job: IntakeJob) -> Result<(), StoreError> {
+    pub(crate) async fn submit(&self, job: Job) -> Result<(), StoreError> {
         let sender = lock(&self.sender).clone();
         let sender = sender.ok_or(StoreError::Db(sqlx::Error::PoolClosed))?;
         sender
@@ -91,29 +112,51 @@ impl Store {
     /// The batcher's loop: takes the first pending run, drains up to [`MAX_BATCH`], writes
     /// them in one transaction, and repeats until every queue handle is gone and the queue is
     /// empty.
-    async fn run_batcher(self, mut receiver: mpsc::Receiver<IntakeJob>) {
+    async fn run_batcher(self, mut receiver: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         while receiver.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-            self.write_batch(std::mem::take(&mut jobs)).await;
+            let (mut runs, mut reservations) = (Vec::new(), Vec::new());
+            for job in jobs.drain(..) {
+                match job {
+                    Job::Intake(job) => runs.push(*job),
+                    Job::Reserve(job) => reservations.push(job),
+                }
+            }
+            self.write_batch(runs, reservations).await;
         }
     }
 
-    /// Writes `jobs` in one transaction and answers each: a run that fails is rolled back
-    /// alone and answered with its own error; the others are answered after the commit, with
-    /// their outcome or the commit's error.
-    async fn write_batch(&self, jobs: Vec<IntakeJob>) {
+    /// Writes `runs` and takes `reservations` in one transaction and answers each: a run or
+    /// reservation that fails is rolled back alone and answered with its own error; the
+    /// others are answered after the commit, with their outcome or the commit's error.
+    async fn write_batch(&self, runs: Vec<IntakeJob>, reservations: Vec<ReserveJob>) {
+        let fail_every = |runs: Vec<IntakeJob>, reservations: Vec<ReserveJob>, e: &StoreError| {
+            fail_all(runs.into_iter().map(|job| job.reply), e);
+            fail_all(reservations.into_iter().map(|job| job.reply), e);
+        };
         let mut tx = match self.begin_write().await {
             Ok(tx) => tx,
-            Err(e) => return fail_all(jobs.into_iter().map(|job| job.reply), &e),
+            Err(e) => return fail_every(runs, reservations, &e),
         };
-        let results = match self.write_jobs(&mut tx, &jobs).await {
+        let written = match self.write_jobs(&mut tx, &runs).await {
             Ok(results) => results,
-            Err(e) => return fail_all(jobs.into_iter().map(|job| job.reply), &e),
+            Err(e) => return fail_every(runs, reservations, &e),
         };
-        let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
-        for (job, result) in jobs.into_iter().zip(results) {
+        let taken = match self.take_reservations(&mut tx, &reservations).await {
+            Ok(results) => results,
+            Err(e) => return fail_every(runs, reservations, &e),
+        };
+        let mut pending: Vec<Pending> = Vec::with_capacity(runs.len());
+        for (job, result) in runs.into_iter().zip(written) {
             match result {
                 Ok(outcome) => pending.push((job.reply, outcome)),
+                Err(e) => answer(job.reply, Err(e)),
+            }
+        }
+        let mut held = Vec::with_capacity(reservations.len());
+        for (job, result) in reservations.into_iter().zip(taken) {
+            match result {
+                Ok(reservation) => held.push((job.reply, reservation)),
                 Err(e) => answer(job.reply, Err(e)),
             }
         }
@@ -122,12 +165,72 @@ impl Store {
                 for (reply, outcome) in pending {
                     answer(reply, Ok(outcome));
                 }
+                for (reply, reservation) in held {
+                    answer(reply, Ok(reservation));
+                }
             }
-            Err(e) => fail_all(
-                pending.into_iter().map(|(reply, _)| reply),
-                &StoreError::Db(e),
-            ),
+            Err(e) => {
+                let e = StoreError::Db(e);
+                fail_all(pending.into_iter().map(|(reply, _)| reply), &e);
+                fail_all(held.into_iter().map(|(reply, _)| reply), &e);
+            }
         }
+    }
+
+    /// Takes `reservations` inside `tx`, each under its own savepoint, tenant by tenant (in
+    /// tenant order, which on PostgreSQL names the tenant for row-level security): a tenant
+    /// that is not registered is NotFound for each of its reservations, and the tenant's
+    /// windows older than two days are removed once. The error is the transaction's.
+    async fn take_reservations(
+        &self,
+        tx: &mut WriteTx,
+        reservations: &[ReserveJob],
+    ) -> Result<Vec<Result<Reservation, StoreError>>, StoreError> {
+        let mut results: Vec<Option<Result<Reservation, StoreError>>> =
+            reservations.iter().map(|_| None).collect();
+        let mut by_tenant = std::collections::BTreeMap::<&str, Vec<usize>>::new();
+        for (i, job) in reservations.iter().enumerate() {
+            by_tenant.entry(job.scope.id()).or_default().push(i);
+        }
+        for group in by_tenant.into_values() {
+            let scope = &reservations[group[0]].scope;
+            if let Err(e) = self.enter_meters(tx, scope).await {
+                if matches!(e, StoreError::NotFound(_)) {
+                    for i in group {
+                        results[i] = Some(Err(shared_error(&e)));
+                    }
+                    continue;
+                }
+                return Err(e);
+            }
+            for i in group {
+                let job = &reservations[i];
+                savepoint(tx, &format!("SAVEPOINT {RESERVE}")).await?;
+                let taken = self.reserve_in(tx, &job.scope, &job.asks).await;
+                if !matches!(taken, Ok(Reservation::Granted)) {
+                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {RESERVE}")).await?;
+                }
+                savepoint(tx, &format!("RELEASE SAVEPOINT {RESERVE}")).await?;
+                results[i] = Some(match taken {
+                    Ok(Reservation::Refused { meter, .. }) => {
+                        let ask = job.asks.iter().find(|a| a.meter == meter);
+                        match ask {
+                            Some(ask) => self.refuse_in(tx, &job.scope, ask).await?,
+                            None => Err(StoreError::Corrupt(format!(
+                                "meter {meter} refused a reservation that did not ask it"
+                            ))),
+                        }
+                    }
+                    other => other,
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.ok_or_else(|| StoreError::Corrupt("a reservation was left unanswered".into()))
+            })
+            .collect()
     }
 
     /// Writes `jobs` inside `tx`: together, with a few statements for the whole batch, when
@@ -186,18 +289,19 @@ async fn savepoint(tx: &mut WriteTx, sql: &str) -> Result<(), StoreError> {
 }
 
 /// Sends one answer; a caller that stopped waiting is no longer interested in it.
-fn answer(
-    reply: oneshot::Sender<Result<IntakeOutcome, StoreError>>,
-    result: Result<IntakeOutcome, StoreError>,
-) {
+fn answer<T>(reply: oneshot::Sender<Result<T, StoreError>>, result: Result<T, StoreError>) {
     let _ = reply.send(result);
 }
 
 /// Answers every reply with `error`, which the whole batch shares.
-fn fail_all(
-    replies: impl IntoIterator<Item = oneshot::Sender<Result<IntakeOutcome, StoreError>>>,
+fn fail_all<T>(
+    replies: impl IntoIterator<Item = oneshot::Sender<Result<T, StoreError>>>,
     error: &StoreError,
 ) {
+    let mut replies = replies.into_iter().peekable();
+    if replies.peek().is_none() {
+        return;
+    }
     tracing::warn!(error = %error, "an intake batch failed as a whole");
     for reply in replies {
         answer(reply, Err(shared_error(error)));

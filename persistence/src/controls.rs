@@ -311,36 +311,67 @@ impl Store {
 
     /// Adds each ask's amount to its meter, all or none, in one transaction (see the module
     /// docs for why concurrent reservations cannot overdraw a meter). Windows of the tenant
-    /// older than two days are removed in the same transaction.
+    /// older than two days are removed in the same transaction. Reservations share the intake
+    /// batcher's transactions and commits, each under a savepoint of its own: every run
+    /// takes one as it starts, and a commit each would cap how fast runs start.
     pub async fn reserve_budget(
         &self,
         scope: &TenantScope,
         asks: &[MeterAsk],
     ) -> Result<Reservation, StoreError> {
-        let mut asks: Vec<&MeterAsk> = asks.iter().collect();
+        let mut asks = asks.to_vec();
         asks.sort_by(|a, b| (&a.meter, a.window_start).cmp(&(&b.meter, b.window_start)));
         for ask in &asks {
             codec::check_text(&ask.meter, "meter", 128)?;
         }
-        let mut tx = self.begin_tenant_write(scope).await?;
+        self.submit_reservation(scope, asks).await
+    }
+
+    /// Names the scope's tenant in `tx` (NotFound when it is not registered) and removes its
+    /// meter windows older than two days: what a batch does once per tenant before taking
+    /// that tenant's reservations.
+    pub(crate) async fn enter_meters(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+    ) -> Result<(), StoreError> {
+        self.enter_tenant(tx, scope).await?;
         sqlx::query("DELETE FROM budget_meters WHERE tenant_id = $1 AND window_start < $2")
             .bind(scope.id())
             .bind(self.now() - METER_RETENTION_MS)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
+        Ok(())
+    }
+
+    /// Takes every ask (in meter order) inside `tx`; Refused names the first meter without
+    /// room, and the caller then rolls back what the earlier asks took.
+    pub(crate) async fn reserve_in(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        asks: &[MeterAsk],
+    ) -> Result<Reservation, StoreError> {
         for ask in asks {
-            if !take(&mut tx, scope, ask).await? {
-                drop(tx);
-                return self.refuse(scope, ask).await;
+            if !take(tx, scope, ask).await? {
+                return Ok(Reservation::Refused {
+                    meter: ask.meter.clone(),
+                    window_start: ask.window_start,
+                    used: 0,
+                    refused: 0,
+                });
             }
         }
-        tx.commit().await?;
         Ok(Reservation::Granted)
     }
 
-    /// Counts a refusal in its own transaction and reports the window's use.
-    async fn refuse(&self, scope: &TenantScope, ask: &MeterAsk) -> Result<Reservation, StoreError> {
-        let mut tx = self.begin_tenant_write(scope).await?;
+    /// Counts a refusal of `ask` inside `tx` and reports the window's use.
+    pub(crate) async fn refuse_in(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        ask: &MeterAsk,
+    ) -> Result<Result<Reservation, StoreError>, StoreError> {
         sqlx::query(
             "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
              VALUES ($1, $2, $3, 0, 1) ON CONFLICT (tenant_id, meter, window_start) \
@@ -349,7 +380,7 @@ impl Store {
         .bind(scope.id())
         .bind(&ask.meter)
         .bind(ask.window_start)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let (used, refused): (i64, i64) = sqlx::query_as(
             "SELECT used, refused FROM budget_meters \
@@ -358,15 +389,17 @@ impl Store {
         .bind(scope.id())
         .bind(&ask.meter)
         .bind(ask.window_start)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
-        tx.commit().await?;
-        Ok(Reservation::Refused {
-            meter: ask.meter.clone(),
-            window_start: ask.window_start,
-            used: codec::to_u64(used, "meter use")?,
-            refused: codec::to_u64(refused, "meter refusals")?,
-        })
+        let count = |n: i64, what: &str| codec::to_u64(n, what);
+        Ok((|| {
+            Ok(Reservation::Refused {
+                meter: ask.meter.clone(),
+                window_start: ask.window_start,
+                used: count(used, "meter use")?,
+                refused: count(refused, "meter refusals")?,
+            })
+        })())
     }
 
     /// Adds `delta` (which may be negative: a reservation settled lower) to a meter's window

@@ -14,7 +14,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use steward_core::{Clock, SystemClock};
 
-use crate::batch::{IntakeJob, IntakeQueue};
+use crate::batch::{IntakeJob, IntakeQueue, Job, ReserveJob};
 use crate::intake::ValidRun;
 use crate::{StoreError, TenantScope};
 
@@ -387,7 +387,26 @@ impl Store {
             run,
             reply,
         };
-        self.intake.submit(job).await?;
+        self.intake.submit(Job::Intake(Box::new(job))).await?;
+        answer
+            .await
+            .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))?
+    }
+
+    /// Hands a budget reservation (asks checked, in meter order) to the batcher and waits for
+    /// the answer it sends after the commit that covers it.
+    pub(crate) async fn submit_reservation(
+        &self,
+        scope: &TenantScope,
+        asks: Vec<crate::MeterAsk>,
+    ) -> Result<crate::Reservation, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = ReserveJob {
+            scope: scope.clone(),
+            asks,
+            reply,
+        };
+        self.intake.submit(Job::Reserve(job)).await?;
         answer
             .await
             .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))?

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection, Executor};
 use steward_core::RunId;
-use steward_persistence::{Backend, IntakeOutcome, NewRun, Store, StoreError};
+use steward_persistence::{
+    Backend, IntakeOutcome, MeterAsk, NewRun, Reservation, Store, StoreError,
+};
 use tokio::task::JoinSet;
 
-use crate::support::{TestDb, new_run, register, scope};
+use crate::support::{T0_SECS, TestDb, new_run, register, scope};
 
 /// Longer than any of these tests needs; reaching it means something hangs.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -279,9 +281,65 @@ async fn closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answer
     );
 }
 
+async fn reservations_share_a_batch_with_intakes_and_never_overdraw_a_meter() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    // The tenant's data key is made before the writer is held.
+    db.intake("us-acme").await;
+    let ask = MeterAsk {
+        meter: "runs:alerts".into(),
+        window_start: T0_SECS * 1000,
+        limit: 5,
+        amount: 1,
+    };
+    let held = hold_writes(&db).await;
+    let runs = (0..20)
+        .map(|i| ("us-acme", new_run(Some(&format!("msg_{i}")))))
+        .collect();
+    let intakes = spawn_intakes(&db.store, runs);
+    let mut asks = JoinSet::new();
+    for tenant in ["us-acme"; 8].into_iter().chain(["us-ghost"]) {
+        let (store, ask) = (db.store.clone(), ask.clone());
+        asks.spawn(async move { store.reserve_budget(&scope(tenant), &[ask]).await });
+    }
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+
+    for (_, run, outcome) in finish(intakes).await {
+        assert_eq!(created(&outcome), run.id);
+    }
+    let mut granted = 0;
+    let mut refusals = Vec::new();
+    let mut unknown = 0;
+    while let Some(joined) = tokio::time::timeout(PATIENCE, asks.join_next())
+        .await
+        .expect("every reservation is answered")
+    {
+        match joined.expect("a reservation task panicked") {
+            Ok(Reservation::Granted) => granted += 1,
+            Ok(Reservation::Refused { used, refused, .. }) => refusals.push((used, refused)),
+            Err(StoreError::NotFound(_)) => unknown += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((granted, refusals.len(), unknown), (5, 3, 1));
+    refusals.sort_unstable();
+    assert_eq!(
+        refusals,
+        [(5, 1), (5, 2), (5, 3)],
+        "each refusal is counted"
+    );
+    let usage = db.store.budget_usage(&acme, 0).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!((usage[0].used, usage[0].refused), (5, 3));
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!((report.entries, report.first_bad), (21, None));
+}
+
 crate::support::conformance!(
     two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains,
     the_same_delivery_many_times_in_one_batch_creates_one_run,
     an_intake_that_fails_inside_a_batch_does_not_fail_its_neighbours,
     closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answered,
+    reservations_share_a_batch_with_intakes_and_never_overdraw_a_meter,
 );
