@@ -96,35 +96,183 @@ pub struct VerifyReport {
 /// tenant, seq (decimal), at (decimal), kind, run_id (hyphenated, or empty), actor, body as
 /// stored (`sealed` when present, else `body`), prev_hash.
 pub fn entry_hash(e: &AuditEntry) -> String {
-    let run_id = e.run_id.map(|r| r.to_string()).unwrap_or_default();
-    let (seq, at) = (e.seq.to_string(), e.at.to_string());
-    let fields: [&[u8]; 8] = [
-        e.tenant.as_str().as_bytes(),
-        seq.as_bytes(),
-        at.as_bytes(),
-        e.kind.as_bytes(),
-        run_id.as_bytes(),
-        e.actor.as_bytes(),
-        e.sealed.as_deref().unwrap_or(&e.body).as_bytes(),
-        e.prev_hash.as_bytes(),
-    ];
-    hash_fields(&fields)
+    hex::encode(HashInput::of(e).digest())
 }
 
-fn hash_fields(fields: &[&[u8]]) -> String {
-    domain_hash(HASH_DOMAIN, fields)
+/// The fields of an entry that [`entry_hash`] covers, borrowed from wherever they were read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HashInput<'a> {
+    pub(crate) tenant: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) at: i64,
+    pub(crate) kind: &'a str,
+    pub(crate) run_id: Option<RunId>,
+    pub(crate) actor: &'a str,
+    /// The body as stored: `sealed` when present, else `body`.
+    pub(crate) stored_body: &'a str,
+    pub(crate) prev_hash: &'a str,
+}
+
+impl<'a> HashInput<'a> {
+    pub(crate) fn of(e: &'a AuditEntry) -> Self {
+        Self {
+            tenant: e.tenant.as_str(),
+            seq: e.seq,
+            at: e.at,
+            kind: &e.kind,
+            run_id: e.run_id,
+            actor: &e.actor,
+            stored_body: e.sealed.as_deref().unwrap_or(&e.body),
+            prev_hash: &e.prev_hash,
+        }
+    }
+
+    /// The SHA-256 [`entry_hash`] spells in hex; numbers and the run id are spelled on the
+    /// stack, nothing is allocated.
+    fn digest(&self) -> [u8; 32] {
+        let (mut seq, mut at) = ([0u8; DECIMAL_BYTES], [0u8; DECIMAL_BYTES]);
+        let mut run = RunText::new();
+        let run_owned;
+        let run_id: &[u8] = match self.run_id {
+            None => b"",
+            Some(r) => match run.spell(r) {
+                Some(text) => text,
+                None => {
+                    run_owned = r.to_string();
+                    run_owned.as_bytes()
+                }
+            },
+        };
+        let fields: [&[u8]; 8] = [
+            self.tenant.as_bytes(),
+            decimal(self.seq, false, &mut seq),
+            decimal(self.at.unsigned_abs(), self.at < 0, &mut at),
+            self.kind.as_bytes(),
+            run_id,
+            self.actor.as_bytes(),
+            self.stored_body.as_bytes(),
+            self.prev_hash.as_bytes(),
+        ];
+        domain_digest(HASH_DOMAIN, &fields)
+    }
+
+    /// Whether `hash` is this entry's [`entry_hash`], compared without building the hex text.
+    pub(crate) fn hash_is(&self, hash: &str) -> bool {
+        hash.as_bytes() == lower_hex_32(&self.digest())
+    }
+}
+
+/// The most bytes a `u64`, or an `i64` with its sign, takes in decimal.
+const DECIMAL_BYTES: usize = 20;
+
+/// `n` in decimal, after a `-` when `negative`, as `to_string` spells it, written to the end
+/// of `buf`.
+fn decimal(mut n: u64, negative: bool, buf: &mut [u8; DECIMAL_BYTES]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if negative {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+/// A run id spelled as `to_string` spells it (hyphenated, lowercase), on the stack.
+struct RunText {
+    buf: [u8; 36],
+    len: usize,
+}
+
+impl RunText {
+    fn new() -> Self {
+        Self {
+            buf: [0; 36],
+            len: 0,
+        }
+    }
+
+    /// The id's text; None if it did not fit (it always does: 36 bytes).
+    fn spell(&mut self, run: RunId) -> Option<&[u8]> {
+        use std::fmt::Write as _;
+        write!(self, "{run}").ok()?;
+        Some(&self.buf[..self.len])
+    }
+}
+
+impl std::fmt::Write for RunText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Lowercase hex of 32 bytes, as `hex::encode` spells it.
+fn lower_hex_32(bytes: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    out
 }
 
 /// Lowercase hex of SHA-256 over `domain` followed by each field as an 8-byte big-endian
 /// length and its bytes: the hash of an audit entry, for any chain with its own domain tag.
 pub(crate) fn domain_hash(domain: &[u8], fields: &[&[u8]]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(domain);
+    hex::encode(domain_digest(domain, fields))
+}
+
+/// The SHA-256 [`domain_hash`] spells in hex. The framed bytes are gathered into a few whole
+/// blocks before they are hashed, rather than handed over a field at a time.
+fn domain_digest(domain: &[u8], fields: &[&[u8]]) -> [u8; 32] {
+    let mut framed = Framed {
+        hasher: Sha256::new(),
+        buf: [0; FRAMED_BUFFER_BYTES],
+        len: 0,
+    };
+    framed.put(domain);
     for field in fields {
-        hasher.update((field.len() as u64).to_be_bytes());
-        hasher.update(field);
+        framed.put(&(field.len() as u64).to_be_bytes());
+        framed.put(field);
     }
-    hex::encode(hasher.finalize())
+    framed.hasher.update(&framed.buf[..framed.len]);
+    framed.hasher.finalize().into()
+}
+
+/// The bytes [`Framed`] gathers before hashing them: four SHA-256 blocks.
+const FRAMED_BUFFER_BYTES: usize = 256;
+
+/// A SHA-256 fed through a buffer.
+struct Framed {
+    hasher: Sha256,
+    buf: [u8; FRAMED_BUFFER_BYTES],
+    len: usize,
+}
+
+impl Framed {
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
+        } else {
+            self.hasher.update(&self.buf[..self.len]);
+            self.len = 0;
+            self.hasher.update(bytes);
+        }
+    }
 }
 
 /// Verifies consecutive entries of one tenant's chain whose first entry should follow a head
@@ -171,19 +319,36 @@ impl ChainCursor {
                 e.tenant
             )));
         }
-        if e.prev_hash != self.head {
-            return Err(bad(
-                "prev_hash does not match the hash of the entry before".into()
-            ));
-        }
-        if entry_hash(e) != e.hash {
-            return Err(bad("stored hash does not match the entry's contents".into()));
-        }
+        link_error(&HashInput::of(e), &e.hash, &self.head).map_err(|r| bad(r.into()))?;
         self.head.clone_from(&e.hash);
         self.next_seq = e.seq.checked_add(1);
         self.tenant.get_or_insert_with(|| e.tenant.clone());
         Ok(())
     }
+}
+
+/// Why an entry with the fields `e` and the stored hash `hash` does not follow a head of
+/// `head`: its `prev_hash` names another head, or `hash` is not its hash.
+fn link_error(e: &HashInput<'_>, hash: &str, head: &str) -> Result<(), &'static str> {
+    if e.prev_hash != head {
+        return Err("prev_hash does not match the hash of the entry before");
+    }
+    if !e.hash_is(hash) {
+        return Err("stored hash does not match the entry's contents");
+    }
+    Ok(())
+}
+
+/// [`verify_entries`] of the one entry with the fields `e` and the stored hash `hash`, after a
+/// head of `head`, without building an [`AuditEntry`]. On success the new head is `hash`.
+pub(crate) fn verify_link(e: &HashInput<'_>, hash: &str, head: &str) -> Result<(), ChainBreak> {
+    let bad = |reason: String| ChainBreak { seq: e.seq, reason };
+    if head == GENESIS_HASH && e.seq != 1 {
+        return Err(bad(
+            "expected seq 1; an entry is missing or moved".to_owned()
+        ));
+    }
+    link_error(e, hash, head).map_err(|r| bad(r.to_owned()))
 }
 
 /// How a bound body's stored text starts: `bound:1:<salt, 32 hex>:<digest, 64 hex>:` and then
@@ -201,13 +366,17 @@ struct Bound<'a> {
 
 /// Lowercase hex SHA-256 of the domain tag, the salt and the clear body.
 fn body_digest(salt: &[u8; 16], plain: &str) -> String {
-    hex::encode(
-        Sha256::new()
-            .chain_update(BODY_DIGEST_DOMAIN)
-            .chain_update(salt)
-            .chain_update(plain.as_bytes())
-            .finalize(),
-    )
+    hex::encode(body_digest_bytes(salt, plain))
+}
+
+/// The SHA-256 [`body_digest`] spells in hex.
+fn body_digest_bytes(salt: &[u8; 16], plain: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(BODY_DIGEST_DOMAIN)
+        .chain_update(salt)
+        .chain_update(plain.as_bytes())
+        .finalize()
+        .into()
 }
 
 /// The stored text of a body sealed as `sealed`: a fresh salt and the digest before it.
@@ -231,9 +400,10 @@ fn split_bound(stored: &str) -> Option<Bound<'_>> {
     if !lower(salt, 32) || !lower(digest, 64) {
         return None;
     }
-    let salt: [u8; 16] = hex::decode(salt).ok()?.try_into().ok()?;
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(salt, &mut bytes).ok()?;
     Some(Bound {
-        salt,
+        salt: bytes,
         digest,
         sealed,
     })
@@ -246,7 +416,11 @@ pub fn bound_body_matches(stored: &str, plain: &str) -> Option<bool> {
     if !stored.starts_with(BOUND_PREFIX) {
         return None;
     }
-    Some(split_bound(stored).is_some_and(|b| body_digest(&b.salt, plain) == b.digest))
+    Some(
+        split_bound(stored).is_some_and(|b| {
+            b.digest.as_bytes() == lower_hex_32(&body_digest_bytes(&b.salt, plain))
+        }),
+    )
 }
 
 #[derive(FromRow)]
@@ -662,6 +836,80 @@ mod tests {
         shifted.kind = "run.ste".into();
         shifted.actor = "psteward".into();
         assert_ne!(entry_hash(&shifted), entry_hash(e));
+    }
+
+    #[test]
+    fn numbers_and_run_ids_are_spelled_as_to_string_spells_them() {
+        for n in [0, 1, 9, 10, 99, 1_700_000_000_000, u64::MAX] {
+            let mut buf = [0u8; DECIMAL_BYTES];
+            assert_eq!(decimal(n, false, &mut buf), n.to_string().as_bytes());
+        }
+        for n in [0, -1, 1, -10, 1_700_000_000_000, i64::MIN, i64::MAX] {
+            let mut buf = [0u8; DECIMAL_BYTES];
+            let text = decimal(n.unsigned_abs(), n < 0, &mut buf);
+            assert_eq!(text, n.to_string().as_bytes());
+        }
+        let run = RunId::new();
+        assert_eq!(RunText::new().spell(run), Some(run.to_string().as_bytes()));
+        let digest = [0xa5; 32];
+        assert_eq!(
+            lower_hex_32(&digest).as_slice(),
+            hex::encode(digest).as_bytes()
+        );
+    }
+
+    #[test]
+    fn fields_longer_than_the_buffer_hash_as_when_streamed() {
+        for body_len in [0, 100, 200, 255, 256, 257, 1000, 70_000] {
+            let mut e = chain("us-acme", &["x".repeat(body_len)])[0].clone();
+            e.at = -5;
+            let mut manual = Sha256::new();
+            manual.update(b"steward-audit-v1");
+            let run = e.run_id.unwrap().to_string();
+            for field in [
+                "us-acme",
+                "1",
+                "-5",
+                "run.step",
+                &run,
+                "steward",
+                &e.body,
+                GENESIS_HASH,
+            ] {
+                manual.update((field.len() as u64).to_be_bytes());
+                manual.update(field.as_bytes());
+            }
+            let want = hex::encode(manual.finalize());
+            assert_eq!(entry_hash(&e), want, "{body_len}");
+            assert!(HashInput::of(&e).hash_is(&want));
+            assert!(!HashInput::of(&e).hash_is(&want.to_ascii_uppercase()));
+            assert!(!HashInput::of(&e).hash_is(&want[1..]));
+        }
+    }
+
+    #[test]
+    fn one_link_verifies_as_verify_entries_does() {
+        let entries = chain("us-acme", &bodies(3));
+        let link = |e: &AuditEntry, head: &str| {
+            verify_link(&HashInput::of(e), &e.hash, head).map_err(|b| (b.seq, b.reason))
+        };
+        let whole = |e: &AuditEntry, head: &str| {
+            verify_entries(std::iter::once(e), head)
+                .map(|_| ())
+                .map_err(|b| (b.seq, b.reason))
+        };
+        let mut bad_hash = entries[1].clone();
+        bad_hash.hash = "f".repeat(64);
+        for (e, head) in [
+            (&entries[0], GENESIS_HASH),
+            (&entries[1], entries[0].hash.as_str()),
+            (&entries[1], GENESIS_HASH),
+            (&entries[2], entries[0].hash.as_str()),
+            (&bad_hash, entries[0].hash.as_str()),
+        ] {
+            assert_eq!(link(e, head), whole(e, head));
+        }
+        assert!(link(&entries[1], GENESIS_HASH).is_err());
     }
 
     #[test]

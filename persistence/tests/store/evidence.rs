@@ -503,4 +503,6 @@ fn a_million_entry_bundle() {
     let bytes = std::fs::metadata(b.join(bundle::AUDIT_FILE)).unwrap().len();
     assert_eq!(report.entries, 1_000_000);
     println!("1000000 entries, audit.jsonl {bytes} bytes: write {written:?}, verify {verified:?}");
+    let rate = report.entries as f64 / verified.as_secs_f64();
+    println!("verify rate: {rate:.0} entries/s");
 }
