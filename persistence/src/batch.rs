@@ -177,10 +177,11 @@ impl Store {
         }
     }
 
-    /// Takes `reservations` inside `tx`, each under its own savepoint, tenant by tenant (in
-    /// tenant order, which on PostgreSQL names the tenant for row-level security): a tenant
-    /// that is not registered is NotFound for each of its reservations, and the tenant's
-    /// windows older than two days are removed once. The error is the transaction's.
+    /// Takes `reservations` inside `tx`, tenant by tenant (in tenant order, which on
+    /// PostgreSQL names the tenant for row-level security), each under its own savepoint where
+    /// one is needed: a tenant that is not registered is NotFound for each of its
+    /// reservations, and the tenant's old windows are removed when due. The error is the
+    /// transaction's.
     async fn take_reservations(
         &self,
         tx: &mut WriteTx,
@@ -192,9 +193,26 @@ impl Store {
         for (i, job) in reservations.iter().enumerate() {
             by_tenant.entry(job.scope.id()).or_default().push(i);
         }
+        // SQLite checks every tenant of the batch with one statement; PostgreSQL names each
+        // tenant for row-level security and checks it then.
+        let postgres = self.is_postgres();
+        let known = if postgres {
+            None
+        } else {
+            let tenants: Vec<&str> = by_tenant.keys().copied().collect();
+            Some(self.registered_tenants(tx, &tenants).await?)
+        };
         for group in by_tenant.into_values() {
             let scope = &reservations[group[0]].scope;
-            if let Err(e) = self.enter_meters(tx, scope).await {
+            let entered = match &known {
+                None => self.enter_tenant(tx, scope).await,
+                Some(known) if known.contains(scope.id()) => Ok(()),
+                Some(_) => Err(StoreError::NotFound(format!(
+                    "tenant `{}` is not registered",
+                    scope.tenant()
+                ))),
+            };
+            if let Err(e) = entered {
                 if matches!(e, StoreError::NotFound(_)) {
                     for i in group {
                         results[i] = Some(Err(shared_error(&e)));
@@ -203,14 +221,23 @@ impl Store {
                 }
                 return Err(e);
             }
+            self.prune_meters_when_due(tx, scope).await?;
             for i in group {
                 let job = &reservations[i];
-                savepoint(tx, &format!("SAVEPOINT {RESERVE}")).await?;
-                let taken = self.reserve_in(tx, &job.scope, &job.asks).await;
-                if !matches!(taken, Ok(Reservation::Granted)) {
-                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {RESERVE}")).await?;
+                // One conditional upsert is all or nothing by itself, and on SQLite a failed
+                // statement undoes only itself; several asks, or PostgreSQL (where an error
+                // aborts the transaction), need a savepoint to undo back to.
+                let guarded = postgres || job.asks.len() > 1;
+                if guarded {
+                    savepoint(tx, &format!("SAVEPOINT {RESERVE}")).await?;
                 }
-                savepoint(tx, &format!("RELEASE SAVEPOINT {RESERVE}")).await?;
+                let taken = self.reserve_in(tx, &job.scope, &job.asks).await;
+                if guarded {
+                    if !matches!(taken, Ok(Reservation::Granted)) {
+                        savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {RESERVE}")).await?;
+                    }
+                    savepoint(tx, &format!("RELEASE SAVEPOINT {RESERVE}")).await?;
+                }
                 results[i] = Some(match taken {
                     Ok(Reservation::Refused { meter, .. }) => {
                         let ask = job.asks.iter().find(|a| a.meter == meter);

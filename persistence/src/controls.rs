@@ -32,6 +32,9 @@ use crate::{AuditDraft, Authenticator, Store, StoreError, TenantScope};
 /// How long a meter's windows are kept after they start: longer than the longest window.
 const METER_RETENTION_MS: i64 = 2 * 86_400_000;
 
+/// How often, by the store's clock, one process removes a tenant's expired meter windows.
+const METER_PRUNE_EVERY_MS: i64 = 10 * 60_000;
+
 /// A pause of writes, on the platform (`tenant` None) or for one tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WritePause {
@@ -311,7 +314,8 @@ impl Store {
 
     /// Adds each ask's amount to its meter, all or none, in one transaction (see the module
     /// docs for why concurrent reservations cannot overdraw a meter). Windows of the tenant
-    /// older than two days are removed in the same transaction. Reservations share the intake
+    /// older than two days are removed in the same transaction when ten minutes of the
+    /// store's clock have passed since this process last removed them. Reservations share the intake
     /// batcher's transactions and commits, each under a savepoint of its own: every run
     /// takes one as it starts, and a commit each would cap how fast runs start.
     pub async fn reserve_budget(
@@ -327,20 +331,58 @@ impl Store {
         self.submit_reservation(scope, asks).await
     }
 
-    /// Names the scope's tenant in `tx` (NotFound when it is not registered) and removes its
-    /// meter windows older than two days: what a batch does once per tenant before taking
-    /// that tenant's reservations.
-    pub(crate) async fn enter_meters(
+    /// Which of `tenants` are registered, with one statement (SQLite: no tenant need be named
+    /// for row-level security).
+    pub(crate) async fn registered_tenants(
+        &self,
+        tx: &mut WriteTx,
+        tenants: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if tenants.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let list = (1..=tenants.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT id FROM tenants WHERE id IN ({list})");
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for tenant in tenants {
+            query = query.bind(*tenant);
+        }
+        Ok(query.fetch_all(&mut **tx).await?.into_iter().collect())
+    }
+
+    /// Removes the scope's tenant's meter windows older than two days, at most once every
+    /// [`METER_PRUNE_EVERY_MS`] of the store's clock per tenant and process: old windows are
+    /// never read, so pruning on every reservation would only cost the batch a statement per
+    /// tenant.
+    pub(crate) async fn prune_meters_when_due(
         &self,
         tx: &mut WriteTx,
         scope: &TenantScope,
     ) -> Result<(), StoreError> {
-        self.enter_tenant(tx, scope).await?;
-        sqlx::query("DELETE FROM budget_meters WHERE tenant_id = $1 AND window_start < $2")
-            .bind(scope.id())
-            .bind(self.now() - METER_RETENTION_MS)
-            .execute(&mut **tx)
-            .await?;
+        let now = self.now();
+        let due = {
+            let mut pruned = self
+                .meters_pruned()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = pruned
+                .get(scope.id())
+                .is_none_or(|&at| now < at || now - at >= METER_PRUNE_EVERY_MS);
+            if due {
+                pruned.insert(scope.id().to_owned(), now);
+            }
+            due
+        };
+        if due {
+            sqlx::query("DELETE FROM budget_meters WHERE tenant_id = $1 AND window_start < $2")
+                .bind(scope.id())
+                .bind(now - METER_RETENTION_MS)
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(())
     }
 

@@ -133,6 +133,8 @@ struct Inner {
     fencing: std::sync::OnceLock<Arc<dyn crate::leases::Fencing>>,
     /// The service role's URL on PostgreSQL, for the connection that listens for wake-ups.
     listen_url: std::sync::OnceLock<SecretString>,
+    /// When this process last removed each tenant's expired meter windows (store clock, ms).
+    meters_pruned: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// The pragmas every SQLite connection runs with; readers add `query_only`.
@@ -247,6 +249,7 @@ impl Store {
             content: crate::content::ContentKeys::new(),
             fencing: std::sync::OnceLock::new(),
             listen_url: std::sync::OnceLock::new(),
+            meters_pruned: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let batcher = Store {
             inner: Arc::new(inner),
@@ -317,6 +320,13 @@ impl Store {
     /// The content master key and data key cache.
     pub(crate) fn content_keys(&self) -> &crate::content::ContentKeys {
         &self.inner.content
+    }
+
+    /// When this process last removed each tenant's expired meter windows.
+    pub(crate) fn meters_pruned(
+        &self,
+    ) -> &std::sync::Mutex<std::collections::HashMap<String, i64>> {
+        &self.inner.meters_pruned
     }
 
     /// The signal behind [`Store::timer_set`].
