@@ -278,8 +278,11 @@ impl Store {
                     return Ok(results);
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, runs = runs.len(),
-                        "an intake batch could not be written together; writing its runs one by one");
+                    tracing::debug!(
+                        error = %e,
+                        runs = runs.len(),
+                        "an intake batch could not be written together; writing its runs one by one"
+                    );
                     savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {TOGETHER}")).await?;
                     savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
                 }

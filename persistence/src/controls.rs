@@ -315,9 +315,9 @@ impl Store {
     /// Adds each ask's amount to its meter, all or none, in one transaction (see the module
     /// docs for why concurrent reservations cannot overdraw a meter). Windows of the tenant
     /// older than two days are removed in the same transaction when ten minutes of the
-    /// store's clock have passed since this process last removed them. Reservations share the intake
-    /// batcher's transactions and commits, each under a savepoint of its own: every run
-    /// takes one as it starts, and a commit each would cap how fast runs start.
+    /// store's clock have passed since this process last removed them. Reservations share the
+    /// intake batcher's transactions and commits, under a savepoint where one is needed: every
+    /// run takes one as it starts, and a commit each would cap how fast runs start.
     pub async fn reserve_budget(
         &self,
         scope: &TenantScope,

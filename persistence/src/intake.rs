@@ -140,18 +140,7 @@ impl Store {
             if let Some(existing) = claimed {
                 // A copy of a change another run deals with: this delivery now names that
                 // run, so its redeliveries are answered the same way.
-                if let Some(delivery_id) = &run.delivery_id {
-                    sqlx::query(
-                        "UPDATE deliveries SET run_id = $1 WHERE tenant_id = $2 AND source = $3 \
-                         AND delivery_id = $4",
-                    )
-                    .bind(existing.to_string())
-                    .bind(scope.id())
-                    .bind(run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str))
-                    .bind(delivery_id)
-                    .execute(&mut **tx)
-                    .await?;
-                }
+                point_delivery_at(tx, scope, run, existing).await?;
                 return Ok(IntakeOutcome::Duplicate(existing));
             }
         }
@@ -264,6 +253,30 @@ impl Store {
         .await?;
         codec::run_id(&existing).map(Some)
     }
+}
+
+/// Makes `run`'s delivery (if it has one) name `existing`, the run that deals with its incident
+/// change, so that its redeliveries are answered with that run.
+async fn point_delivery_at(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+    run: &NewRun,
+    existing: RunId,
+) -> Result<(), StoreError> {
+    let Some(delivery_id) = &run.delivery_id else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE deliveries SET run_id = $1 WHERE tenant_id = $2 AND source = $3 \
+         AND delivery_id = $4",
+    )
+    .bind(existing.to_string())
+    .bind(scope.id())
+    .bind(run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str))
+    .bind(delivery_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// What became of one run of a batch: its outcome, or its own error (the others unaffected).
@@ -431,19 +444,7 @@ impl Store {
             .collect();
         for (job, existing) in self.claim_all(tx, runs, &changes).await? {
             let (scope, valid) = runs[job];
-            let run = &valid.run;
-            if let Some(delivery_id) = &run.delivery_id {
-                sqlx::query(
-                    "UPDATE deliveries SET run_id = $1 WHERE tenant_id = $2 AND source = $3 \
-                     AND delivery_id = $4",
-                )
-                .bind(existing.to_string())
-                .bind(scope.id())
-                .bind(run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str))
-                .bind(delivery_id)
-                .execute(&mut **tx)
-                .await?;
-            }
+            point_delivery_at(tx, scope, &valid.run, existing).await?;
             results[job] = Some(Ok(IntakeOutcome::Duplicate(existing)));
         }
         live.retain(|&i| results[i].is_none());

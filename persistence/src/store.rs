@@ -391,16 +391,9 @@ impl Store {
         scope: &TenantScope,
         run: ValidRun,
     ) -> Result<crate::IntakeOutcome, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = IntakeJob {
-            scope: scope.clone(),
-            run,
-            reply,
-        };
-        self.intake.submit(Job::Intake(Box::new(job))).await?;
-        answer
+        let scope = scope.clone();
+        self.ask_batcher(|reply| Job::Intake(Box::new(IntakeJob { scope, run, reply })))
             .await
-            .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))?
     }
 
     /// Hands a budget reservation (asks checked, in meter order) to the batcher and waits for
@@ -410,13 +403,19 @@ impl Store {
         scope: &TenantScope,
         asks: Vec<crate::MeterAsk>,
     ) -> Result<crate::Reservation, StoreError> {
+        let scope = scope.clone();
+        self.ask_batcher(|reply| Job::Reserve(ReserveJob { scope, asks, reply }))
+            .await
+    }
+
+    /// Hands the batcher the job `make` builds around a reply channel, and waits for its
+    /// answer.
+    async fn ask_batcher<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = ReserveJob {
-            scope: scope.clone(),
-            asks,
-            reply,
-        };
-        self.intake.submit(Job::Reserve(job)).await?;
+        self.intake.submit(make(reply)).await?;
         answer
             .await
             .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))?

@@ -1391,7 +1391,9 @@ mod tests {
         }
 
         #[test]
-        fn the_word_scans_find_what_a_byte_scan_finds(hay in prop::collection::vec(any::<u8>(), 0..80)) {
+        fn the_word_scans_find_what_a_byte_scan_finds(
+            hay in prop::collection::vec(any::<u8>(), 0..80)
+        ) {
             prop_assert_eq!(find_string_stop(&hay), naive_stop(&hay));
             prop_assert_eq!(find_byte(b'\n', &hay), hay.iter().position(|&b| b == b'\n'));
         }
