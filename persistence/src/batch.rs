@@ -1,11 +1,12 @@
-//! Group commit for intake. Concurrent [`Store::record_intake`] calls hand their validated run to
-//! one batcher task, which writes whatever is pending in one write transaction and commits
-//! once: with multi-row statements for the whole batch when it can
-//! ([`Store::intake_together`]), else each run under a savepoint of its own. Budget
-//! reservations ([`Store::reserve_budget`], one per starting run) ride in the same
-//! transactions, each under a savepoint of its own. Every caller is answered only after the commit
-//! that covers its run has returned, so no caller hears of a write that is not durable, and
-//! one fsync serves the whole batch.
+//! Group commit for the many small writes of intake and of running runs. Concurrent
+//! [`Store::record_intake`] calls hand their validated run to one batcher task, which writes
+//! whatever is pending in one write transaction and commits once: with multi-row statements for
+//! the whole batch when it can ([`Store::intake_together`]), else each run under a savepoint of
+//! its own. Budget reservations ([`Store::reserve_budget`], one per starting run) ride in the
+//! same transactions, and so, on SQLite, do journal steps ([`Store::append_step`]), each under a
+//! savepoint of its own. Every caller is answered only after the commit that covers its write
+//! has returned, so no caller hears of a write that is not durable, and one fsync serves the
+//! whole batch.
 
 use std::sync::Mutex;
 
@@ -14,8 +15,9 @@ use tokio::task::JoinHandle;
 
 use crate::controls::{MeterAsk, Reservation};
 use crate::intake::{IntakeOutcome, ValidRun, keys_distinct};
+use crate::runs::Fence;
 use crate::store::WriteTx;
-use crate::{Store, StoreError, TenantScope};
+use crate::{StepWrite, Store, StoreError, TenantScope};
 
 /// The most runs one transaction writes.
 const MAX_BATCH: usize = 256;
@@ -32,6 +34,9 @@ const TOGETHER: &str = "intake_batch";
 /// The savepoint each budget reservation of a batch is taken under.
 const RESERVE: &str = "reserve_job";
 
+/// The savepoint each journal step of a batch is written under.
+const STEP: &str = "step_job";
+
 /// One validated run waiting to be written, and where to send what became of it.
 pub(crate) struct IntakeJob {
     pub(crate) scope: TenantScope,
@@ -47,11 +52,22 @@ pub(crate) struct ReserveJob {
     pub(crate) reply: oneshot::Sender<Result<Reservation, StoreError>>,
 }
 
-/// What the batcher writes: new runs, and the budget reservations each run takes as it starts.
-/// Both are many small writes that would each cost a commit of their own.
+/// One journal step waiting to be written (with the lease it must still be under, for a run
+/// this node owns), and where to send what became of it.
+pub(crate) struct StepJob {
+    pub(crate) scope: TenantScope,
+    pub(crate) step: StepWrite,
+    pub(crate) fence: Option<Fence>,
+    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What the batcher writes: new runs, the budget reservations each run takes as it starts, and
+/// the steps runs record as they go. All are many small writes that would each cost a commit
+/// of their own.
 pub(crate) enum Job {
     Intake(Box<IntakeJob>),
     Reserve(ReserveJob),
+    Step(Box<StepJob>),
 }
 
 /// The handle on a store's batcher task: its queue and the task itself. A store that is the
@@ -102,6 +118,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The jobs of one batch, by kind.
+#[derive(Default)]
+struct Batch {
+    runs: Vec<IntakeJob>,
+    reservations: Vec<ReserveJob>,
+    steps: Vec<StepJob>,
+}
+
 /// A written run waiting for its batch's commit.
 type Pending = (
     oneshot::Sender<Result<IntakeOutcome, StoreError>>,
@@ -115,36 +139,50 @@ impl Store {
     async fn run_batcher(self, mut receiver: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         while receiver.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-            let (mut runs, mut reservations) = (Vec::new(), Vec::new());
+            let mut batch = Batch::default();
             for job in jobs.drain(..) {
                 match job {
-                    Job::Intake(job) => runs.push(*job),
-                    Job::Reserve(job) => reservations.push(job),
+                    Job::Intake(job) => batch.runs.push(*job),
+                    Job::Reserve(job) => batch.reservations.push(job),
+                    Job::Step(job) => batch.steps.push(*job),
                 }
             }
-            self.write_batch(runs, reservations).await;
+            self.write_batch(batch).await;
         }
     }
 
-    /// Writes `runs` and takes `reservations` in one transaction and answers each: a run or
-    /// reservation that fails is rolled back alone and answered with its own error; the
-    /// others are answered after the commit, with their outcome or the commit's error.
-    async fn write_batch(&self, runs: Vec<IntakeJob>, reservations: Vec<ReserveJob>) {
-        let fail_every = |runs: Vec<IntakeJob>, reservations: Vec<ReserveJob>, e: &StoreError| {
+    /// Writes a batch's runs, reservations and steps in one transaction and answers each: a
+    /// job that fails is rolled back alone and answered with its own error; the others are
+    /// answered after the commit, with their outcome or the commit's error.
+    async fn write_batch(&self, batch: Batch) {
+        let Batch {
+            runs,
+            reservations,
+            steps,
+        } = batch;
+        let fail_every = |runs: Vec<IntakeJob>,
+                          reservations: Vec<ReserveJob>,
+                          steps: Vec<StepJob>,
+                          e: &StoreError| {
             fail_all(runs.into_iter().map(|job| job.reply), e);
             fail_all(reservations.into_iter().map(|job| job.reply), e);
+            fail_all(steps.into_iter().map(|job| job.reply), e);
         };
         let mut tx = match self.begin_write().await {
             Ok(tx) => tx,
-            Err(e) => return fail_every(runs, reservations, &e),
+            Err(e) => return fail_every(runs, reservations, steps, &e),
         };
         let written = match self.write_jobs(&mut tx, &runs).await {
             Ok(results) => results,
-            Err(e) => return fail_every(runs, reservations, &e),
+            Err(e) => return fail_every(runs, reservations, steps, &e),
         };
         let taken = match self.take_reservations(&mut tx, &reservations).await {
             Ok(results) => results,
-            Err(e) => return fail_every(runs, reservations, &e),
+            Err(e) => return fail_every(runs, reservations, steps, &e),
+        };
+        let stepped = match self.write_steps(&mut tx, &steps).await {
+            Ok(results) => results,
+            Err(e) => return fail_every(runs, reservations, steps, &e),
         };
         let mut pending: Vec<Pending> = Vec::with_capacity(runs.len());
         for (job, result) in runs.into_iter().zip(written) {
@@ -160,6 +198,13 @@ impl Store {
                 Err(e) => answer(job.reply, Err(e)),
             }
         }
+        let mut recorded = Vec::with_capacity(steps.len());
+        for (job, result) in steps.into_iter().zip(stepped) {
+            match result {
+                Ok(()) => recorded.push(job.reply),
+                Err(e) => answer(job.reply, Err(e)),
+            }
+        }
         match tx.commit().await {
             Ok(()) => {
                 for (reply, outcome) in pending {
@@ -168,13 +213,43 @@ impl Store {
                 for (reply, reservation) in held {
                     answer(reply, Ok(reservation));
                 }
+                for reply in recorded {
+                    answer(reply, Ok(()));
+                }
             }
             Err(e) => {
                 let e = StoreError::Db(e);
                 fail_all(pending.into_iter().map(|(reply, _)| reply), &e);
                 fail_all(held.into_iter().map(|(reply, _)| reply), &e);
+                fail_all(recorded, &e);
             }
         }
+    }
+
+    /// Writes `steps` inside `tx` in the order they came, each under its own savepoint (its
+    /// tenant named first, for PostgreSQL's row-level security): a step that fails, a journal
+    /// that moved on (Conflict) or a lost lease (Fenced), is undone and answered alone. Two
+    /// steps of one run in one batch are written in order, so the second sees the first. The
+    /// error is the transaction's.
+    async fn write_steps(
+        &self,
+        tx: &mut WriteTx,
+        steps: &[StepJob],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut results = Vec::with_capacity(steps.len());
+        for job in steps {
+            savepoint(tx, &format!("SAVEPOINT {STEP}")).await?;
+            self.set_tenant(tx, job.scope.id()).await?;
+            let result = self
+                .step_in(tx, &job.scope, &job.step, job.fence.as_ref())
+                .await;
+            if result.is_err() {
+                savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
+            }
+            savepoint(tx, &format!("RELEASE SAVEPOINT {STEP}")).await?;
+            results.push(result);
+        }
+        Ok(results)
     }
 
     /// Takes `reservations` inside `tx`, tenant by tenant (in tenant order, which on

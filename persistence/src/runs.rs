@@ -45,6 +45,14 @@ pub struct RunRecord {
     pub updated_at: i64,
 }
 
+/// The lease a step of an owned run must still be under when it commits: this node's name
+/// and the tenant's fencing token it holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Fence {
+    pub(crate) node: String,
+    pub(crate) token: i64,
+}
+
 /// A step to append, with everything that must commit with it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepWrite {
@@ -309,7 +317,7 @@ impl Store {
         scope: &TenantScope,
         step: StepWrite,
     ) -> Result<(), StoreError> {
-        self.write_step(scope, &step, false).await
+        self.write_step(scope, step, None).await
     }
 
     /// [`Store::append_step`] for the actor that owns the run: once [`Store::fence_with`] set
@@ -323,34 +331,62 @@ impl Store {
         scope: &TenantScope,
         step: StepWrite,
     ) -> Result<(), StoreError> {
-        self.write_step(scope, &step, true).await
+        let fence = match self.fencing() {
+            None => None,
+            Some(fencing) => {
+                let token = fencing.token(scope.tenant()).ok_or_else(|| {
+                    StoreError::Fenced(format!(
+                        "node `{}` holds no lease of tenant `{}`",
+                        fencing.node(),
+                        scope.tenant()
+                    ))
+                })?;
+                Some(Fence {
+                    node: fencing.node().to_owned(),
+                    token,
+                })
+            }
+        };
+        self.write_step(scope, step, fence).await
     }
 
+    /// Writes one step. On SQLite, whose one writer connection serializes every write anyway,
+    /// the step goes to the batcher and shares its commit with whatever else is pending (each
+    /// step under a savepoint of its own); on PostgreSQL, whose writers run side by side, it
+    /// is a transaction of its own.
     async fn write_step(
         &self,
         scope: &TenantScope,
-        step: &StepWrite,
-        fenced: bool,
+        step: StepWrite,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         self.content_key(scope).await?;
-        let mut tx = self.begin_write_as(scope).await?;
-        if let Some(fencing) = self.fencing().filter(|_| fenced) {
-            let token = fencing.token(scope.tenant()).ok_or_else(|| {
-                StoreError::Fenced(format!(
-                    "node `{}` holds no lease of tenant `{}`",
-                    fencing.node(),
-                    scope.tenant()
-                ))
-            })?;
-            self.check_fence(&mut tx, scope, fencing.node(), token)
-                .await?;
+        if !self.is_postgres() {
+            return self.submit_step(scope, step, fence).await;
         }
-        self.append_step_in(&mut tx, scope, step).await?;
+        let mut tx = self.begin_write_as(scope).await?;
+        self.step_in(&mut tx, scope, &step, fence.as_ref()).await?;
         tx.commit().await?;
         if !step.timers.is_empty() {
             self.timers_changed();
         }
         Ok(())
+    }
+
+    /// A step inside `tx`, in which the scope's tenant is set: the fence checked first when
+    /// there is one, then [`Store::append_step_in`].
+    pub(crate) async fn step_in(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        step: &StepWrite,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        if let Some(fence) = fence {
+            self.check_fence(tx, scope, &fence.node, fence.token)
+                .await?;
+        }
+        self.append_step_in(tx, scope, step).await
     }
 
     /// Every run, of every tenant, whose state is not one of `terminal_states`, oldest first

@@ -14,7 +14,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use steward_core::{Clock, SystemClock};
 
-use crate::batch::{IntakeJob, IntakeQueue, Job, ReserveJob};
+use crate::batch::{IntakeJob, IntakeQueue, Job, ReserveJob, StepJob};
 use crate::intake::ValidRun;
 use crate::{StoreError, TenantScope};
 
@@ -406,6 +406,31 @@ impl Store {
         let scope = scope.clone();
         self.ask_batcher(|reply| Job::Reserve(ReserveJob { scope, asks, reply }))
             .await
+    }
+
+    /// Hands a journal step to the batcher and waits for the answer it sends after the commit
+    /// that covers it; wakes the timer loop when the step set timers.
+    pub(crate) async fn submit_step(
+        &self,
+        scope: &TenantScope,
+        step: crate::StepWrite,
+        fence: Option<crate::runs::Fence>,
+    ) -> Result<(), StoreError> {
+        let scope = scope.clone();
+        let sets_timers = !step.timers.is_empty();
+        self.ask_batcher(|reply| {
+            Job::Step(Box::new(StepJob {
+                scope,
+                step,
+                fence,
+                reply,
+            }))
+        })
+        .await?;
+        if sets_timers {
+            self.timers_changed();
+        }
+        Ok(())
     }
 
     /// Hands the batcher the job `make` builds around a reply channel, and waits for its

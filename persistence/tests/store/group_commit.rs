@@ -10,7 +10,7 @@ use steward_persistence::{
 };
 use tokio::task::JoinSet;
 
-use crate::support::{T0_SECS, TestDb, new_run, register, scope};
+use crate::support::{T0_SECS, TestDb, new_run, register, scope, step};
 
 /// Longer than any of these tests needs; reaching it means something hangs.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -336,10 +336,78 @@ async fn reservations_share_a_batch_with_intakes_and_never_overdraw_a_meter() {
     assert_eq!((report.entries, report.first_bad), (21, None));
 }
 
+async fn steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alone() {
+    let db = TestDb::new().await;
+    let mut runs = Vec::new();
+    for i in 0..16 {
+        let tenant = if i % 4 == 0 { "eu-beta" } else { "us-acme" };
+        runs.push((tenant, db.intake(tenant).await));
+    }
+    let held = hold_writes(&db).await;
+    let mut set = JoinSet::new();
+    let mut spawn = |label: &'static str, tenant: &'static str, write| {
+        let store = db.store.clone();
+        set.spawn(async move { (label, store.append_step(&scope(tenant), write).await) });
+    };
+    // Every run but the third gets its next step; the first also gets one that expects a
+    // journal it does not have, and the third only one whose audit entry is invalid, which
+    // fails after its journal row and the run's update were written.
+    for (i, (tenant, run)) in runs.iter().enumerate() {
+        if i != 2 {
+            spawn("good", tenant, step(*run, 1, "triaging"));
+        }
+    }
+    spawn("stale", runs[0].0, step(runs[0].1, 7, "triaging"));
+    let mut invalid = step(runs[2].1, 1, "triaging");
+    invalid.audit[0].actor = String::new();
+    spawn("invalid", runs[2].0, invalid);
+    spawn("unknown", "us-acme", step(RunId::new(), 1, "triaging"));
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+
+    let mut good = 0;
+    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+        .await
+        .expect("every step is answered")
+    {
+        match joined.expect("a step task panicked") {
+            ("good", Ok(())) => good += 1,
+            ("stale", Err(StoreError::Conflict(_))) => {}
+            ("invalid", Err(StoreError::Invalid(_))) => {}
+            ("unknown", Err(StoreError::NotFound(_))) => {}
+            (label, other) => panic!("{label}: {other:?}"),
+        }
+    }
+    assert_eq!(good, 15);
+    for (i, (tenant, run)) in runs.iter().enumerate() {
+        let stored = db.store.run(&scope(tenant), *run).await.unwrap().unwrap();
+        let journal = db.store.steps(&scope(tenant), *run).await.unwrap();
+        if i == 2 {
+            assert_eq!(
+                (stored.steps, journal.len()),
+                (1, 1),
+                "the invalid step left nothing"
+            );
+        } else {
+            assert_eq!((stored.steps, stored.state.as_str()), (2, "triaging"));
+            assert_eq!(journal[1].kind, "step-1");
+        }
+    }
+    for (tenant, runs_of_tenant, steps) in [("us-acme", 12, 11), ("eu-beta", 4, 4)] {
+        let report = db.store.verify_audit(&scope(tenant)).await.unwrap();
+        assert_eq!(
+            (report.entries, report.first_bad),
+            (runs_of_tenant + steps, None),
+            "{tenant}: one entry per run and per step written"
+        );
+    }
+}
+
 crate::support::conformance!(
     two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains,
     the_same_delivery_many_times_in_one_batch_creates_one_run,
     an_intake_that_fails_inside_a_batch_does_not_fail_its_neighbours,
     closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answered,
     reservations_share_a_batch_with_intakes_and_never_overdraw_a_meter,
+    steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alone,
 );
