@@ -7,8 +7,15 @@
 //! savepoint of its own. Every caller is answered only after the commit that covers its write
 //! has returned, so no caller hears of a write that is not durable, and one fsync serves the
 //! whole batch.
+//!
+//! SQLite has one writer connection, so one batcher. PostgreSQL takes writers side by side, and
+//! a single batcher would spend most of its time waiting on round trips one after another; it
+//! runs several, each taking the next batch from the one queue. Their locks are taken in one
+//! order (tenant rows in tenant order, then meter rows in tenant and meter order) so that
+//! batches do not deadlock one another; a batch that still loses a deadlock, or a
+//! serialization failure, to another writer is undone whole and written again, once.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -70,22 +77,33 @@ pub(crate) enum Job {
     Step(Box<StepJob>),
 }
 
-/// The handle on a store's batcher task: its queue and the task itself. A store that is the
-/// batcher's own has neither.
+/// How many times a batch is written when another writer's deadlock or serialization failure
+/// undid it.
+const ATTEMPTS: u32 = 2;
+
+/// The queue the batchers take their jobs from, one batch at a time.
+type SharedQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
+
+/// The handle on a store's batcher tasks: their queue and the tasks themselves. A store that is
+/// the batchers' own has neither.
 #[derive(Debug, Default)]
 pub(crate) struct IntakeQueue {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl IntakeQueue {
-    /// Starts the batcher task of `store` (a handle without a queue of its own).
-    pub(crate) fn start(store: Store) -> Self {
+    /// Starts `batchers` (at least one) batcher tasks of `store` (a handle without a queue of
+    /// its own) on one queue.
+    pub(crate) fn start(store: Store, batchers: usize) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let worker = tokio::spawn(store.run_batcher(receiver));
+        let receiver: SharedQueue = Arc::new(tokio::sync::Mutex::new(receiver));
+        let workers = (0..batchers.max(1))
+            .map(|_| tokio::spawn(store.clone().run_batcher(Arc::clone(&receiver))))
+            .collect();
         Self {
             sender: Mutex::new(Some(sender)),
-            worker: Mutex::new(Some(worker)),
+            workers: Mutex::new(workers),
         }
     }
 
@@ -99,15 +117,15 @@ impl IntakeQueue {
             .map_err(|_| StoreError::Db(sqlx::Error::PoolClosed))
     }
 
-    /// Stops taking runs, lets the batcher write and answer every run already handed over,
-    /// and waits for it to end.
+    /// Stops taking jobs, lets the batchers write and answer every job already handed over,
+    /// and waits for them to end.
     pub(crate) async fn stop(&self) {
         drop(lock(&self.sender).take());
-        let worker = lock(&self.worker).take();
-        if let Some(worker) = worker
-            && let Err(e) = worker.await
-        {
-            tracing::error!(error = %e, "the intake batcher ended abnormally");
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for worker in workers {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "an intake batcher ended abnormally");
+            }
         }
     }
 }
@@ -126,19 +144,42 @@ struct Batch {
     steps: Vec<StepJob>,
 }
 
-/// A written run waiting for its batch's commit.
-type Pending = (
-    oneshot::Sender<Result<IntakeOutcome, StoreError>>,
-    IntakeOutcome,
-);
+/// What became of each job of a committed batch, in the batch's order.
+struct Written {
+    runs: Vec<Result<IntakeOutcome, StoreError>>,
+    reservations: Vec<Result<Reservation, StoreError>>,
+    steps: Vec<Result<(), StoreError>>,
+}
+
+/// Why a batch failed as a whole: before its commit, when the database undid all of it, or at
+/// its commit, whose outcome is then unknown (so it is never written again).
+enum BatchError {
+    Undone(StoreError),
+    Commit(StoreError),
+}
+
+/// A deadlock (PostgreSQL's 40P01) or serialization failure (40001): another writer won, the
+/// transaction was undone, and writing it again is the documented remedy.
+fn lost_to_another_writer(error: &StoreError) -> bool {
+    match error {
+        StoreError::Db(sqlx::Error::Database(e)) => {
+            matches!(e.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
 
 impl Store {
-    /// The batcher's loop: takes the first pending run, drains up to [`MAX_BATCH`], writes
-    /// them in one transaction, and repeats until every queue handle is gone and the queue is
-    /// empty.
-    async fn run_batcher(self, mut receiver: mpsc::Receiver<Job>) {
+    /// A batcher's loop: takes the first pending job, drains up to [`MAX_BATCH`], writes them
+    /// in one transaction, and repeats until every queue handle is gone and the queue is
+    /// empty. While one batcher writes, the next one waits for the next jobs.
+    async fn run_batcher(self, receiver: SharedQueue) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
-        while receiver.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        loop {
+            let taken = receiver.lock().await.recv_many(&mut jobs, MAX_BATCH).await;
+            if taken == 0 {
+                break;
+            }
             let mut batch = Batch::default();
             for job in jobs.drain(..) {
                 match job {
@@ -151,79 +192,73 @@ impl Store {
         }
     }
 
-    /// Writes a batch's runs, reservations and steps in one transaction and answers each: a
-    /// job that fails is rolled back alone and answered with its own error; the others are
-    /// answered after the commit, with their outcome or the commit's error.
+    /// Writes a batch's runs, reservations and steps in one transaction and answers each,
+    /// after the commit: a job that failed was rolled back alone and is answered with its own
+    /// error; the others with their outcome, or with the error that failed the whole batch.
     async fn write_batch(&self, batch: Batch) {
+        let mut attempt = 1;
+        let written = loop {
+            match self.try_batch(&batch).await {
+                Err(BatchError::Undone(e)) if attempt < ATTEMPTS && lost_to_another_writer(&e) => {
+                    tracing::debug!(error = %e, attempt, "a batch lost to another writer; writing it again");
+                    attempt += 1;
+                }
+                Err(BatchError::Undone(e) | BatchError::Commit(e)) => break Err(e),
+                Ok(written) => break Ok(written),
+            }
+        };
         let Batch {
             runs,
             reservations,
             steps,
         } = batch;
-        let fail_every = |runs: Vec<IntakeJob>,
-                          reservations: Vec<ReserveJob>,
-                          steps: Vec<StepJob>,
-                          e: &StoreError| {
-            fail_all(runs.into_iter().map(|job| job.reply), e);
-            fail_all(reservations.into_iter().map(|job| job.reply), e);
-            fail_all(steps.into_iter().map(|job| job.reply), e);
-        };
-        let mut tx = match self.begin_write().await {
-            Ok(tx) => tx,
-            Err(e) => return fail_every(runs, reservations, steps, &e),
-        };
-        let written = match self.write_jobs(&mut tx, &runs).await {
-            Ok(results) => results,
-            Err(e) => return fail_every(runs, reservations, steps, &e),
-        };
-        let taken = match self.take_reservations(&mut tx, &reservations).await {
-            Ok(results) => results,
-            Err(e) => return fail_every(runs, reservations, steps, &e),
-        };
-        let stepped = match self.write_steps(&mut tx, &steps).await {
-            Ok(results) => results,
-            Err(e) => return fail_every(runs, reservations, steps, &e),
-        };
-        let mut pending: Vec<Pending> = Vec::with_capacity(runs.len());
-        for (job, result) in runs.into_iter().zip(written) {
-            match result {
-                Ok(outcome) => pending.push((job.reply, outcome)),
-                Err(e) => answer(job.reply, Err(e)),
-            }
-        }
-        let mut held = Vec::with_capacity(reservations.len());
-        for (job, result) in reservations.into_iter().zip(taken) {
-            match result {
-                Ok(reservation) => held.push((job.reply, reservation)),
-                Err(e) => answer(job.reply, Err(e)),
-            }
-        }
-        let mut recorded = Vec::with_capacity(steps.len());
-        for (job, result) in steps.into_iter().zip(stepped) {
-            match result {
-                Ok(()) => recorded.push(job.reply),
-                Err(e) => answer(job.reply, Err(e)),
-            }
-        }
-        match tx.commit().await {
-            Ok(()) => {
-                for (reply, outcome) in pending {
-                    answer(reply, Ok(outcome));
-                }
-                for (reply, reservation) in held {
-                    answer(reply, Ok(reservation));
-                }
-                for reply in recorded {
-                    answer(reply, Ok(()));
-                }
-            }
+        let Written {
+            runs: run_results,
+            reservations: reservation_results,
+            steps: step_results,
+        } = match written {
+            Ok(written) => written,
             Err(e) => {
-                let e = StoreError::Db(e);
-                fail_all(pending.into_iter().map(|(reply, _)| reply), &e);
-                fail_all(held.into_iter().map(|(reply, _)| reply), &e);
-                fail_all(recorded, &e);
+                fail_all(runs.into_iter().map(|job| job.reply), &e);
+                fail_all(reservations.into_iter().map(|job| job.reply), &e);
+                fail_all(steps.into_iter().map(|job| job.reply), &e);
+                return;
             }
+        };
+        for (job, result) in runs.into_iter().zip(run_results) {
+            answer(job.reply, result);
         }
+        for (job, result) in reservations.into_iter().zip(reservation_results) {
+            answer(job.reply, result);
+        }
+        for (job, result) in steps.into_iter().zip(step_results) {
+            answer(job.reply, result);
+        }
+    }
+
+    /// One attempt at a batch: every job written in one transaction, which is committed.
+    async fn try_batch(&self, batch: &Batch) -> Result<Written, BatchError> {
+        let mut tx = self.begin_write().await.map_err(BatchError::Undone)?;
+        let runs = self
+            .write_jobs(&mut tx, &batch.runs)
+            .await
+            .map_err(BatchError::Undone)?;
+        let reservations = self
+            .take_reservations(&mut tx, &batch.reservations)
+            .await
+            .map_err(BatchError::Undone)?;
+        let steps = self
+            .write_steps(&mut tx, &batch.steps)
+            .await
+            .map_err(BatchError::Undone)?;
+        tx.commit()
+            .await
+            .map_err(|e| BatchError::Commit(StoreError::Db(e)))?;
+        Ok(Written {
+            runs,
+            reservations,
+            steps,
+        })
     }
 
     /// Writes `steps` inside `tx` in the order they came, each under its own savepoint (its
@@ -277,7 +312,12 @@ impl Store {
             let tenants: Vec<&str> = by_tenant.keys().copied().collect();
             Some(self.registered_tenants(tx, &tenants).await?)
         };
-        for group in by_tenant.into_values() {
+        for mut group in by_tenant.into_values() {
+            // Meter rows are locked in meter order across the tenant's reservations, as they
+            // are within each one (another batcher may be taking the same ones).
+            group.sort_by(|a, b| {
+                meter_order(&reservations[*a]).cmp(&meter_order(&reservations[*b]))
+            });
             let scope = &reservations[group[0]].scope;
             let entered = match &known {
                 None => self.enter_tenant(tx, scope).await,
@@ -363,11 +403,18 @@ impl Store {
                 }
             }
         }
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            results.push(self.write_job(tx, job).await?);
+        // One by one in tenant order, as the batch written together locks its tenants.
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|i| jobs[*i].scope.id());
+        let mut results: Vec<Option<Result<IntakeOutcome, StoreError>>> =
+            jobs.iter().map(|_| None).collect();
+        for i in order {
+            results[i] = Some(self.write_job(tx, &jobs[i]).await?);
         }
-        Ok(results)
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| StoreError::Corrupt("a run was left unwritten".into())))
+            .collect()
     }
 
     /// Writes one run under its own savepoint. The outer error means the transaction itself
@@ -386,6 +433,14 @@ impl Store {
         savepoint(tx, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
         Ok(result)
     }
+}
+
+/// The meters and windows a reservation asks, in the order it locks them.
+fn meter_order(job: &ReserveJob) -> Vec<(&str, i64)> {
+    job.asks
+        .iter()
+        .map(|ask| (ask.meter.as_str(), ask.window_start))
+        .collect()
 }
 
 async fn savepoint(tx: &mut WriteTx, sql: &str) -> Result<(), StoreError> {

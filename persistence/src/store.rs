@@ -74,17 +74,22 @@ pub struct PgOptions {
     pub migrate_url: Option<SecretString>,
     /// Size of the service pool (at least 1).
     pub max_connections: u32,
+    /// How many group-commit batchers write side by side (at least 1, at most half the pool:
+    /// each holds a connection while it writes a batch).
+    pub batchers: usize,
     /// The time source for every timestamp the store writes.
     pub clock: Arc<dyn Clock>,
 }
 
 impl PgOptions {
-    /// Defaults for the service role at `url`: no migrations, 8 connections, the system clock.
+    /// Defaults for the service role at `url`: no migrations, 8 connections, 4 batchers, the
+    /// system clock.
     pub fn new(url: SecretString) -> Self {
         Self {
             url,
             migrate_url: None,
             max_connections: 8,
+            batchers: 4,
             clock: Arc::new(SystemClock),
         }
     }
@@ -210,7 +215,14 @@ impl Store {
             .max_connections(opts.read_connections.max(1))
             .connect_with(connect)
             .await?;
-        Ok(Self::assemble(Backend::Sqlite, writer, reader, opts.clock))
+        // One writer connection: one batcher.
+        Ok(Self::assemble(
+            Backend::Sqlite,
+            writer,
+            reader,
+            opts.clock,
+            1,
+        ))
     }
 
     /// Opens a PostgreSQL store: applies migrations as the owner role when `migrate_url` is
@@ -230,7 +242,11 @@ impl Store {
             .max_connections(opts.max_connections.max(1))
             .connect_with(connect)
             .await?;
-        let store = Self::assemble(Backend::Postgres, pool.clone(), pool, opts.clock);
+        // Batchers write side by side, each on a connection of the pool while it writes; at
+        // most half the pool, so the rest is left to readers and other writes.
+        let half = usize::try_from(opts.max_connections / 2).unwrap_or(usize::MAX);
+        let batchers = opts.batchers.clamp(1, half.max(1));
+        let store = Self::assemble(Backend::Postgres, pool.clone(), pool, opts.clock, batchers);
         store.set_listen_url(opts.url.clone());
         Ok(store)
     }
@@ -239,7 +255,13 @@ impl Store {
         let _ = self.inner.listen_url.set(url);
     }
 
-    fn assemble(backend: Backend, writer: AnyPool, reader: AnyPool, clock: Arc<dyn Clock>) -> Self {
+    fn assemble(
+        backend: Backend,
+        writer: AnyPool,
+        reader: AnyPool,
+        clock: Arc<dyn Clock>,
+        batchers: usize,
+    ) -> Self {
         let inner = Inner {
             backend,
             writer,
@@ -257,7 +279,7 @@ impl Store {
         };
         Store {
             inner: Arc::clone(&batcher.inner),
-            intake: Arc::new(IntakeQueue::start(batcher)),
+            intake: Arc::new(IntakeQueue::start(batcher, batchers)),
         }
     }
 

@@ -403,6 +403,75 @@ async fn steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alo
     }
 }
 
+async fn intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock() {
+    let db = TestDb::new().await;
+    for tenant in &TENANTS[2..] {
+        register(&db.store, tenant).await;
+    }
+    for tenant in TENANTS {
+        db.intake(tenant).await;
+    }
+    let ask = |meter: &str| MeterAsk {
+        meter: meter.into(),
+        window_start: T0_SECS * 1000,
+        limit: 10,
+        amount: 1,
+    };
+    // Nothing holds the writer back: the batchers (four on PostgreSQL) take small batches side
+    // by side, and reservations that ask two meters ask them in both orders.
+    let runs = (0..300)
+        .map(|i| (TENANTS[i % 5], new_run(Some(&format!("msg_{i}")))))
+        .collect();
+    let intakes = spawn_intakes(&db.store, runs);
+    let mut asks = JoinSet::new();
+    for i in 0..150 {
+        let tenant = TENANTS[i % 5];
+        let wanted = match i % 3 {
+            0 => vec![ask("runs:a")],
+            1 => vec![ask("runs:a"), ask("runs:b")],
+            _ => vec![ask("runs:b"), ask("runs:a")],
+        };
+        let store = db.store.clone();
+        let both = wanted.len() == 2;
+        asks.spawn(async move {
+            let answer = store.reserve_budget(&scope(tenant), &wanted).await;
+            (tenant, both, answer)
+        });
+    }
+
+    for (tenant, run, outcome) in finish(intakes).await {
+        assert_eq!(created(&outcome), run.id, "{tenant}");
+    }
+    // Per tenant: reservations granted, and of them those that asked both meters.
+    let mut granted = std::collections::BTreeMap::<&str, (i64, i64)>::new();
+    while let Some(joined) = tokio::time::timeout(PATIENCE, asks.join_next())
+        .await
+        .expect("every reservation is answered")
+    {
+        match joined.expect("a reservation task panicked") {
+            (tenant, both, Ok(Reservation::Granted)) => {
+                let count = granted.entry(tenant).or_default();
+                count.0 += 1;
+                count.1 += i64::from(both);
+            }
+            (_, _, Ok(Reservation::Refused { .. })) => {}
+            (tenant, _, Err(e)) => panic!("{tenant}: {e}"),
+        }
+    }
+    for tenant in TENANTS {
+        let usage = db.store.budget_usage(&scope(tenant), 0).await.unwrap();
+        let used = |meter: &str| usage.iter().find(|u| u.meter == meter).map_or(0, |u| u.used);
+        let (all, both) = granted[tenant];
+        assert_eq!(
+            (used("runs:a"), used("runs:b"), all),
+            (10, both, 10),
+            "{tenant}: every grant took `runs:a`, those that asked both took `runs:b` too"
+        );
+        let report = db.store.verify_audit(&scope(tenant)).await.unwrap();
+        assert_eq!((report.entries, report.first_bad), (61, None), "{tenant}");
+    }
+}
+
 crate::support::conformance!(
     two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains,
     the_same_delivery_many_times_in_one_batch_creates_one_run,
@@ -410,4 +479,5 @@ crate::support::conformance!(
     closing_with_intakes_pending_answers_every_one_and_keeps_what_it_answered,
     reservations_share_a_batch_with_intakes_and_never_overdraw_a_meter,
     steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alone,
+    intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock,
 );

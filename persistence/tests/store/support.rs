@@ -326,7 +326,10 @@ pub(crate) async fn open_at(place: &Place, clock: &FixedClock, migrate: bool) ->
             let mut opts = PgOptions::new(SecretString::from(pg_url("steward_service", &db.name)));
             opts.migrate_url =
                 migrate.then(|| SecretString::from(pg_url("steward_owner", &db.name)));
-            opts.max_connections = 4;
+            // Four batchers, as in production, so that every PostgreSQL test writes through
+            // batchers side by side.
+            opts.max_connections = 8;
+            opts.batchers = 4;
             opts.clock = Arc::new(clock.clone());
             Store::open_postgres(opts).await.unwrap()
         }
