@@ -683,14 +683,18 @@ impl Store {
     /// never read the same head.
     /// Orders this transaction after every other one holding the tenant's lock (its row, on
     /// PostgreSQL; SQLite has one writer already). Audit appends take it, and so does every
-    /// write that numbers rows by `MAX + 1` (secret versions, the first data key).
+    /// write that numbers rows by `MAX + 1` (secret versions, the first data key). The row is
+    /// locked `FOR NO KEY UPDATE`, which excludes other holders of this lock as `FOR UPDATE`
+    /// would but not the key-share lock another transaction's foreign key takes on the row
+    /// (inserting a meter or a run of the tenant): that one would wait for this commit, and
+    /// two writers could each wait for the other.
     pub(crate) async fn lock_chain(
         &self,
         tx: &mut WriteTx,
         scope: &TenantScope,
     ) -> Result<(), StoreError> {
         if self.is_postgres() {
-            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
                 .bind(scope.id())
                 .fetch_optional(&mut **tx)
                 .await?;

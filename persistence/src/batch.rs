@@ -10,10 +10,12 @@
 //!
 //! SQLite has one writer connection, so one batcher. PostgreSQL takes writers side by side, and
 //! a single batcher would spend most of its time waiting on round trips one after another; it
-//! runs several, each taking the next batch from the one queue. Their locks are taken in one
-//! order (tenant rows in tenant order, then meter rows in tenant and meter order) so that
-//! batches do not deadlock one another; a batch that still loses a deadlock, or a
-//! serialization failure, to another writer is undone whole and written again, once.
+//! runs several, each with a queue of its own for its share of the tenants (by a hash of the
+//! tenant id). Their batches never touch one tenant's rows together, so they neither wait for
+//! nor deadlock one another. Within a batch, locks are taken in one order (tenant rows in
+//! tenant order, then meter rows in tenant and meter order); a batch that still loses a
+//! deadlock, or a serialization failure, to a writer outside the batchers is undone whole and
+//! written again, once.
 
 use std::sync::{Arc, Mutex};
 
@@ -81,36 +83,36 @@ pub(crate) enum Job {
 /// undid it.
 const ATTEMPTS: u32 = 2;
 
-/// The queue the batchers take their jobs from, one batch at a time.
-type SharedQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
-
-/// The handle on a store's batcher tasks: their queue and the tasks themselves. A store that is
-/// the batchers' own has neither.
+/// The handle on a store's batcher tasks: a queue for each, and the tasks themselves. A store
+/// that is the batchers' own has neither.
 #[derive(Debug, Default)]
 pub(crate) struct IntakeQueue {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    senders: Mutex<Option<Arc<[mpsc::Sender<Job>]>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl IntakeQueue {
     /// Starts `batchers` (at least one) batcher tasks of `store` (a handle without a queue of
-    /// its own) on one queue.
+    /// its own), each on a queue of its own.
     pub(crate) fn start(store: Store, batchers: usize) -> Self {
-        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let receiver: SharedQueue = Arc::new(tokio::sync::Mutex::new(receiver));
-        let workers = (0..batchers.max(1))
-            .map(|_| tokio::spawn(store.clone().run_batcher(Arc::clone(&receiver))))
-            .collect();
+        let (senders, workers): (Vec<_>, Vec<_>) = (0..batchers.max(1))
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+                (sender, tokio::spawn(store.clone().run_batcher(receiver)))
+            })
+            .unzip();
         Self {
-            sender: Mutex::new(Some(sender)),
+            senders: Mutex::new(Some(senders.into())),
             workers: Mutex::new(workers),
         }
     }
 
-    /// Hands `job` to the batcher; fails with a closed-pool error once the store is closed.
+    /// Hands `job` to the batcher of its tenant; fails with a closed-pool error once the
+    /// store is closed.
     pub(crate) async fn submit(&self, job: Job) -> Result<(), StoreError> {
-        let sender = lock(&self.sender).clone();
-        let sender = sender.ok_or(StoreError::Db(sqlx::Error::PoolClosed))?;
+        let senders = lock(&self.senders).clone();
+        let senders = senders.ok_or(StoreError::Db(sqlx::Error::PoolClosed))?;
+        let sender = &senders[share(job.tenant(), senders.len())];
         sender
             .send(job)
             .await
@@ -120,7 +122,7 @@ impl IntakeQueue {
     /// Stops taking jobs, lets the batchers write and answer every job already handed over,
     /// and waits for them to end.
     pub(crate) async fn stop(&self) {
-        drop(lock(&self.sender).take());
+        drop(lock(&self.senders).take());
         let workers = std::mem::take(&mut *lock(&self.workers));
         for worker in workers {
             if let Err(e) = worker.await {
@@ -128,6 +130,28 @@ impl IntakeQueue {
             }
         }
     }
+}
+
+impl Job {
+    /// The tenant whose rows the job writes.
+    fn tenant(&self) -> &str {
+        match self {
+            Job::Intake(job) => job.scope.id(),
+            Job::Reserve(job) => job.scope.id(),
+            Job::Step(job) => job.scope.id(),
+        }
+    }
+}
+
+/// Which of `batchers` queues takes `tenant`'s jobs: the same one for as long as the store is
+/// open (FNV-1a of the tenant id).
+fn share(tenant: &str, batchers: usize) -> usize {
+    let hash = tenant
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    usize::try_from(hash % batchers.max(1) as u64).unwrap_or(0)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,14 +196,10 @@ fn lost_to_another_writer(error: &StoreError) -> bool {
 impl Store {
     /// A batcher's loop: takes the first pending job, drains up to [`MAX_BATCH`], writes them
     /// in one transaction, and repeats until every queue handle is gone and the queue is
-    /// empty. While one batcher writes, the next one waits for the next jobs.
-    async fn run_batcher(self, receiver: SharedQueue) {
+    /// empty.
+    async fn run_batcher(self, mut receiver: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let taken = receiver.lock().await.recv_many(&mut jobs, MAX_BATCH).await;
-            if taken == 0 {
-                break;
-            }
+        while receiver.recv_many(&mut jobs, MAX_BATCH).await > 0 {
             let mut batch = Batch::default();
             for job in jobs.drain(..) {
                 match job {
@@ -504,6 +524,20 @@ mod tests {
             "{copy:?}"
         );
         assert!(copy.to_string().contains("disk I/O error"), "{copy}");
+    }
+
+    #[test]
+    fn a_tenant_always_goes_to_the_same_batcher_and_tenants_spread_over_all() {
+        let tenants: Vec<String> = (0..50).map(|i| format!("us-tenant-{i:02}")).collect();
+        let mut counts = [0_usize; 4];
+        for tenant in &tenants {
+            let at = share(tenant, 4);
+            assert_eq!(at, share(tenant, 4), "{tenant}");
+            counts[at] += 1;
+        }
+        assert!(counts.iter().all(|&n| n >= 5), "{counts:?}");
+        assert_eq!(share("us-acme", 1), 0);
+        assert_eq!(share("us-acme", 0), 0, "no batcher count is one queue");
     }
 
     #[test]

@@ -384,7 +384,7 @@ impl Store {
         tenants.sort_unstable();
         tenants.dedup();
         let lock = if self.is_postgres() {
-            " FOR UPDATE"
+            " FOR NO KEY UPDATE"
         } else {
             ""
         };

@@ -460,7 +460,12 @@ async fn intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlo
     }
     for tenant in TENANTS {
         let usage = db.store.budget_usage(&scope(tenant), 0).await.unwrap();
-        let used = |meter: &str| usage.iter().find(|u| u.meter == meter).map_or(0, |u| u.used);
+        let used = |meter: &str| {
+            usage
+                .iter()
+                .find(|u| u.meter == meter)
+                .map_or(0, |u| u.used)
+        };
         let (all, both) = granted[tenant];
         assert_eq!(
             (used("runs:a"), used("runs:b"), all),
