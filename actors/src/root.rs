@@ -408,28 +408,48 @@ impl Steward {
             Ok(sup) => {
                 let _ = sup.cast(TenantMsg::Wake(run_id));
             }
-            Err(reason) => {
-                error!(run.id = %run_id, %reason, "A run could not start.");
-                let scope = TenantScope::assume(tenant.clone(), Authenticator::RunResume);
-                if let Err(e) = fail_unstarted(&self.store, &scope, run_id, &reason).await {
-                    error!(run.id = %run_id, error = %e, "Recording the failure failed.");
-                }
-            }
+            Err(reason) => self.fail_to_start(tenant, run_id, &reason).await,
         }
     }
 
-    /// Resumes every unfinished run that `gate` lets this node own. Runs that wait (for a
-    /// person, or parked until a rate-limit window opens) are left passivated; their callback
-    /// or their timer wakes them. Returns how many were woken.
+    /// A run whose tenant cannot start (`reason`) is ended `failed` rather than left waiting.
+    async fn fail_to_start(&self, tenant: &TenantId, run_id: RunId, reason: &str) {
+        error!(run.id = %run_id, %reason, "A run could not start.");
+        let scope = TenantScope::assume(tenant.clone(), Authenticator::RunResume);
+        if let Err(e) = fail_unstarted(&self.store, &scope, run_id, reason).await {
+            error!(run.id = %run_id, error = %e, "Recording the failure failed.");
+        }
+    }
+
+    /// Resumes every unfinished run that `gate` lets this node own. Runs that wait for a
+    /// person are left passivated: their callback or their timer wakes them. Parked runs are
+    /// woken with the rest (their wait was for writes to resume, and a new process starts with
+    /// writes going), so boot reads the unfinished runs once. Each tenant's supervisor is
+    /// looked up once, not once per run. Returns how many were woken.
     pub async fn resume(&self, gate: &dyn ResumeGate) -> Result<usize, StoreError> {
         let runs = self.store.unfinished_runs(states::TERMINAL).await?;
+        let mut supervisors: HashMap<TenantId, Result<ActorRef<TenantMsg>, String>> =
+            HashMap::new();
         let mut woken = 0;
         for (tenant, run_id, state) in runs {
-            let waiting = state == states::AWAITING_APPROVAL || state == states::PARKED;
-            if !gate.may_own(&tenant) || waiting {
+            if !gate.may_own(&tenant) || state == states::AWAITING_APPROVAL {
                 continue;
             }
-            self.wake(&tenant, run_id).await;
+            if !self.owns(&tenant) {
+                self.wake(&tenant, run_id).await;
+                woken += 1;
+                continue;
+            }
+            if !supervisors.contains_key(&tenant) {
+                let supervisor = self.tenant(&tenant).await;
+                supervisors.insert(tenant.clone(), supervisor);
+            }
+            match &supervisors[&tenant] {
+                Ok(sup) if sup.cast(TenantMsg::Wake(run_id)).is_ok() => {}
+                // A supervisor that stopped since it was looked up is started again.
+                Ok(_) => self.wake_here(&tenant, run_id).await,
+                Err(reason) => self.fail_to_start(&tenant, run_id, reason).await,
+            }
             woken += 1;
         }
         info!(woken, "Resumed unfinished runs.");

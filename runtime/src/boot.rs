@@ -277,17 +277,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .map_err(|e| anyhow::anyhow!("starting the actor system: {e}"))?;
     // In a cluster this node holds no lease yet: its keeper's rounds resume the runs of the
     // tenants it takes.
+    // A run held while writes were paused needs a wake-up once they resume; resuming writes
+    // wakes the parked runs, and so does this, in case the process stopped in between.
     let woken = steward
         .resume(steward.gate())
         .await
         .context("resuming unfinished runs")?;
-    // A run held while writes were paused needs a wake-up once they resume; resuming wakes
-    // the parked runs, and so does boot, in case the process stopped in between.
-    let woken = woken
-        + steward
-            .wake_parked(None, steward.gate())
-            .await
-            .context("waking parked runs")?;
     // The catch-up pass starts once unfinished runs are resumed, so its runs join them.
     let catchup = opts.catchup.map(|options| {
         steward_actors::catchup::Catchup::new(
