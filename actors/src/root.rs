@@ -423,34 +423,38 @@ impl Steward {
 
     /// Resumes every unfinished run that `gate` lets this node own. Runs that wait for a
     /// person are left passivated: their callback or their timer wakes them. Parked runs are
-    /// woken with the rest (their wait was for writes to resume, and a new process starts with
-    /// writes going), so boot reads the unfinished runs once. Each tenant's supervisor is
-    /// looked up once, not once per run. Returns how many were woken.
+    /// woken with the rest, so boot reads the unfinished runs once: each checks its gate again
+    /// (write pauses are stored, and survive a restart) and goes idle if it still holds. A
+    /// tenant's supervisor is looked up once for all its runs; a lookup that fails fails only
+    /// the run it was for, and the next run of the tenant looks again. Returns how many were
+    /// woken.
     pub async fn resume(&self, gate: &dyn ResumeGate) -> Result<usize, StoreError> {
         let runs = self.store.unfinished_runs(states::TERMINAL).await?;
-        let mut supervisors: HashMap<TenantId, Result<ActorRef<TenantMsg>, String>> =
-            HashMap::new();
+        let mut supervisors: HashMap<TenantId, ActorRef<TenantMsg>> = HashMap::new();
         let mut woken = 0;
         for (tenant, run_id, state) in runs {
             if !gate.may_own(&tenant) || state == states::AWAITING_APPROVAL {
                 continue;
             }
+            woken += 1;
             if !self.owns(&tenant) {
                 self.wake(&tenant, run_id).await;
-                woken += 1;
                 continue;
             }
-            if !supervisors.contains_key(&tenant) {
-                let supervisor = self.tenant(&tenant).await;
-                supervisors.insert(tenant.clone(), supervisor);
+            // A known supervisor that has stopped since is looked up (and started) again.
+            if let Some(sup) = supervisors.get(&tenant)
+                && sup.cast(TenantMsg::Wake(run_id)).is_ok()
+            {
+                continue;
             }
-            match &supervisors[&tenant] {
-                Ok(sup) if sup.cast(TenantMsg::Wake(run_id)).is_ok() => {}
-                // A supervisor that stopped since it was looked up is started again.
-                Ok(_) => self.wake_here(&tenant, run_id).await,
-                Err(reason) => self.fail_to_start(&tenant, run_id, reason).await,
+            supervisors.remove(&tenant);
+            match self.tenant(&tenant).await {
+                Ok(sup) => {
+                    let _ = sup.cast(TenantMsg::Wake(run_id));
+                    supervisors.insert(tenant, sup);
+                }
+                Err(reason) => self.fail_to_start(&tenant, run_id, &reason).await,
             }
-            woken += 1;
         }
         info!(woken, "Resumed unfinished runs.");
         Ok(woken)

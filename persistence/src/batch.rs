@@ -12,8 +12,8 @@
 //! a single batcher would spend most of its time waiting on round trips one after another; it
 //! runs several, each with a queue of its own for its share of the tenants (by a hash of the
 //! tenant id). Their batches never touch one tenant's rows together, so they neither wait for
-//! nor deadlock one another. Within a batch, locks are taken in one order (tenant rows in
-//! tenant order, then meter rows in tenant and meter order); a batch that still loses a
+//! nor deadlock one another, and a tenant's reservations are taken in the order they came.
+//! Within a batch, tenant rows are locked in tenant order; a batch that still loses a
 //! deadlock, or a serialization failure, to a writer outside the batchers is undone whole and
 //! written again, once.
 
@@ -332,12 +332,7 @@ impl Store {
             let tenants: Vec<&str> = by_tenant.keys().copied().collect();
             Some(self.registered_tenants(tx, &tenants).await?)
         };
-        for mut group in by_tenant.into_values() {
-            // Meter rows are locked in meter order across the tenant's reservations, as they
-            // are within each one (another batcher may be taking the same ones).
-            group.sort_by(|a, b| {
-                meter_order(&reservations[*a]).cmp(&meter_order(&reservations[*b]))
-            });
+        for group in by_tenant.into_values() {
             let scope = &reservations[group[0]].scope;
             let entered = match &known {
                 None => self.enter_tenant(tx, scope).await,
@@ -453,14 +448,6 @@ impl Store {
         savepoint(tx, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
         Ok(result)
     }
-}
-
-/// The meters and windows a reservation asks, in the order it locks them.
-fn meter_order(job: &ReserveJob) -> Vec<(&str, i64)> {
-    job.asks
-        .iter()
-        .map(|ask| (ask.meter.as_str(), ask.window_start))
-        .collect()
 }
 
 async fn savepoint(tx: &mut WriteTx, sql: &str) -> Result<(), StoreError> {
