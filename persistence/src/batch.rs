@@ -220,7 +220,8 @@ impl Store {
         let written = loop {
             match self.try_batch(&batch).await {
                 Err(BatchError::Undone(e)) if attempt < ATTEMPTS && lost_to_another_writer(&e) => {
-                    tracing::debug!(error = %e, attempt, "a batch lost to another writer; writing it again");
+                    let why = "a batch lost to another writer; writing it again";
+                    tracing::debug!(error = %e, attempt, "{why}");
                     attempt += 1;
                 }
                 Err(BatchError::Undone(e) | BatchError::Commit(e)) => break Err(e),
