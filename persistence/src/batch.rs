@@ -324,9 +324,13 @@ impl Store {
         for (i, job) in reservations.iter().enumerate() {
             by_tenant.entry(job.scope.id()).or_default().push(i);
         }
-        // SQLite checks every tenant of the batch with one statement; PostgreSQL names each
-        // tenant for row-level security and checks it then.
+        // SQLite checks every tenant of the batch with one statement and takes the
+        // reservations together; PostgreSQL names each tenant for row-level security and
+        // checks it then.
         let postgres = self.is_postgres();
+        if !postgres {
+            return self.reserve_together(tx, reservations, by_tenant).await;
+        }
         let known = if postgres {
             None
         } else {
@@ -389,6 +393,49 @@ impl Store {
                 r.ok_or_else(|| StoreError::Corrupt("a reservation was left unanswered".into()))
             })
             .collect()
+    }
+
+    /// SQLite's [`Store::take_reservations`]: the tenants checked with one statement, each
+    /// tenant's old windows removed when due, and the reservations of registered tenants
+    /// taken together in the order they came ([`Store::reserve_all_in`]).
+    async fn reserve_together(
+        &self,
+        tx: &mut WriteTx,
+        reservations: &[ReserveJob],
+        by_tenant: std::collections::BTreeMap<&str, Vec<usize>>,
+    ) -> Result<Vec<Result<Reservation, StoreError>>, StoreError> {
+        let tenants: Vec<&str> = by_tenant.keys().copied().collect();
+        let known = self.registered_tenants(tx, &tenants).await?;
+        for group in by_tenant.values() {
+            let scope = &reservations[group[0]].scope;
+            if known.contains(scope.id()) {
+                self.prune_meters_when_due(tx, scope).await?;
+            }
+        }
+        let live: Vec<usize> = (0..reservations.len())
+            .filter(|&i| known.contains(reservations[i].scope.id()))
+            .collect();
+        let asks: Vec<(&TenantScope, &[crate::MeterAsk])> = live
+            .iter()
+            .map(|&i| (&reservations[i].scope, reservations[i].asks.as_slice()))
+            .collect();
+        let mut taken = self.reserve_all_in(tx, &asks).await?.into_iter();
+        let mut live = live.into_iter().peekable();
+        let mut results = Vec::with_capacity(reservations.len());
+        for (i, job) in reservations.iter().enumerate() {
+            if live.next_if_eq(&i).is_some() {
+                let answer = taken.next().ok_or_else(|| {
+                    StoreError::Corrupt("a reservation was left unanswered".into())
+                })?;
+                results.push(answer);
+            } else {
+                results.push(Err(StoreError::NotFound(format!(
+                    "tenant `{}` is not registered",
+                    job.scope.tenant()
+                ))));
+            }
+        }
+        Ok(results)
     }
 
     /// Writes `jobs` inside `tx`: together, with a few statements for the whole batch, when

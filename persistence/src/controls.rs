@@ -26,6 +26,7 @@ use sqlx::{Executor, FromRow};
 use steward_core::TenantId;
 
 use crate::codec;
+use crate::intake::value_rows;
 use crate::store::WriteTx;
 use crate::{AuditDraft, Authenticator, Store, StoreError, TenantScope};
 
@@ -152,20 +153,17 @@ fn pause_audit(
 impl Store {
     /// The pauses that stop the scope's tenant's writes now: the platform's and its own.
     pub async fn write_pauses(&self, scope: &TenantScope) -> Result<Vec<WritePause>, StoreError> {
-        let mut tx = self.read_as(scope).await?;
-        let mut rows: Vec<PauseRow> = sqlx::query_as(
-            "SELECT NULL AS tenant_id, reason, actor, paused_at FROM platform_write_pause",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let own: Vec<PauseRow> = sqlx::query_as(
-            "SELECT tenant_id, reason, actor, paused_at FROM tenant_write_pauses \
-             WHERE tenant_id = $1",
+        // One statement, the platform's pause first: both are read in one snapshot.
+        let mut tx = self.read_one_as(scope).await?;
+        let rows: Vec<PauseRow> = sqlx::query_as(
+            "SELECT NULL AS tenant_id, reason, actor, paused_at, 0 AS place \
+             FROM platform_write_pause UNION ALL \
+             SELECT tenant_id, reason, actor, paused_at, 1 AS place FROM tenant_write_pauses \
+             WHERE tenant_id = $1 ORDER BY place",
         )
         .bind(scope.id())
         .fetch_all(&mut *tx)
         .await?;
-        rows.extend(own);
         rows.into_iter().map(WritePause::try_from).collect()
     }
 
@@ -521,4 +519,140 @@ async fn take(tx: &mut WriteTx, scope: &TenantScope, ask: &MeterAsk) -> Result<b
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// One meter window a batch of reservations touches (SQLite, [`Store::reserve_all_in`]): what
+/// it holds as the batch's reservations are taken in order, and whether it changed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    used: i64,
+    refused: i64,
+    changed: bool,
+}
+
+/// A meter window: tenant, meter, window start.
+type WindowKey<'a> = (&'a str, &'a str, i64);
+
+/// What one reservation of a batch comes to, from the windows as the earlier ones left them:
+/// every ask fits (and is added), or the first that does not is refused (and counted), the
+/// rest untouched. The same rule as one reservation at a time: an ask fits when its amount is
+/// within its limit and within what its window has left.
+fn reserve_from<'a>(
+    windows: &mut std::collections::HashMap<WindowKey<'a>, Window>,
+    tenant: &'a str,
+    asks: &'a [MeterAsk],
+) -> Result<Reservation, StoreError> {
+    let mut taken: Vec<(WindowKey<'a>, i64)> = Vec::with_capacity(asks.len());
+    for ask in asks {
+        let key = (tenant, ask.meter.as_str(), ask.window_start);
+        let amount = codec::to_i64(ask.amount, "meter amount")?;
+        let limit = codec::to_i64(ask.limit, "meter limit")?;
+        let window = windows.get(&key).copied().unwrap_or_default();
+        let earlier: i64 = taken
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, a)| a)
+            .sum();
+        let fits = amount <= limit
+            && window
+                .used
+                .checked_add(earlier)
+                .and_then(|u| u.checked_add(amount))
+                .is_some_and(|total| total <= limit);
+        if !fits {
+            let window = windows.entry(key).or_default();
+            window.refused = window.refused.saturating_add(1);
+            window.changed = true;
+            return Ok(Reservation::Refused {
+                meter: ask.meter.clone(),
+                window_start: ask.window_start,
+                used: codec::to_u64(window.used, "meter use")?,
+                refused: codec::to_u64(window.refused, "meter refusals")?,
+            });
+        }
+        taken.push((key, amount));
+    }
+    for (key, amount) in taken {
+        let window = windows.entry(key).or_default();
+        window.used += amount;
+        window.changed = true;
+    }
+    Ok(Reservation::Granted)
+}
+
+impl Store {
+    /// SQLite: takes a batch's reservations (of registered tenants) inside `tx`, in the order
+    /// given, with two statements for the whole batch instead of one or more per reservation:
+    /// the windows they ask of are read at once, each reservation is granted or refused in
+    /// turn against what the earlier ones left ([`reserve_from`]), and every window that
+    /// changed is written back. SQLite's write transaction holds the database's only write
+    /// lock from its start, so nothing can change a window between the read and the write.
+    /// Each answer is the one [`Store::reserve_budget`] alone would have given it at its turn.
+    pub(crate) async fn reserve_all_in(
+        &self,
+        tx: &mut WriteTx,
+        reservations: &[(&TenantScope, &[MeterAsk])],
+    ) -> Result<Vec<Result<Reservation, StoreError>>, StoreError> {
+        let mut keys: Vec<WindowKey<'_>> = reservations
+            .iter()
+            .flat_map(|(scope, asks)| {
+                asks.iter()
+                    .map(|ask| (scope.id(), ask.meter.as_str(), ask.window_start))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut windows = std::collections::HashMap::with_capacity(keys.len());
+        // A statement's variables are bounded; 300 windows are 900 of them.
+        for chunk in keys.chunks(300) {
+            let sql = format!(
+                "WITH k(tenant_id, meter, window_start) AS (VALUES {}) \
+                 SELECT b.tenant_id, b.meter, b.window_start, b.used, b.refused \
+                 FROM k JOIN budget_meters b ON b.tenant_id = k.tenant_id \
+                 AND b.meter = k.meter AND b.window_start = k.window_start",
+                value_rows(chunk.len(), 3)
+            );
+            let mut query = sqlx::query_as::<_, (String, String, i64, i64, i64)>(&sql);
+            for (tenant, meter, start) in chunk {
+                query = query.bind(*tenant).bind(*meter).bind(*start);
+            }
+            for (tenant, meter, start, used, refused) in query.fetch_all(&mut **tx).await? {
+                let found = keys.binary_search(&(tenant.as_str(), meter.as_str(), start));
+                let key = found
+                    .map(|at| keys[at])
+                    .map_err(|_| StoreError::Corrupt("a meter window nobody asked".into()))?;
+                let window = Window {
+                    used,
+                    refused,
+                    changed: false,
+                };
+                windows.insert(key, window);
+            }
+        }
+        let answers: Vec<_> = reservations
+            .iter()
+            .map(|(scope, asks)| reserve_from(&mut windows, scope.id(), asks))
+            .collect();
+        let changed: Vec<(WindowKey<'_>, Window)> =
+            windows.into_iter().filter(|(_, w)| w.changed).collect();
+        for chunk in changed.chunks(300) {
+            let sql = format!(
+                "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
+                 VALUES {} ON CONFLICT (tenant_id, meter, window_start) \
+                 DO UPDATE SET used = excluded.used, refused = excluded.refused",
+                value_rows(chunk.len(), 5)
+            );
+            let mut query = sqlx::query(&sql);
+            for ((tenant, meter, start), window) in chunk {
+                query = query
+                    .bind(*tenant)
+                    .bind(*meter)
+                    .bind(*start)
+                    .bind(window.used)
+                    .bind(window.refused);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(answers)
+    }
 }

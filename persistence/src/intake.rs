@@ -304,7 +304,7 @@ pub(crate) fn keys_distinct<'a>(
 }
 
 /// `($1, $2, …), (…)`: placeholders for `rows` rows of `cols` values each.
-fn value_rows(rows: usize, cols: usize) -> String {
+pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
     let mut sql = String::with_capacity(rows * cols * 5);
     for row in 0..rows {
         if row > 0 {

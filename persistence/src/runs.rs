@@ -218,7 +218,7 @@ impl Store {
     ) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND id = $2");
         let row: Option<RunRow> = {
-            let mut tx = self.read_as(scope).await?;
+            let mut tx = self.read_one_as(scope).await?;
             sqlx::query_as(&sql)
                 .bind(scope.id())
                 .bind(id.to_string())
@@ -238,7 +238,7 @@ impl Store {
         id: RunId,
     ) -> Result<Vec<StepRecord>, StoreError> {
         let rows: Vec<StepRow> = {
-            let mut tx = self.read_as(scope).await?;
+            let mut tx = self.read_one_as(scope).await?;
             sqlx::query_as(
                 "SELECT seq, kind, body, at FROM run_steps WHERE tenant_id = $1 AND run_id = $2 \
                  ORDER BY seq",

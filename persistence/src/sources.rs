@@ -135,7 +135,7 @@ impl Store {
         scope: &TenantScope,
         name: &SourceName,
     ) -> Result<Option<WebhookSource>, StoreError> {
-        let mut tx = self.read_as(scope).await?;
+        let mut tx = self.read_one_as(scope).await?;
         let row: Option<SourceRow> = sqlx::query_as(
             "SELECT name, scheme, secret_name, sys_id_pointers, number_pointers \
              FROM webhook_sources WHERE tenant_id = $1 AND name = $2",

@@ -35,6 +35,33 @@ pub(crate) type WriteTx = Transaction<'static, Any>;
 /// A read transaction: the same type, opened on the reader pool.
 pub(crate) type ReadTx = Transaction<'static, Any>;
 
+/// What a read of one statement runs on ([`Store::read_one_as`]): on SQLite a reader
+/// connection as it is, where the statement is its own transaction; on PostgreSQL a read
+/// transaction that names the tenant for row-level security.
+pub(crate) enum OneRead {
+    Conn(sqlx::pool::PoolConnection<Any>),
+    Tx(ReadTx),
+}
+
+impl std::ops::Deref for OneRead {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            OneRead::Conn(conn) => conn,
+            OneRead::Tx(tx) => tx,
+        }
+    }
+}
+
+impl std::ops::DerefMut for OneRead {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            OneRead::Conn(conn) => conn,
+            OneRead::Tx(tx) => tx,
+        }
+    }
+}
+
 /// How to open a SQLite [`Store`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -207,12 +234,16 @@ impl Store {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(connect.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
 
+        // A connection to a local file cannot go stale the way a network one can, so neither
+        // pool pings a connection before handing it out (a hand-off per transaction saved).
         let reader = pool_with_setup(sqlite_pragmas(opts.synchronous_full, true))
             .max_connections(opts.read_connections.max(1))
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         // One writer connection: one batcher.
@@ -475,6 +506,17 @@ impl Store {
             Backend::Postgres => self.inner.reader.begin_with("BEGIN READ ONLY").await?,
         };
         Ok(tx)
+    }
+
+    /// Where to run a read of exactly one statement that sees the scope's tenant's rows. On
+    /// SQLite a single statement is already a consistent snapshot by itself, so the `BEGIN`
+    /// and `ROLLBACK` of a transaction (each a hand-off to the connection's thread) are
+    /// skipped; a read of several statements that must agree takes [`Store::read_as`].
+    pub(crate) async fn read_one_as(&self, scope: &TenantScope) -> Result<OneRead, StoreError> {
+        match self.inner.backend {
+            Backend::Sqlite => Ok(OneRead::Conn(self.inner.reader.acquire().await?)),
+            Backend::Postgres => Ok(OneRead::Tx(self.read_as(scope).await?)),
+        }
     }
 
     /// A read transaction that sees the scope's tenant's rows.

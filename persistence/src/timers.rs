@@ -143,7 +143,7 @@ impl Store {
              ORDER BY due_at, kind"
         );
         let rows: Vec<TimerRow> = {
-            let mut tx = self.read_as(scope).await?;
+            let mut tx = self.read_one_as(scope).await?;
             sqlx::query_as(&sql)
                 .bind(scope.id())
                 .bind(run_id.to_string())

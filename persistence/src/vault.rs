@@ -522,7 +522,7 @@ impl Store {
         // Each version with the data key that sealed it, in one statement: intake calls this
         // for every delivery, before its signature is checked.
         let rows: Vec<SealedWithKey> = {
-            let mut tx = self.read_as(scope).await?;
+            let mut tx = self.read_one_as(scope).await?;
             sqlx::query_as(
                 "SELECT s.version, s.dek_version, s.sealed, d.master_key_id, d.wrapped \
                  FROM sealed_secrets s LEFT JOIN data_keys d \

@@ -477,6 +477,98 @@ async fn intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlo
     }
 }
 
+/// Runs `calls` together, polling them in order each time: the first poll of each reaches its
+/// hand-over to the batcher (nothing before it waits), so the batcher gets them in this order.
+async fn in_order<T>(mut calls: Vec<std::pin::Pin<Box<impl Future<Output = T>>>>) -> Vec<T> {
+    let mut done: Vec<Option<T>> = calls.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (call, done) in calls.iter_mut().zip(done.iter_mut()) {
+            if done.is_none()
+                && let std::task::Poll::Ready(answer) = call.as_mut().poll(cx)
+            {
+                *done = Some(answer);
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Reservations queued behind a held writer land in one batch, in the order they were handed
+/// over, and each gets the answer it would have got alone at its turn: all of its asks or
+/// none, the first meter without room named, each refusal counted, an unknown tenant refused
+/// on its own.
+async fn reservations_in_one_batch_are_answered_in_turn_as_if_taken_one_by_one() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    db.intake("us-acme").await;
+    let ask = |meter: &str, limit: u64, amount: u64| MeterAsk {
+        meter: meter.into(),
+        window_start: T0_SECS * 1000,
+        limit,
+        amount,
+    };
+    let (a, b) = (|n| ask("a", 5, n), |n| ask("b", 3, n));
+    let granted = || Ok(Reservation::Granted);
+    let refused = |meter: &str, used, refused| {
+        Ok(Reservation::Refused {
+            meter: meter.into(),
+            window_start: T0_SECS * 1000,
+            used,
+            refused,
+        })
+    };
+    // (tenant, asks, the answer it gets), in the order they are handed over.
+    let turns: Vec<(&str, Vec<MeterAsk>, Result<Reservation, &str>)> = vec![
+        ("us-acme", vec![a(2)], granted()),
+        ("us-acme", vec![a(2), b(2)], granted()),
+        // `a` has room, `b` has not: nothing is taken, and `b` is named.
+        ("us-acme", vec![a(1), b(2)], refused("b", 2, 1)),
+        ("us-ghost", vec![a(1)], Err("not registered")),
+        // One meter asked twice: the second ask sees the first, and the pair does not fit.
+        ("us-acme", vec![b(1), b(1)], refused("b", 2, 2)),
+        // More than the limit itself: refused without looking further.
+        ("us-acme", vec![a(6)], refused("a", 4, 1)),
+        ("us-acme", vec![b(1)], granted()),
+        ("us-acme", vec![a(1)], granted()),
+        ("us-acme", vec![a(1)], refused("a", 5, 2)),
+        ("us-acme", vec![b(0)], granted()),
+    ];
+    let held = hold_writes(&db).await;
+    let calls = turns
+        .iter()
+        .map(|(tenant, asks, _)| {
+            let (store, scope, asks) = (db.store.clone(), scope(tenant), asks.clone());
+            Box::pin(async move { store.reserve_budget(&scope, &asks).await })
+        })
+        .collect();
+    let answers = tokio::spawn(in_order(calls));
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    let answers = tokio::time::timeout(PATIENCE, answers)
+        .await
+        .expect("every reservation is answered")
+        .unwrap();
+    for ((tenant, asks, expected), answer) in turns.iter().zip(answers) {
+        match (expected, answer) {
+            (Ok(expected), Ok(answer)) => assert_eq!(&answer, expected, "{tenant} {asks:?}"),
+            (Err(_), Err(StoreError::NotFound(_))) => {}
+            (expected, answer) => panic!("{tenant} {asks:?}: {answer:?}, not {expected:?}"),
+        }
+    }
+    let usage = db.store.budget_usage(&acme, 0).await.unwrap();
+    let found: Vec<_> = usage
+        .iter()
+        .map(|u| (u.meter.as_str(), u.used, u.refused))
+        .collect();
+    assert_eq!(found, [("a", 5, 2), ("b", 3, 2)]);
+}
+
 crate::support::conformance!(
     two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains,
     the_same_delivery_many_times_in_one_batch_creates_one_run,
@@ -485,4 +577,5 @@ crate::support::conformance!(
     reservations_share_a_batch_with_intakes_and_never_overdraw_a_meter,
     steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alone,
     intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock,
+    reservations_in_one_batch_are_answered_in_turn_as_if_taken_one_by_one,
 );
