@@ -451,21 +451,38 @@ impl Store {
         window_start: i64,
         delta: i64,
     ) -> Result<(), StoreError> {
-        codec::check_text(meter, "meter", 128)?;
+        self.charge_budgets(scope, &[(meter, window_start)], delta)
+            .await
+    }
+
+    /// Adds `delta` to each of `windows` (meter, window start) as [`Store::charge_budget`]
+    /// does, all in one transaction (one commit, all or none): a triage's tokens are settled
+    /// in its hour's and its day's windows at once.
+    pub async fn charge_budgets(
+        &self,
+        scope: &TenantScope,
+        windows: &[(&str, i64)],
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        for (meter, _) in windows {
+            codec::check_text(meter, "meter", 128)?;
+        }
         let mut tx = self.begin_tenant_write(scope).await?;
-        sqlx::query(
-            "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
-             VALUES ($1, $2, $3, $4, 0) ON CONFLICT (tenant_id, meter, window_start) \
-             DO UPDATE SET used = CASE WHEN budget_meters.used + $5 < 0 THEN 0 \
-             ELSE budget_meters.used + $5 END",
-        )
-        .bind(scope.id())
-        .bind(meter)
-        .bind(window_start)
-        .bind(delta.max(0))
-        .bind(delta)
-        .execute(&mut *tx)
-        .await?;
+        for (meter, window_start) in windows {
+            sqlx::query(
+                "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
+                 VALUES ($1, $2, $3, $4, 0) ON CONFLICT (tenant_id, meter, window_start) \
+                 DO UPDATE SET used = CASE WHEN budget_meters.used + $5 < 0 THEN 0 \
+                 ELSE budget_meters.used + $5 END",
+            )
+            .bind(scope.id())
+            .bind(*meter)
+            .bind(*window_start)
+            .bind(delta.max(0))
+            .bind(delta)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -150,18 +150,22 @@ impl RunActorState {
         let delta = i64::try_from(usage)
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(estimate).unwrap_or(i64::MAX));
-        for (meter, len) in [
-            (meters::LLM_TOKENS_HOUR, budgets::HOUR_MS),
-            (meters::LLM_TOKENS_DAY, budgets::DAY_MS),
-        ] {
-            let start = budgets::window_start(now, len);
-            if let Err(error) = rt.store.charge_budget(&rt.scope, meter, start, delta).await {
-                warn!(
-                    %error,
-                    meter,
-                    "Settling a triage's tokens failed; its reservation stays charged."
-                );
-            }
+        // Both windows in one transaction: one commit on the way to the approval request.
+        let windows = [
+            (
+                meters::LLM_TOKENS_HOUR,
+                budgets::window_start(now, budgets::HOUR_MS),
+            ),
+            (
+                meters::LLM_TOKENS_DAY,
+                budgets::window_start(now, budgets::DAY_MS),
+            ),
+        ];
+        if let Err(error) = rt.store.charge_budgets(&rt.scope, &windows, delta).await {
+            warn!(
+                %error,
+                "Settling a triage's tokens failed; its reservation stays charged."
+            );
         }
         Ok(())
     }
