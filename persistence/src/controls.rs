@@ -19,6 +19,13 @@
 //! once a concurrent writer commits. Two runs asking at once for a meter with room for one
 //! therefore get one grant and one refusal. Meters are taken in name order, so two
 //! reservations never wait on each other's rows in opposite orders.
+//!
+//! On SQLite the reservations of one group-commit batch are taken together instead
+//! ([`Store::reserve_all_in`]): the windows they ask of are read with one statement, each
+//! reservation is granted or refused in turn against what the earlier ones left, and the
+//! windows that changed are written back with one statement. The same argument holds: the
+//! batch's transaction holds SQLite's only write lock from its first statement to its commit,
+//! so no other writer can change a window between the read and the write.
 
 use serde::Serialize;
 use serde_json::json;
