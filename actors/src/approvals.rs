@@ -357,6 +357,7 @@ async fn vote(
         }],
         new_approval: None,
         timers: vec![],
+        charges: vec![],
     };
     rt.store.append_step(scope, write).await?;
     Ok(DecisionOutcome::Voted {
@@ -419,6 +420,7 @@ async fn record(
         }],
         new_approval: None,
         timers: vec![],
+        charges: vec![],
     };
     match rt
         .store

@@ -230,6 +230,7 @@ pub fn finished_write(
         }],
         new_approval: None,
         timers: vec![],
+        charges: vec![],
     }
 }
 

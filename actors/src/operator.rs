@@ -144,6 +144,7 @@ fn decision_write(
         }],
         new_approval: None,
         timers: vec![],
+        charges: vec![],
     }
 }
 

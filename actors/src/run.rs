@@ -79,6 +79,9 @@ pub struct RunActorState {
     /// The trace context of the request that started the run (its trigger's `traceparent`):
     /// the parent of each step's span.
     trace_parent: Option<opentelemetry::trace::SpanContext>,
+    /// The token reservation the triage under way made, settled with the step that records
+    /// the triage (see `gates.rs`).
+    settle: Option<gates::TokenSettlement>,
 }
 
 impl Actor for RunActor {
@@ -105,6 +108,7 @@ impl Actor for RunActor {
             reloads: 0,
             watch: args.watch,
             trace_parent: None,
+            settle: None,
         })
     }
 
@@ -866,6 +870,7 @@ impl RunActorState {
             last_error: error.map(str::to_owned),
             new_approval,
             timers: self.timers_for(&step),
+            charges: self.take_charges(&step, &next),
         };
         let rt = &self.runtime;
         let appended = rt.store.append_owned_step(&rt.scope, write);

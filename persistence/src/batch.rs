@@ -327,27 +327,12 @@ impl Store {
         // SQLite checks every tenant of the batch with one statement and takes the
         // reservations together; PostgreSQL names each tenant for row-level security and
         // checks it then.
-        let postgres = self.is_postgres();
-        if !postgres {
+        if !self.is_postgres() {
             return self.reserve_together(tx, reservations, by_tenant).await;
         }
-        let known = if postgres {
-            None
-        } else {
-            let tenants: Vec<&str> = by_tenant.keys().copied().collect();
-            Some(self.registered_tenants(tx, &tenants).await?)
-        };
         for group in by_tenant.into_values() {
             let scope = &reservations[group[0]].scope;
-            let entered = match &known {
-                None => self.enter_tenant(tx, scope).await,
-                Some(known) if known.contains(scope.id()) => Ok(()),
-                Some(_) => Err(StoreError::NotFound(format!(
-                    "tenant `{}` is not registered",
-                    scope.tenant()
-                ))),
-            };
-            if let Err(e) = entered {
+            if let Err(e) = self.enter_tenant(tx, scope).await {
                 if matches!(e, StoreError::NotFound(_)) {
                     for i in group {
                         results[i] = Some(Err(shared_error(&e)));
@@ -359,23 +344,24 @@ impl Store {
             self.prune_meters_when_due(tx, scope).await?;
             for i in group {
                 let job = &reservations[i];
-                // One conditional upsert is all or nothing by itself, and on SQLite a failed
-                // statement undoes only itself; several asks, or PostgreSQL (where an error
-                // aborts the transaction), need a savepoint to undo back to.
-                let guarded = postgres || job.asks.len() > 1;
-                if guarded {
-                    savepoint(tx, &format!("SAVEPOINT {RESERVE}")).await?;
-                }
+                // Each reservation under a savepoint: all of its asks or none, and an error
+                // (which aborts a PostgreSQL transaction) undone alone.
+                savepoint(tx, &format!("SAVEPOINT {RESERVE}")).await?;
                 let taken = self.reserve_in(tx, &job.scope, &job.asks).await;
-                if guarded {
-                    if !matches!(taken, Ok(Reservation::Granted)) {
-                        savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {RESERVE}")).await?;
-                    }
-                    savepoint(tx, &format!("RELEASE SAVEPOINT {RESERVE}")).await?;
+                if !matches!(taken, Ok(Reservation::Granted)) {
+                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {RESERVE}")).await?;
                 }
+                savepoint(tx, &format!("RELEASE SAVEPOINT {RESERVE}")).await?;
                 results[i] = Some(match taken {
-                    Ok(Reservation::Refused { meter, .. }) => {
-                        let ask = job.asks.iter().find(|a| a.meter == meter);
+                    Ok(Reservation::Refused {
+                        meter,
+                        window_start,
+                        ..
+                    }) => {
+                        let ask = job
+                            .asks
+                            .iter()
+                            .find(|a| a.meter == meter && a.window_start == window_start);
                         match ask {
                             Some(ask) => self.refuse_in(tx, &job.scope, ask).await?,
                             None => Err(StoreError::Corrupt(format!(

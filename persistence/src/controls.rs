@@ -11,8 +11,9 @@
 //! A meter is a counter per tenant, meter name and window start. [`Store::reserve_budget`]
 //! adds to one or more meters in one transaction, each with a conditional upsert: the row is
 //! inserted with the amount, or its `used` is raised only if the sum stays within the limit
-//! (`ON CONFLICT … DO UPDATE … WHERE used + amount <= limit`); a meter the statement did not
-//! change refuses the whole reservation and the transaction rolls back. The check and the
+//! (`ON CONFLICT … DO UPDATE … WHERE used <= limit - amount`, which cannot overflow); a meter
+//! the statement did not change refuses the whole reservation and the transaction rolls back
+//! (PostgreSQL; SQLite takes a batch's reservations together, see below). The check and the
 //! increment are one statement on one row, so they cannot be split by another writer: on
 //! SQLite every write transaction holds the database's write lock from its start, and on
 //! PostgreSQL the upsert locks the row and re-evaluates the condition on the newest version
@@ -81,6 +82,15 @@ pub struct MeterAsk {
     pub window_start: i64,
     pub limit: u64,
     pub amount: u64,
+}
+
+/// A change to one meter window that a journal step carries ([`crate::StepWrite::charges`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterCharge {
+    pub meter: String,
+    pub window_start: i64,
+    /// Added to the window's use, which never goes below zero.
+    pub delta: i64,
 }
 
 /// The answer to [`Store::reserve_budget`].
@@ -474,21 +484,13 @@ impl Store {
         for (meter, _) in windows {
             codec::check_text(meter, "meter", 128)?;
         }
+        // In (meter, window) order, the order reservations lock them in, so that on
+        // PostgreSQL a settlement and a reservation never wait on each other's rows.
+        let mut windows = windows.to_vec();
+        windows.sort_unstable();
         let mut tx = self.begin_tenant_write(scope).await?;
-        for (meter, window_start) in windows {
-            sqlx::query(
-                "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
-                 VALUES ($1, $2, $3, $4, 0) ON CONFLICT (tenant_id, meter, window_start) \
-                 DO UPDATE SET used = CASE WHEN budget_meters.used + $5 < 0 THEN 0 \
-                 ELSE budget_meters.used + $5 END",
-            )
-            .bind(scope.id())
-            .bind(*meter)
-            .bind(*window_start)
-            .bind(delta.max(0))
-            .bind(delta)
-            .execute(&mut *tx)
-            .await?;
+        for (meter, window_start) in &windows {
+            charge_in(&mut tx, scope, meter, *window_start, delta).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -513,6 +515,34 @@ impl Store {
     }
 }
 
+/// Adds `delta` to one meter window inside `tx`, never below zero and never past the largest
+/// integer (where SQLite would turn the sum into a float no reader could decode as a count);
+/// the meter name is checked by the caller. Callers charge several windows in (meter, window)
+/// order.
+pub(crate) async fn charge_in(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+    meter: &str,
+    window_start: i64,
+    delta: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
+         VALUES ($1, $2, $3, $4, 0) ON CONFLICT (tenant_id, meter, window_start) \
+         DO UPDATE SET used = CASE \
+         WHEN budget_meters.used > 9223372036854775807 - $4 THEN 9223372036854775807 \
+         WHEN budget_meters.used + $5 < 0 THEN 0 ELSE budget_meters.used + $5 END",
+    )
+    .bind(scope.id())
+    .bind(meter)
+    .bind(window_start)
+    .bind(delta.max(0))
+    .bind(delta)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn tenant_paused(tx: &mut WriteTx, scope: &TenantScope) -> Result<bool, StoreError> {
     let row: Option<String> =
         sqlx::query_scalar("SELECT tenant_id FROM tenant_write_pauses WHERE tenant_id = $1")
@@ -533,7 +563,7 @@ async fn take(tx: &mut WriteTx, scope: &TenantScope, ask: &MeterAsk) -> Result<b
         "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
          VALUES ($1, $2, $3, $4, 0) ON CONFLICT (tenant_id, meter, window_start) \
          DO UPDATE SET used = budget_meters.used + excluded.used \
-         WHERE budget_meters.used + excluded.used <= $5",
+         WHERE budget_meters.used <= $5 - excluded.used",
     )
     .bind(scope.id())
     .bind(&ask.meter)

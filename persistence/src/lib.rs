@@ -98,7 +98,7 @@ pub use audit::{
     bound_body_matches, entry_hash, verify_entries,
 };
 pub use catchup::{CatchupWatermark, Covered, MAX_WATERMARK_IDS};
-pub use controls::{MeterAsk, MeterUsage, PauseChange, Reservation, WritePause};
+pub use controls::{MeterAsk, MeterCharge, MeterUsage, PauseChange, Reservation, WritePause};
 pub use crashes::{CrashRecord, NewCrash};
 pub use error::StoreError;
 pub use evidence::{

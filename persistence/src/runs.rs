@@ -73,6 +73,9 @@ pub struct StepWrite {
     pub new_approval: Option<NewApproval>,
     /// Timers this step sets (or moves), so the wait it records always has its wake-up.
     pub timers: Vec<NewTimer>,
+    /// Budget meter windows this step settles, in the same transaction (a triage's tokens,
+    /// recorded with the triage): each as [`Store::charge_budget`] would.
+    pub charges: Vec<crate::MeterCharge>,
 }
 
 #[derive(FromRow)]
@@ -426,6 +429,9 @@ impl Store {
         if let Some(err) = &step.last_error {
             codec::check_len(err, "last error", 16 * 1024)?;
         }
+        for charge in &step.charges {
+            codec::check_text(&charge.meter, "meter", 128)?;
+        }
         let body = step_columns(&step.kind, &step.body)?;
         let now = self.now();
         let key = self.content_key_in(tx, scope).await?;
@@ -490,6 +496,13 @@ impl Store {
         }
         for draft in &step.audit {
             self.append_audit_in(tx, scope, draft).await?;
+        }
+        let mut charges: Vec<_> = step.charges.iter().collect();
+        charges
+            .sort_unstable_by(|a, b| (&a.meter, a.window_start).cmp(&(&b.meter, b.window_start)));
+        for charge in charges {
+            crate::controls::charge_in(tx, scope, &charge.meter, charge.window_start, charge.delta)
+                .await?;
         }
         Ok(())
     }

@@ -57,6 +57,7 @@ fn step(run: RunId, seq: u32, state: &str, kind: &str) -> StepWrite {
         audit: vec![draft(kind, run)],
         new_approval: None,
         timers: vec![],
+        charges: vec![],
     }
 }
 

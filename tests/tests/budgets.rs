@@ -60,11 +60,32 @@ async fn an_llm_call_budget_of_two_holds_the_third_run_until_the_hour_turns() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["effective"]["llm_calls_per_hour"], 2);
 
+    let mut reported = 0;
     for _ in 0..2 {
         let run = h.trigger().await;
         h.awaiting_approval(run).await;
+        let usage = &h.step(run, "triaged").await["provenance"]["usage"];
+        let tokens = usage["input_tokens"]
+            .as_i64()
+            .zip(usage["output_tokens"].as_i64());
+        let (input, output) = tokens.expect("the triage records the provider's usage");
+        reported += input + output;
     }
     assert_eq!(h.llm.requests().await.len(), 2);
+    // Each triage reserved its completion cap of tokens, and settled to what the provider
+    // reported with the step that recorded it.
+    let usage = h.get("/v1/tenant/budgets", Some(&admin)).await;
+    for meter in ["llm.tokens.hour", "llm.tokens.day"] {
+        let window = usage.body["usage"]
+            .as_array()
+            .expect("usage")
+            .iter()
+            .find(|u| u["meter"] == meter)
+            .cloned()
+            .expect("the tokens are metered");
+        assert!(reported > 0);
+        assert_eq!(window["used"].as_i64(), Some(reported), "{meter}");
+    }
 
     let third = h.trigger().await;
     let held = h.wait_for_state(third, states::PARKED).await;

@@ -49,6 +49,7 @@ pub(crate) async fn announce(
         reloads: 0,
         watch: RunWatch::new(),
         trace_parent: None,
+        settle: None,
     };
     match notice {
         Notice::Ended { state, reason } => {

@@ -29,13 +29,24 @@
 
 use ractor::ActorProcessingErr;
 use serde_json::json;
-use steward_persistence::{DecideOutcome, MeterAsk, Reservation, StoreError, WritePause};
+use steward_persistence::{
+    DecideOutcome, MeterAsk, MeterCharge, Reservation, StoreError, WritePause,
+};
 use tracing::{info, warn};
 
 use super::RunActorState;
 use crate::budgets::{self, meters};
 use crate::connectors::SlackMsg;
-use crate::journal::{Gate, Next, Step, finished_write, states};
+use crate::journal::{Gate, Next, RunState, Step, finished_write, states};
+
+/// A triage's token reservation, to be settled when the triage is recorded.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TokenSettlement {
+    /// When the reservation was made (its windows are the ones this falls in).
+    now: i64,
+    /// The tokens it reserved.
+    estimate: u64,
+}
 
 /// The most later windows a held run is spread to.
 const MAX_WAVES: u64 = 24;
@@ -137,37 +148,43 @@ impl RunActorState {
         {
             return Ok(self.hold_budget(Gate::LlmBudget, refused, &asks).await?);
         }
-        self.step(Next::Triage).await?;
-        let Some(usage) = self
-            .run
+        // The step that records the triage settles the reservation in its own transaction
+        // (`take_charges`): no commit of its own on the way to the approval request.
+        self.settle = Some(TokenSettlement { now, estimate });
+        let stepped = self.step(Next::Triage).await;
+        self.settle = None;
+        stepped
+    }
+
+    /// The meter changes the step about to be recorded carries: for a triage recorded with
+    /// its proposal, the tokens the provider reported less the reservation's estimate, in
+    /// the reservation's hour and day windows. Nothing for any other step, and nothing twice.
+    pub(super) fn take_charges(&mut self, step: &Step, next: &RunState) -> Vec<MeterCharge> {
+        let Some(settle) = self.settle.take() else {
+            return vec![];
+        };
+        let usage = next
             .provenance
             .as_ref()
-            .filter(|_| self.run.proposal.is_some())
-            .map(|p| p.usage.input_tokens.saturating_add(p.usage.output_tokens))
-        else {
-            return Ok(());
+            .filter(|_| matches!(step, Step::Triaged { .. }) && next.proposal.is_some())
+            .map(|p| p.usage.input_tokens.saturating_add(p.usage.output_tokens));
+        let Some(usage) = usage else {
+            return vec![];
         };
         let delta = i64::try_from(usage)
             .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(estimate).unwrap_or(i64::MAX));
-        // Both windows in one transaction: one commit on the way to the approval request.
-        let windows = [
-            (
-                meters::LLM_TOKENS_HOUR,
-                budgets::window_start(now, budgets::HOUR_MS),
-            ),
-            (
-                meters::LLM_TOKENS_DAY,
-                budgets::window_start(now, budgets::DAY_MS),
-            ),
-        ];
-        if let Err(error) = rt.store.charge_budgets(&rt.scope, &windows, delta).await {
-            warn!(
-                %error,
-                "Settling a triage's tokens failed; its reservation stays charged."
-            );
-        }
-        Ok(())
+            .saturating_sub(i64::try_from(settle.estimate).unwrap_or(i64::MAX));
+        [
+            (meters::LLM_TOKENS_HOUR, budgets::HOUR_MS),
+            (meters::LLM_TOKENS_DAY, budgets::DAY_MS),
+        ]
+        .into_iter()
+        .map(|(meter, len)| MeterCharge {
+            meter: meter.to_owned(),
+            window_start: budgets::window_start(settle.now, len),
+            delta,
+        })
+        .collect()
     }
 
     /// Holds the run until the window that refused it ends (later when that window refused

@@ -263,6 +263,7 @@ impl RunActorState {
                 last_error: None,
                 new_approval: None,
                 timers: vec![],
+                charges: vec![],
             };
             let rt = self.runtime.clone();
             match rt

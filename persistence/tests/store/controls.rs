@@ -1,9 +1,9 @@
 //! Write pauses and consumption meters: pauses per tenant and for the platform, each audited
 //! where it applies; meters that never grant more than their limit, even to concurrent asks.
 
-use steward_persistence::{MeterAsk, Reservation, StoreError};
+use steward_persistence::{MeterAsk, MeterCharge, Reservation, StoreError};
 
-use crate::support::{T0_SECS, TestDb, scope};
+use crate::support::{T0_SECS, TestDb, scope, step};
 
 /// The window the test clock stands in.
 const NOW_WINDOW: i64 = T0_SECS * 1000;
@@ -277,7 +277,80 @@ async fn old_windows_are_removed_as_new_ones_are_used_at_most_every_ten_minutes(
     assert_eq!((usage[0].window_start, usage[0].used), (now, 2));
 }
 
+/// A step can carry meter changes (a triage's token settlement): they land with the step, in
+/// its transaction, and not at all when the step is refused; a charge that would pass the
+/// largest count stops there instead of failing or turning into something unreadable.
+async fn a_step_settles_its_meters_in_its_own_transaction() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let run = db.intake("us-acme").await;
+    let charge = |meter: &str, delta: i64| MeterCharge {
+        meter: meter.into(),
+        window_start: NOW_WINDOW,
+        delta,
+    };
+    let granted = db
+        .store
+        .reserve_budget(
+            &acme,
+            &[
+                ask("llm.tokens.day", 1000, 600),
+                ask("llm.tokens.hour", 1000, 600),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(granted, Reservation::Granted);
+    let mut triaged = step(run, 1, "deciding");
+    triaged.charges = vec![
+        charge("llm.tokens.hour", -450),
+        charge("llm.tokens.day", -450),
+    ];
+    db.store.append_step(&acme, triaged.clone()).await.unwrap();
+    // The same step again: the journal moved on, so it is refused and charges nothing.
+    let err = db.store.append_step(&acme, triaged).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let mut bad = step(run, 2, "deciding");
+    bad.charges = vec![charge("bad\nmeter", 5)];
+    let err = db.store.append_step(&acme, bad).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    let used = |usage: &[steward_persistence::MeterUsage], meter: &str| {
+        usage.iter().find(|u| u.meter == meter).map(|u| u.used)
+    };
+    let usage = db.store.budget_usage(&acme, 0).await.unwrap();
+    assert_eq!(
+        (
+            used(&usage, "llm.tokens.hour"),
+            used(&usage, "llm.tokens.day")
+        ),
+        (Some(150), Some(150)),
+        "settled once, to the 150 tokens used"
+    );
+    assert_eq!(db.store.steps(&acme, run).await.unwrap().len(), 2);
+
+    let mut huge = step(run, 2, "deciding");
+    huge.charges = vec![charge("llm.tokens.hour", i64::MAX)];
+    db.store.append_step(&acme, huge).await.unwrap();
+    db.store
+        .charge_budget(&acme, "llm.tokens.hour", NOW_WINDOW, i64::MAX)
+        .await
+        .unwrap();
+    let usage = db.store.budget_usage(&acme, 0).await.unwrap();
+    assert_eq!(used(&usage, "llm.tokens.hour"), Some(i64::MAX));
+    // The window still reads back, and still takes part in a batch's reservations.
+    let refused = db
+        .store
+        .reserve_budget(&acme, &[ask("llm.tokens.hour", 1000, 1)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Reservation::Refused { .. }),
+        "{refused:?}"
+    );
+}
+
 crate::support::conformance!(
+    a_step_settles_its_meters_in_its_own_transaction,
     a_tenant_pause_stops_only_that_tenant_and_is_audited,
     the_platform_pause_reaches_every_tenant_and_every_chain,
     a_pause_needs_a_reason,

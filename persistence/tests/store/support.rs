@@ -432,6 +432,7 @@ pub(crate) fn step(run: RunId, seq: u32, state: &str) -> StepWrite {
         audit: vec![audit(&format!("run.{state}"), Some(run))],
         new_approval: None,
         timers: vec![],
+        charges: vec![],
     }
 }
 

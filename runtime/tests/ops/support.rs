@@ -206,6 +206,7 @@ impl Ops {
             audit: vec![],
             new_approval: None,
             timers: vec![],
+            charges: vec![],
         };
         self.server
             .store
