@@ -468,30 +468,9 @@ impl Store {
         window_start: i64,
         delta: i64,
     ) -> Result<(), StoreError> {
-        self.charge_budgets(scope, &[(meter, window_start)], delta)
-            .await
-    }
-
-    /// Adds `delta` to each of `windows` (meter, window start) as [`Store::charge_budget`]
-    /// does, all in one transaction (one commit, all or none): a triage's tokens are settled
-    /// in its hour's and its day's windows at once.
-    pub async fn charge_budgets(
-        &self,
-        scope: &TenantScope,
-        windows: &[(&str, i64)],
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        for (meter, _) in windows {
-            codec::check_text(meter, "meter", 128)?;
-        }
-        // In (meter, window) order, the order reservations lock them in, so that on
-        // PostgreSQL a settlement and a reservation never wait on each other's rows.
-        let mut windows = windows.to_vec();
-        windows.sort_unstable();
+        codec::check_text(meter, "meter", 128)?;
         let mut tx = self.begin_tenant_write(scope).await?;
-        for (meter, window_start) in &windows {
-            charge_in(&mut tx, scope, meter, *window_start, delta).await?;
-        }
+        charge_in(&mut tx, scope, meter, window_start, delta).await?;
         tx.commit().await?;
         Ok(())
     }
