@@ -704,46 +704,27 @@ impl Store {
 }
 
 /// Inserts `entries` (at least one) with one statement.
-pub(crate) async fn insert_entries(
-    tx: &mut WriteTx,
-    entries: &[AuditEntry],
+/// Appends the insert of `entries` to `script`, as one statement.
+pub(crate) fn push_entries<'q>(
+    script: &mut crate::intake::Script<'q>,
+    entries: &'q [AuditEntry],
 ) -> Result<(), StoreError> {
-    let mut sql = String::from(
+    script.push(
         "INSERT INTO audit_log (tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash) \
          VALUES ",
     );
-    for i in 0..entries.len() {
-        let n = i * 9;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7,
-            n + 8,
-            n + 9
-        ));
-    }
-    let mut query = sqlx::query(&sql);
+    script.rows(entries.len(), 9);
     for e in entries {
-        query = query
-            .bind(e.tenant.as_str())
-            .bind(codec::to_i64(e.seq, "audit seq")?)
-            .bind(e.at)
-            .bind(e.kind.as_str())
-            .bind(e.run_id.map(|r| r.to_string()))
-            .bind(e.actor.as_str())
-            .bind(e.body.as_str())
-            .bind(e.prev_hash.as_str())
-            .bind(e.hash.as_str());
+        script.bind(e.tenant.as_str())?;
+        script.bind(codec::to_i64(e.seq, "audit seq")?)?;
+        script.bind(e.at)?;
+        script.bind(e.kind.as_str())?;
+        script.bind(e.run_id.map(|r| r.to_string()))?;
+        script.bind(e.actor.as_str())?;
+        script.bind(e.body.as_str())?;
+        script.bind(e.prev_hash.as_str())?;
+        script.bind(e.hash.as_str())?;
     }
-    query.execute(&mut **tx).await?;
     Ok(())
 }
 

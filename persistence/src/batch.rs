@@ -424,17 +424,28 @@ impl Store {
         Ok(results)
     }
 
-    /// Writes `jobs` inside `tx`: together, with a few statements for the whole batch, when
-    /// there are several and no two claim the same delivery or change; one at a time, each
-    /// under its own savepoint, otherwise or when writing them together failed (which is
-    /// then undone first). The error is the transaction's, which can no longer be trusted.
+    /// Writes `jobs` inside `tx`. When no two claim the same delivery or change: on SQLite
+    /// first with one script ([`Store::intake_script`]), kept when every key is fresh and
+    /// every tenant known; then together, with a few statements for the whole batch, when
+    /// there are several. Otherwise, or when writing them together failed (which is then
+    /// undone first), one at a time, each under its own savepoint. The error is the
+    /// transaction's, which can no longer be trusted.
     async fn write_jobs(
         &self,
         tx: &mut WriteTx,
         jobs: &[IntakeJob],
     ) -> Result<Vec<Result<IntakeOutcome, StoreError>>, StoreError> {
         let runs: Vec<_> = jobs.iter().map(|job| (&job.scope, &job.run)).collect();
-        if runs.len() > 1 && keys_distinct(runs.iter().copied()) {
+        let distinct = keys_distinct(runs.iter().copied());
+        // SQLite writes a batch of fresh runs with one script; the rest goes the longer way.
+        if distinct
+            && !self.is_postgres()
+            && !runs.is_empty()
+            && let Some(results) = self.intake_script(tx, &runs).await?
+        {
+            return Ok(results);
+        }
+        if runs.len() > 1 && distinct {
             savepoint(tx, &format!("SAVEPOINT {TOGETHER}")).await?;
             match self.intake_together(tx, &runs).await {
                 Ok(results) => {

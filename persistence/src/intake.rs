@@ -2,6 +2,8 @@
 //! committed together, so a delivery seen once is seen forever (until purged) and a retry or a
 //! replay names the existing run instead of starting another.
 
+use std::collections::HashMap;
+
 use steward_core::{IncidentRef, RunId, SourceName};
 
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
@@ -322,6 +324,73 @@ pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
     sql
 }
 
+/// Statements sent to the database as one, their placeholders numbered on across all of them
+/// (`$1` … `$n`). SQLite runs such a script in one hand-off to its connection's thread, where
+/// each statement sent alone would cost a hand-off and a wake-up of its own.
+pub(crate) struct Script<'q> {
+    sql: String,
+    args: sqlx::any::AnyArguments<'q>,
+    params: usize,
+}
+
+impl<'q> Script<'q> {
+    pub(crate) fn new() -> Self {
+        Self {
+            sql: String::new(),
+            args: sqlx::any::AnyArguments::default(),
+            params: 0,
+        }
+    }
+
+    /// Appends `sql` as it is.
+    pub(crate) fn push(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+    }
+
+    /// Appends `(…), (…)`: placeholders for `rows` rows of `cols` values each, numbered on
+    /// from the script's last. Their values are bound next, in order.
+    pub(crate) fn rows(&mut self, rows: usize, cols: usize) {
+        use std::fmt::Write as _;
+        self.sql.reserve(rows * cols * 7);
+        for row in 0..rows {
+            if row > 0 {
+                self.sql.push_str(", ");
+            }
+            self.sql.push('(');
+            for col in 0..cols {
+                if col > 0 {
+                    self.sql.push_str(", ");
+                }
+                self.params += 1;
+                let _ = write!(self.sql, "${}", self.params);
+            }
+            self.sql.push(')');
+        }
+    }
+
+    /// Binds the next placeholder's value.
+    pub(crate) fn bind<T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        use sqlx::Arguments as _;
+        self.args
+            .add(value)
+            .map_err(|e| StoreError::Corrupt(format!("a value could not be bound: {e}")))
+    }
+
+    /// Runs every statement of the script in `tx`, in order; the first that fails stops it.
+    pub(crate) async fn execute(self, tx: &mut WriteTx) -> Result<(), sqlx::Error> {
+        if self.sql.is_empty() {
+            return Ok(());
+        }
+        sqlx::query_with(&self.sql, self.args)
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+    }
+}
+
 /// A claim of one key in `deliveries` by one run of a batch.
 struct Claim<'a> {
     job: usize,
@@ -452,9 +521,7 @@ impl Store {
             return Ok(());
         }
 
-        self.insert_runs(tx, runs, &live).await?;
-        self.insert_first_steps(tx, runs, &live).await?;
-        self.append_intake_audit(tx, runs, &live).await?;
+        self.insert_created(tx, runs, &live).await?;
         for &i in &live {
             results[i] = Some(Ok(IntakeOutcome::Created(runs[i].1.run.id)));
         }
@@ -515,88 +582,42 @@ impl Store {
         Ok(taken)
     }
 
-    /// Inserts the runs `live` of `runs` with one statement.
-    async fn insert_runs(
+    /// Inserts the runs `live` of `runs`, their first steps and their audit entries.
+    async fn insert_created(
         &self,
         tx: &mut WriteTx,
         runs: &[(&TenantScope, &ValidRun)],
         live: &[usize],
     ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO runs (tenant_id, id, source, delivery_id, incident_by, incident_value, \
-             trigger_body, state, steps, last_error, created_at, updated_at, fetched_number) \
-             VALUES {}",
-            value_rows(live.len(), 13)
-        );
-        let mut query = sqlx::query(&sql);
-        for &i in live {
-            let (scope, valid) = runs[i];
-            let run = &valid.run;
-            let (incident_by, incident_value) = codec::incident_columns(&run.incident)?;
-            query = query
-                .bind(scope.id())
-                .bind(run.id.to_string())
-                .bind(run.source.as_ref().map(SourceName::as_str))
-                .bind(run.delivery_id.as_deref())
-                .bind(incident_by)
-                .bind(incident_value)
-                .bind(valid.trigger.as_str())
-                .bind(run.state.as_str())
-                .bind(1_i64)
-                .bind(None::<String>)
-                .bind(valid.now)
-                .bind(valid.now)
-                .bind(fetched_number(&run.first_step.0, &run.first_step.1));
-        }
-        query
-            .execute(&mut **tx)
+        let mut script = Script::new();
+        push_runs(&mut script, runs, live)?;
+        script
+            .execute(tx)
             .await
             .map_err(|e| codec::conflict_on_duplicate(e, || "a run of the batch exists".into()))?;
+        let mut script = Script::new();
+        push_first_steps(&mut script, runs, live)?;
+        script.execute(tx).await?;
+        let heads = self.chain_heads(tx, runs, live).await?;
+        let entries = self.intake_entries(tx, runs, live, heads).await?;
+        let mut script = Script::new();
+        crate::audit::push_entries(&mut script, &entries)?;
+        script.execute(tx).await?;
         Ok(())
     }
 
-    /// Inserts step 0 of the runs `live` of `runs` with one statement.
-    async fn insert_first_steps(
+    /// The head of each tenant's chain among the runs `live` of `runs`, read with one
+    /// statement: `None` for a chain with no entry yet. A tenant that is not registered has
+    /// no row.
+    async fn chain_heads(
         &self,
         tx: &mut WriteTx,
         runs: &[(&TenantScope, &ValidRun)],
         live: &[usize],
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) VALUES {}",
-            value_rows(live.len(), 6)
-        );
-        let mut query = sqlx::query(&sql);
-        for &i in live {
-            let (scope, valid) = runs[i];
-            query = query
-                .bind(scope.id())
-                .bind(valid.run.id.to_string())
-                .bind(0_i64)
-                .bind(valid.run.first_step.0.as_str())
-                .bind(valid.step_body.as_str())
-                .bind(valid.now);
-        }
-        query.execute(&mut **tx).await?;
-        Ok(())
-    }
-
-    /// Appends the audit entries of the runs `live` of `runs`, in their order, each tenant's
-    /// chain continued from its head (read with one statement), with one insert.
-    async fn append_intake_audit(
-        &self,
-        tx: &mut WriteTx,
-        runs: &[(&TenantScope, &ValidRun)],
-        live: &[usize],
-    ) -> Result<(), StoreError> {
-        use crate::audit::ChainHead;
-        let mut tenants: Vec<&TenantScope> = Vec::new();
-        for &i in live {
-            let scope = runs[i].0;
-            if !tenants.iter().any(|t| t.id() == scope.id()) {
-                tenants.push(scope);
-            }
-        }
+    ) -> Result<HashMap<String, Option<(i64, String)>>, StoreError> {
+        let mut tenants: Vec<&str> = live.iter().map(|&i| runs[i].0.id()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
         // Each head is found by its own index seek (newest seq of the tenant), as a single
         // append finds it; a grouped or correlated MAX would walk every entry of the tenants.
         let sql = format!(
@@ -607,20 +628,38 @@ impl Store {
             value_rows(1, tenants.len()).trim_matches(['(', ')'])
         );
         let mut query = sqlx::query_as::<_, (String, Option<i64>, Option<String>)>(&sql);
-        for scope in &tenants {
-            query = query.bind(scope.id());
+        for tenant in &tenants {
+            query = query.bind(*tenant);
         }
-        let newest: std::collections::HashMap<String, (i64, String)> = query
+        Ok(query
             .fetch_all(&mut **tx)
             .await?
             .into_iter()
-            .filter_map(|(tenant, seq, hash)| Some((tenant, (seq?, hash?))))
-            .collect();
-        let mut chains = std::collections::HashMap::new();
-        for scope in tenants {
-            let head = ChainHead::read(newest.get(scope.id()).cloned())?;
+            .map(|(tenant, seq, hash)| (tenant, seq.zip(hash)))
+            .collect())
+    }
+
+    /// The audit entries of the runs `live` of `runs`, in their order, each tenant's chain
+    /// continued from its head in `heads`.
+    async fn intake_entries(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+        live: &[usize],
+        mut heads: HashMap<String, Option<(i64, String)>>,
+    ) -> Result<Vec<crate::AuditEntry>, StoreError> {
+        use crate::audit::ChainHead;
+        let mut chains = HashMap::new();
+        for &i in live {
+            let scope = runs[i].0;
+            if chains.contains_key(scope.id()) {
+                continue;
+            }
+            let head = heads.remove(scope.id()).ok_or_else(|| {
+                StoreError::NotFound(format!("tenant `{}` is not registered", scope.tenant()))
+            })?;
             let key = self.content_key_in(tx, scope).await?;
-            chains.insert(scope.id(), (head, key));
+            chains.insert(scope.id(), (ChainHead::read(head)?, key));
         }
         let mut entries = Vec::with_capacity(live.len());
         for &i in live {
@@ -637,8 +676,134 @@ impl Store {
                 self.now(),
             ));
         }
-        crate::audit::insert_entries(tx, &entries).await
+        Ok(entries)
     }
+
+    /// SQLite's intake of a batch in two hand-offs to the writer's thread, where
+    /// [`Store::intake_together`] takes about eight: the tenants and their chains' heads read
+    /// with one statement, then one script that claims every delivery and incident change,
+    /// inserts the runs, their first steps and their audit entries, under a savepoint of its
+    /// own. The claims are plain inserts, so a key recorded before fails the script, which
+    /// is then undone. `None` means nothing was written: a tenant is not registered, a key
+    /// was claimed before (a redelivery) or a statement failed, and the caller writes the
+    /// batch the longer way, which answers each of those. The error is the transaction's.
+    pub(crate) async fn intake_script(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+    ) -> Result<Option<Vec<JobResult>>, StoreError> {
+        let all: Vec<usize> = (0..runs.len()).collect();
+        let heads = self.chain_heads(tx, runs, &all).await?;
+        if runs
+            .iter()
+            .any(|(scope, _)| !heads.contains_key(scope.id()))
+        {
+            return Ok(None);
+        }
+        let entries = self.intake_entries(tx, runs, &all, heads).await?;
+        let mut script = Script::new();
+        script.push(&format!("SAVEPOINT {SCRIPT}; "));
+        let claims: Vec<(usize, &str, &str)> = runs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, valid))| {
+                let run = &valid.run;
+                let source = run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str);
+                let delivery = run.delivery_id.as_deref().map(|key| (i, source, key));
+                let change = run.change.as_deref().map(|key| (i, CHANGES, key));
+                [delivery, change].into_iter().flatten()
+            })
+            .collect();
+        if !claims.is_empty() {
+            script.push(
+                "INSERT INTO deliveries (tenant_id, source, delivery_id, run_id, received_at) \
+                 VALUES ",
+            );
+            script.rows(claims.len(), 5);
+            for (i, source, key) in claims {
+                let (scope, valid) = runs[i];
+                script.bind(scope.id())?;
+                script.bind(source)?;
+                script.bind(key)?;
+                script.bind(valid.run.id.to_string())?;
+                script.bind(valid.now)?;
+            }
+            script.push("; ");
+        }
+        push_runs(&mut script, runs, &all)?;
+        script.push("; ");
+        push_first_steps(&mut script, runs, &all)?;
+        script.push("; ");
+        crate::audit::push_entries(&mut script, &entries)?;
+        script.push(&format!("; RELEASE SAVEPOINT {SCRIPT}"));
+        if let Err(e) = script.execute(tx).await {
+            tracing::debug!(error = %e, runs = runs.len(), "an intake script was undone");
+            let undo = format!("ROLLBACK TO SAVEPOINT {SCRIPT}; RELEASE SAVEPOINT {SCRIPT}");
+            sqlx::query(&undo).execute(&mut **tx).await?;
+            return Ok(None);
+        }
+        Ok(Some(
+            runs.iter()
+                .map(|(_, valid)| Ok(IntakeOutcome::Created(valid.run.id)))
+                .collect(),
+        ))
+    }
+}
+
+/// The savepoint of an intake script ([`Store::intake_script`]).
+const SCRIPT: &str = "intake_script";
+
+/// Appends the insert of the runs `live` of `runs` to `script`.
+fn push_runs<'q>(
+    script: &mut Script<'q>,
+    runs: &[(&'q TenantScope, &'q ValidRun)],
+    live: &[usize],
+) -> Result<(), StoreError> {
+    script.push(
+        "INSERT INTO runs (tenant_id, id, source, delivery_id, incident_by, incident_value, \
+         trigger_body, state, steps, last_error, created_at, updated_at, fetched_number) \
+         VALUES ",
+    );
+    script.rows(live.len(), 13);
+    for &i in live {
+        let (scope, valid) = runs[i];
+        let run = &valid.run;
+        let (incident_by, incident_value) = codec::incident_columns(&run.incident)?;
+        script.bind(scope.id())?;
+        script.bind(run.id.to_string())?;
+        script.bind(run.source.as_ref().map(SourceName::as_str))?;
+        script.bind(run.delivery_id.as_deref())?;
+        script.bind(incident_by)?;
+        script.bind(incident_value)?;
+        script.bind(valid.trigger.as_str())?;
+        script.bind(run.state.as_str())?;
+        script.bind(1_i64)?;
+        script.bind(None::<String>)?;
+        script.bind(valid.now)?;
+        script.bind(valid.now)?;
+        script.bind(fetched_number(&run.first_step.0, &run.first_step.1))?;
+    }
+    Ok(())
+}
+
+/// Appends the insert of step 0 of the runs `live` of `runs` to `script`.
+fn push_first_steps<'q>(
+    script: &mut Script<'q>,
+    runs: &[(&'q TenantScope, &'q ValidRun)],
+    live: &[usize],
+) -> Result<(), StoreError> {
+    script.push("INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) VALUES ");
+    script.rows(live.len(), 6);
+    for &i in live {
+        let (scope, valid) = runs[i];
+        script.bind(scope.id())?;
+        script.bind(valid.run.id.to_string())?;
+        script.bind(0_i64)?;
+        script.bind(valid.run.first_step.0.as_str())?;
+        script.bind(valid.step_body.as_str())?;
+        script.bind(valid.now)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -761,6 +926,113 @@ mod tests {
         let audit = store.audit_entries(&acme, 0, 10).await.unwrap();
         assert_eq!(audit[1].run_id, Some(fresh.id));
         assert_eq!(audit[1].body, json!({"delivery_id": "d2"}).to_string());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_intake_script_writes_a_fresh_batch_of_several_tenants_whole() {
+        let (_dir, store) = store().await;
+        let (acme, beta) = (scope("us-acme"), scope("eu-beta"));
+        store
+            .record_intake(&acme, run("d0", Some("c0")))
+            .await
+            .unwrap();
+        let fresh = [
+            run("d1", Some("c1")),
+            run("d2", None),
+            run("d1", Some("c1")),
+        ];
+        let batch = [
+            (&acme, valid(&store, &acme, fresh[0].clone()).await),
+            (&acme, valid(&store, &acme, fresh[1].clone()).await),
+            (&beta, valid(&store, &beta, fresh[2].clone()).await),
+        ];
+        let runs: Vec<_> = batch.iter().map(|(s, v)| (*s, v)).collect();
+        let mut tx = store.begin_write().await.unwrap();
+        let results = store.intake_script(&mut tx, &runs).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let results = results.expect("a fresh batch is written by the script");
+        for (result, run) in results.iter().zip(&fresh) {
+            assert_eq!(result.as_ref().unwrap(), &IntakeOutcome::Created(run.id));
+        }
+        for (scope, run, delivery) in [(&acme, &fresh[1], "d2"), (&beta, &fresh[2], "d1")] {
+            let stored = store.run(scope, run.id).await.unwrap().unwrap();
+            assert_eq!(stored.delivery_id.as_deref(), Some(delivery));
+            let steps = store.steps(scope, run.id).await.unwrap();
+            assert_eq!(steps[0].body, json!({ "delivery": delivery }));
+        }
+        // Each tenant's chain goes on from its head, and verifies.
+        for (scope, entries) in [(&acme, 3), (&beta, 1)] {
+            let report = store.verify_audit(scope).await.unwrap();
+            assert_eq!((report.entries, report.first_bad), (entries, None));
+        }
+        let audit = store.audit_entries(&acme, 0, 10).await.unwrap();
+        let runs: Vec<_> = audit.iter().map(|e| e.run_id).collect();
+        assert_eq!(runs[1..], [Some(fresh[0].id), Some(fresh[1].id)]);
+        // The script claimed the deliveries and the change: they name their runs now.
+        let again = store.record_intake(&acme, run("d1", None)).await.unwrap();
+        assert_eq!(again, IntakeOutcome::Duplicate(fresh[0].id));
+        let copy = store.record_intake(&acme, run("d7", Some("c1"))).await;
+        assert_eq!(copy.unwrap(), IntakeOutcome::Duplicate(fresh[0].id));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_intake_script_that_meets_a_recorded_key_or_an_unknown_tenant_writes_nothing() {
+        let (_dir, store) = store().await;
+        let (acme, ghost) = (scope("us-acme"), scope("us-ghost"));
+        let IntakeOutcome::Created(first) = store
+            .record_intake(&acme, run("d1", Some("c1")))
+            .await
+            .unwrap()
+        else {
+            panic!("the first delivery starts a run");
+        };
+        let fresh = run("d2", None);
+        let cases = [
+            ("a redelivery", run("d1", None)),
+            ("a copy of a change", run("d3", Some("c1"))),
+        ];
+        for (what, late) in cases {
+            let batch = [
+                (&acme, valid(&store, &acme, fresh.clone()).await),
+                (&acme, valid(&store, &acme, late).await),
+            ];
+            let runs: Vec<_> = batch.iter().map(|(s, v)| (*s, v)).collect();
+            let mut tx = store.begin_write().await.unwrap();
+            let results = store.intake_script(&mut tx, &runs).await.unwrap();
+            assert!(results.is_none(), "{what}: the script is undone");
+            // The same transaction goes on to write the batch the longer way.
+            let results = store.intake_together(&mut tx, &runs).await.unwrap();
+            tx.rollback().await.unwrap();
+            assert_eq!(
+                results[0].as_ref().unwrap(),
+                &IntakeOutcome::Created(fresh.id)
+            );
+            assert_eq!(
+                results[1].as_ref().unwrap(),
+                &IntakeOutcome::Duplicate(first),
+                "{what}"
+            );
+        }
+
+        let batch = [
+            (&acme, valid(&store, &acme, fresh.clone()).await),
+            (&ghost, valid(&store, &acme, run("d4", None)).await),
+        ];
+        let runs: Vec<_> = batch.iter().map(|(s, v)| (*s, v)).collect();
+        let mut tx = store.begin_write().await.unwrap();
+        assert!(store.intake_script(&mut tx, &runs).await.unwrap().is_none());
+        tx.commit().await.unwrap();
+
+        // Nothing of the undone scripts was kept: the fresh run, its delivery and its audit
+        // entry are not there.
+        assert!(store.run(&acme, fresh.id).await.unwrap().is_none());
+        let report = store.verify_audit(&acme).await.unwrap();
+        assert_eq!((report.entries, report.first_bad), (1, None));
+        let later = store.record_intake(&acme, fresh.clone()).await.unwrap();
+        assert_eq!(later, IntakeOutcome::Created(fresh.id));
         store.close().await;
     }
 
