@@ -17,6 +17,7 @@ use crate::inspect::{ActorView, TenantFailures, WAITING_STATES, tree};
 use crate::journal::{finished_write, states};
 use crate::providers::LlmProviders;
 use crate::retry::RetryPolicy;
+use crate::run::FreshRun;
 use crate::tenant::{RestartBudget, TenantInit, TenantMsg, TenantSupervisor};
 use crate::tenant_runtime::SharedRuntime;
 
@@ -399,6 +400,22 @@ impl Steward {
             return;
         }
         self.wake_here(tenant, run_id).await;
+    }
+
+    /// Starts the actor of a run intake has just written, from `fresh` (what intake wrote)
+    /// instead of reading it back. A run of a tenant another node owns is rung there, as
+    /// [`Steward::wake`] does, and its owner reads it.
+    pub async fn start_fresh(&self, tenant: &TenantId, run_id: RunId, fresh: FreshRun) {
+        if !self.owns(tenant) {
+            self.wake(tenant, run_id).await;
+            return;
+        }
+        match self.tenant(tenant).await {
+            Ok(sup) => {
+                let _ = sup.cast(TenantMsg::Start(run_id, Box::new(fresh)));
+            }
+            Err(reason) => self.fail_to_start(tenant, run_id, &reason).await,
+        }
     }
 
     /// Starts or wakes a run's actor on this node. If the tenant cannot start (a missing

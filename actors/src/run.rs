@@ -53,6 +53,20 @@ pub enum RunMsg {
 /// The actor. Its arguments name the run; the shared tenant runtime does the rest.
 pub struct RunActor;
 
+/// A run intake has just committed, as intake wrote it: what the run's actor would otherwise
+/// read back from the store as it starts (its row and journal; a new run has no timers).
+/// Starting from it saves those reads. If the journal moved on in between (an operator's
+/// cancel, say), the actor's first record conflicts and it reads the journal again.
+#[derive(Debug, Clone)]
+pub struct FreshRun {
+    /// The webhook source that delivered the trigger, if any.
+    pub source: Option<steward_core::SourceName>,
+    /// The trigger as recorded.
+    pub trigger: serde_json::Value,
+    /// Step 0, as recorded.
+    pub first_step: Step,
+}
+
 pub struct RunArgs {
     pub run_id: RunId,
     pub runtime: SharedRuntime,
@@ -62,6 +76,8 @@ pub struct RunArgs {
     pub passivate_after: std::time::Duration,
     /// Where the actor notes what it is doing, for its supervisor's crash snapshots.
     pub watch: RunWatch,
+    /// The run as intake wrote it, for an actor started right after intake; `None` reads it.
+    pub fresh: Option<Box<FreshRun>>,
 }
 
 pub struct RunActorState {
@@ -82,6 +98,8 @@ pub struct RunActorState {
     /// The token reservation the triage under way made, settled with the step that records
     /// the triage (see `gates.rs`).
     settle: Option<gates::TokenSettlement>,
+    /// The run as intake wrote it, taken by the first reload in place of the store's copy.
+    fresh: Option<Box<FreshRun>>,
 }
 
 impl Actor for RunActor {
@@ -109,6 +127,7 @@ impl Actor for RunActor {
             watch: args.watch,
             trace_parent: None,
             settle: None,
+            fresh: args.fresh,
         })
     }
 
@@ -132,10 +151,15 @@ impl Actor for RunActor {
                 }
                 RunMsg::Reload => {
                     state.reloads += 1;
-                    let loaded = state.reload().await;
-                    state.watch.folded(&state.run, &state.run.next(state.now()));
-                    loaded?;
-                    state.fire_due_timers().await?;
+                    if let Some(fresh) = state.fresh.take() {
+                        state.start_fresh(*fresh);
+                        state.watch.folded(&state.run, &state.run.next(state.now()));
+                    } else {
+                        let loaded = state.reload().await;
+                        state.watch.folded(&state.run, &state.run.next(state.now()));
+                        loaded?;
+                        state.fire_due_timers().await?;
+                    }
                 }
                 RunMsg::Advance => {}
             }
@@ -194,6 +218,17 @@ impl<E: std::fmt::Display> From<CallError<E>> for Fail {
 }
 
 impl RunActorState {
+    /// Takes the run as intake wrote it in place of reading it back: its trace context, its
+    /// source and its journal of one step. A new run has no timers to fire.
+    fn start_fresh(&mut self, fresh: FreshRun) {
+        self.trace_parent = crate::trace_context::from_trigger(&fresh.trigger);
+        self.source = fresh
+            .source
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "api".into());
+        self.run = RunState::fold(&[fresh.first_step]);
+    }
+
     async fn reload(&mut self) -> Result<(), StoreError> {
         let rt = &self.runtime;
         let run = rt.store.run(&rt.scope, self.run_id).await?;

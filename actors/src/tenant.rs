@@ -76,6 +76,9 @@ pub struct TenantInit {
 pub enum TenantMsg {
     /// Start the run's actor if it is not running, or tell it to read its journal again.
     Wake(RunId),
+    /// Start the actor of a run intake has just written, from what intake wrote; a run whose
+    /// actor is running is told to read its journal again, as `Wake` does.
+    Start(RunId, Box<crate::run::FreshRun>),
     /// The shared runtime, for callers that act for this tenant (approval decisions).
     Runtime(RpcReplyPort<SharedRuntime>),
     /// The tenant's live subtree: its runs and adapters with their state.
@@ -162,7 +165,8 @@ impl Actor for TenantSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::Wake(run_id) => state.wake(&myself, run_id).await,
+            TenantMsg::Wake(run_id) => state.wake(&myself, run_id, None).await,
+            TenantMsg::Start(run_id, fresh) => state.wake(&myself, run_id, Some(fresh)).await,
             TenantMsg::Runtime(reply) => {
                 let _ = reply.send(state.runtime.clone());
             }
@@ -181,7 +185,7 @@ impl Actor for TenantSupervisor {
             }
             TenantMsg::Retried(run_id) => {
                 state.restarts.remove(&run_id);
-                state.wake(&myself, run_id).await;
+                state.wake(&myself, run_id, None).await;
                 // The actor that ended the run may still be stopping and drop that wake; wake
                 // the run again once it is surely gone (a second wake of a live run is a
                 // harmless reload).
@@ -233,7 +237,12 @@ impl Actor for TenantSupervisor {
 }
 
 impl TenantState {
-    async fn wake(&mut self, myself: &ActorRef<TenantMsg>, run_id: RunId) {
+    async fn wake(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        run_id: RunId,
+        fresh: Option<Box<crate::run::FreshRun>>,
+    ) {
         if let Some(run) = self.runs.get(&run_id)
             && run.cast(RunMsg::Reload).is_ok()
         {
@@ -246,6 +255,7 @@ impl TenantState {
             supervisor: myself.clone(),
             passivate_after: self.init.passivate_after,
             watch: self.ops.watch(run_id),
+            fresh,
         };
         match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
             Ok((run, _)) => {

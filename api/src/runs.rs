@@ -13,7 +13,7 @@ use steward_persistence::{AuditDraft, IntakeOutcome, NewRun, TenantScope};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::webhooks::{read_body, wake};
+use crate::webhooks::{read_body, start};
 
 /// Authenticates the bearer token and checks it carries `scope`.
 async fn authorize(
@@ -147,9 +147,15 @@ pub(crate) async fn create(
     };
     crate::telemetry::record_traceparent(&mut run.trigger, &headers);
     let tenant = scope.tenant().clone();
+    // The run's actor starts from what intake writes instead of reading it back.
+    let fresh = steward_actors::run::FreshRun {
+        source: None,
+        trigger: run.trigger.clone(),
+        first_step: step,
+    };
     match state.store.record_intake(&scope, run).await? {
         IntakeOutcome::Created(run_id) => {
-            wake(&state, tenant, run_id);
+            start(&state, tenant, run_id, fresh);
             Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({ "run_id": run_id, "status": "accepted" })),

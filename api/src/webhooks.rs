@@ -8,6 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
+use steward_actors::run::FreshRun;
 use steward_actors::{Step, secret_names, states};
 use steward_adapters::webhook::{SignatureError, incident_at, verify_delivery};
 use steward_core::{IncidentRef, RunId, SignatureScheme, SourceName, TenantId};
@@ -119,6 +120,13 @@ async fn intake(
     let found = (incident, change);
     let mut run = new_run(&source, &delivery.id, delivery.timestamp, found, &body)?;
     crate::telemetry::record_traceparent(&mut run.trigger, &headers);
+    // What the run's actor would read back as it starts: it starts from this instead.
+    let fresh = FreshRun {
+        source: run.source.clone(),
+        trigger: run.trigger.clone(),
+        first_step: serde_json::from_value(run.first_step.1.clone())
+            .map_err(|e| ApiError::Internal(format!("the first step does not read back: {e}")))?,
+    };
     // The delivery is verified: record it and start its run in a task of their own, so that a
     // client that goes away now cannot stop an accepted delivery halfway (between its commit and
     // its wake-up). Nothing after this point answers 429.
@@ -127,7 +135,7 @@ async fn intake(
         tokio::spawn(async move {
             let outcome = state.store.record_intake(&scope, run).await;
             if let Ok(IntakeOutcome::Created(run_id)) = &outcome {
-                wake(&state, tenant, *run_id);
+                start(&state, tenant, *run_id, fresh);
             }
             outcome
         })
@@ -255,8 +263,9 @@ fn new_run(
     })
 }
 
-/// Starts the run in the background: intake never waits for the actor system.
-pub(crate) fn wake(state: &AppState, tenant: TenantId, run_id: RunId) {
+/// Starts the run in the background, from what intake wrote (`fresh`): intake never waits
+/// for the actor system.
+pub(crate) fn start(state: &AppState, tenant: TenantId, run_id: RunId, fresh: FreshRun) {
     let steward = state.steward.clone();
-    tokio::spawn(async move { steward.wake(&tenant, run_id).await });
+    tokio::spawn(async move { steward.start_fresh(&tenant, run_id, fresh).await });
 }

@@ -889,7 +889,7 @@ async fn a1_a_run_whose_start_fails_is_restarted_and_its_sibling_goes_on() {
     .await;
 
     let sibling = rig.trigger().await;
-    record_intake(&rig, early).await;
+    let _ = record_intake(&rig, early).await;
     rig.wait_for_state(early, states::AWAITING_APPROVAL).await;
     rig.wait_for_state(sibling, states::AWAITING_APPROVAL).await;
     assert_eq!(
@@ -904,8 +904,59 @@ async fn a1_a_run_whose_start_fails_is_restarted_and_its_sibling_goes_on() {
     );
 }
 
-/// Records a run with the given id, as intake does, without waking it.
-async fn record_intake(rig: &Rig, id: RunId) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_from_what_intake_wrote_reads_its_journal_again_when_it_moved_on() {
+    let sn = servicenow().await;
+    let rig = Rig::start(sn.uri(), Setup::default()).await;
+    let steward = &rig.server().steward;
+
+    // Started from intake's copy, a run goes the whole way as one read back would.
+    let fresh = RunId::new();
+    let copy = record_intake(&rig, fresh).await;
+    steward.start_fresh(&rig.tenant, fresh, copy).await;
+    rig.wait_for_state(fresh, states::AWAITING_APPROVAL).await;
+    assert_eq!(rig.llm_requests().await, 1);
+
+    // Cancelled between intake and its actor's start: the copy is stale. The actor's first
+    // record conflicts with the cancel, it reads the journal again and stops there.
+    let stale = RunId::new();
+    let copy = record_intake(&rig, stale).await;
+    let request = steward_actors::OperatorRequest {
+        operator: "oncall".into(),
+        reason: "a duplicate of another incident".into(),
+    };
+    steward
+        .cancel_run(&rig.scope(), stale, &request)
+        .await
+        .expect("the run is cancelled");
+    steward.start_fresh(&rig.tenant, stale, copy).await;
+    settle().await;
+    eventually("the stale run's actor to stop", || async {
+        (!rig.is_live(stale).await).then_some(())
+    })
+    .await;
+    let kinds: Vec<String> = rig
+        .server()
+        .store
+        .steps(&rig.scope(), stale)
+        .await
+        .expect("the store answers")
+        .into_iter()
+        .map(|s| s.kind)
+        .collect();
+    assert_eq!(kinds, ["received", "finished"], "nothing after the cancel");
+    let record = rig.run(stale).await.expect("the run");
+    assert_eq!(record.state, states::CANCELLED);
+    assert_eq!(
+        rig.llm_requests().await,
+        1,
+        "the stale run never reached triage"
+    );
+}
+
+/// Records a run with the given id, as intake does, without waking it; answers the run as
+/// intake wrote it, which a run's actor can start from.
+async fn record_intake(rig: &Rig, id: RunId) -> steward_actors::run::FreshRun {
     let incident = IncidentRef::sys_id(SYS_ID).expect("a sys_id");
     let first = Step::Received {
         incident: incident.clone(),
@@ -932,11 +983,17 @@ async fn record_intake(rig: &Rig, id: RunId) {
             body: json!({ "seq": 0 }),
         },
     };
+    let fresh = steward_actors::run::FreshRun {
+        source: None,
+        trigger: run.trigger.clone(),
+        first_step: first,
+    };
     rig.server()
         .store
         .record_intake(&rig.scope(), run)
         .await
         .expect("the run is recorded");
+    fresh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
