@@ -151,7 +151,8 @@ pub(crate) async fn create(
     let fresh = steward_actors::run::FreshRun {
         source: None,
         trigger: run.trigger.clone(),
-        first_step: step,
+        first_step: serde_json::from_value(run.first_step.1.clone())
+            .map_err(|e| ApiError::Internal(format!("the first step does not read back: {e}")))?,
     };
     match state.store.record_intake(&scope, run).await? {
         IntakeOutcome::Created(run_id) => {

@@ -700,42 +700,25 @@ impl Store {
         {
             return Ok(None);
         }
-        let entries = self.intake_entries(tx, runs, &all, heads).await?;
-        let mut script = Script::new();
-        script.push(&format!("SAVEPOINT {SCRIPT}; "));
-        let claims: Vec<(usize, &str, &str)> = runs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, valid))| {
-                let run = &valid.run;
-                let source = run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str);
-                let delivery = run.delivery_id.as_deref().map(|key| (i, source, key));
-                let change = run.change.as_deref().map(|key| (i, CHANGES, key));
-                [delivery, change].into_iter().flatten()
-            })
-            .collect();
-        if !claims.is_empty() {
-            script.push(
-                "INSERT INTO deliveries (tenant_id, source, delivery_id, run_id, received_at) \
-                 VALUES ",
-            );
-            script.rows(claims.len(), 5);
-            for (i, source, key) in claims {
-                let (scope, valid) = runs[i];
-                script.bind(scope.id())?;
-                script.bind(source)?;
-                script.bind(key)?;
-                script.bind(valid.run.id.to_string())?;
-                script.bind(valid.now)?;
+        // Whatever else fails before the script runs (a tenant's data key destroyed as it is
+        // offboarded, a chain head that does not read) is some run's own failure, which the
+        // longer path names alone; nothing is written yet. A database error is the
+        // transaction's.
+        let entries = match self.intake_entries(tx, runs, &all, heads).await {
+            Ok(entries) => entries,
+            Err(e @ StoreError::Db(_)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "an intake script was not tried");
+                return Ok(None);
             }
-            script.push("; ");
-        }
-        push_runs(&mut script, runs, &all)?;
-        script.push("; ");
-        push_first_steps(&mut script, runs, &all)?;
-        script.push("; ");
-        crate::audit::push_entries(&mut script, &entries)?;
-        script.push(&format!("; RELEASE SAVEPOINT {SCRIPT}"));
+        };
+        let script = match script_of(runs, &entries) {
+            Ok(script) => script,
+            Err(e) => {
+                tracing::debug!(error = %e, "an intake script was not tried");
+                return Ok(None);
+            }
+        };
         if let Err(e) = script.execute(tx).await {
             tracing::debug!(error = %e, runs = runs.len(), "an intake script was undone");
             let undo = format!("ROLLBACK TO SAVEPOINT {SCRIPT}; RELEASE SAVEPOINT {SCRIPT}");
@@ -748,6 +731,50 @@ impl Store {
                 .collect(),
         ))
     }
+}
+
+/// The script of [`Store::intake_script`] for `runs`, whose audit entries are `entries`.
+fn script_of<'q>(
+    runs: &[(&'q TenantScope, &'q ValidRun)],
+    entries: &'q [crate::AuditEntry],
+) -> Result<Script<'q>, StoreError> {
+    let all: Vec<usize> = (0..runs.len()).collect();
+    let mut script = Script::new();
+    script.push(&format!("SAVEPOINT {SCRIPT}; "));
+    let claims: Vec<(usize, &str, &str)> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, valid))| {
+            let run = &valid.run;
+            let source = run.source.as_ref().map_or(NO_SOURCE, SourceName::as_str);
+            let delivery = run.delivery_id.as_deref().map(|key| (i, source, key));
+            let change = run.change.as_deref().map(|key| (i, CHANGES, key));
+            [delivery, change].into_iter().flatten()
+        })
+        .collect();
+    if !claims.is_empty() {
+        script.push(
+            "INSERT INTO deliveries (tenant_id, source, delivery_id, run_id, received_at) \
+             VALUES ",
+        );
+        script.rows(claims.len(), 5);
+        for (i, source, key) in claims {
+            let (scope, valid) = runs[i];
+            script.bind(scope.id())?;
+            script.bind(source)?;
+            script.bind(key)?;
+            script.bind(valid.run.id.to_string())?;
+            script.bind(valid.now)?;
+        }
+        script.push("; ");
+    }
+    push_runs(&mut script, runs, &all)?;
+    script.push("; ");
+    push_first_steps(&mut script, runs, &all)?;
+    script.push("; ");
+    crate::audit::push_entries(&mut script, entries)?;
+    script.push(&format!("; RELEASE SAVEPOINT {SCRIPT}"));
+    Ok(script)
 }
 
 /// The savepoint of an intake script ([`Store::intake_script`]).
@@ -1017,6 +1044,24 @@ mod tests {
             );
         }
 
+        // A later statement fails (a run id taken), after the claims went in: the savepoint
+        // takes the claims back too, and the transaction goes on to commit.
+        let mut taken = run("d5", None);
+        taken.id = first;
+        let batch = [
+            (&acme, valid(&store, &acme, fresh.clone()).await),
+            (&acme, valid(&store, &acme, taken).await),
+        ];
+        let runs: Vec<_> = batch.iter().map(|(s, v)| (*s, v)).collect();
+        let mut tx = store.begin_write().await.unwrap();
+        assert!(store.intake_script(&mut tx, &runs).await.unwrap().is_none());
+        tx.commit().await.unwrap();
+        let d5 = store.record_intake(&acme, run("d5", None)).await.unwrap();
+        assert!(
+            matches!(d5, IntakeOutcome::Created(id) if id != first),
+            "the undone claim of d5 is gone: {d5:?}"
+        );
+
         let batch = [
             (&acme, valid(&store, &acme, fresh.clone()).await),
             (&ghost, valid(&store, &acme, run("d4", None)).await),
@@ -1030,7 +1075,42 @@ mod tests {
         // entry are not there.
         assert!(store.run(&acme, fresh.id).await.unwrap().is_none());
         let report = store.verify_audit(&acme).await.unwrap();
-        assert_eq!((report.entries, report.first_bad), (1, None));
+        assert_eq!(
+            (report.entries, report.first_bad),
+            (2, None),
+            "the first run and d5's"
+        );
+        let later = store.record_intake(&acme, fresh.clone()).await.unwrap();
+        assert_eq!(later, IntakeOutcome::Created(fresh.id));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_intake_script_leaves_a_tenant_whose_keys_are_gone_to_the_longer_path() {
+        let (_dir, store) = store().await;
+        let (acme, beta) = (scope("us-acme"), scope("eu-beta"));
+        let fresh = run("d1", None);
+        let batch = [
+            (&acme, valid(&store, &acme, fresh.clone()).await),
+            (&beta, valid(&store, &beta, run("d1", None)).await),
+        ];
+        // Offboarded while its delivery was on its way: the tenant's row stays, its data keys
+        // are destroyed, so its audit entry cannot be sealed.
+        store
+            .offboard_tenant(&beta, &crate::MasterKey::generate(), "operator")
+            .await
+            .unwrap();
+        let runs: Vec<_> = batch.iter().map(|(s, v)| (*s, v)).collect();
+        let mut tx = store.begin_write().await.unwrap();
+        let script = store.intake_script(&mut tx, &runs).await;
+        assert!(
+            matches!(script, Ok(None)),
+            "one tenant's failure is not the batch's: {:?}",
+            script.map(|r| r.map(|r| r.len()))
+        );
+        // Nothing was written and the transaction goes on: the acme run is still new.
+        tx.commit().await.unwrap();
+        assert!(store.run(&acme, fresh.id).await.unwrap().is_none());
         let later = store.record_intake(&acme, fresh.clone()).await.unwrap();
         assert_eq!(later, IntakeOutcome::Created(fresh.id));
         store.close().await;

@@ -180,6 +180,17 @@ impl ServiceNowMock {
         lock(&self.state).token_generation += 1;
     }
 
+    /// How many single incidents were read (`GET /api/now/table/incident/{sys_id}`).
+    pub async fn record_reads(&self) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| {
+                r.method.as_str() == "GET" && r.url.path().starts_with("/api/now/table/incident/")
+            })
+            .count()
+    }
+
     /// How many times the token endpoint was asked for a token.
     pub async fn token_requests(&self) -> usize {
         self.requests()

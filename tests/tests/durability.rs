@@ -929,12 +929,19 @@ async fn a_run_started_from_what_intake_wrote_reads_its_journal_again_when_it_mo
         .cancel_run(&rig.scope(), stale, &request)
         .await
         .expect("the run is cancelled");
-    steward.start_fresh(&rig.tenant, stale, copy).await;
+    // The cancel wakes the run itself; that actor reads the journal and stops. Only then is
+    // the copy handed over, to an actor of its own.
+    let stopped = || async { (!rig.is_live(stale).await).then_some(()) };
     settle().await;
-    eventually("the stale run's actor to stop", || async {
-        (!rig.is_live(stale).await).then_some(())
+    eventually("the cancelled run's actor to stop", stopped).await;
+    let reads = sn.record_reads().await;
+    steward.start_fresh(&rig.tenant, stale, copy).await;
+    eventually("the stale copy to read the incident", || async {
+        (sn.record_reads().await > reads).then_some(())
     })
     .await;
+    settle().await;
+    eventually("the stale run's actor to stop", stopped).await;
     let kinds: Vec<String> = rig
         .server()
         .store
