@@ -67,6 +67,18 @@ pub struct FreshRun {
     pub first_step: Step,
 }
 
+impl FreshRun {
+    /// What `run` will be once intake has written it: its step 0 read back from the JSON
+    /// that is stored, as the actor's own read would.
+    pub fn of(run: &steward_persistence::NewRun) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            source: run.source.clone(),
+            trigger: run.trigger.clone(),
+            first_step: serde_json::from_value(run.first_step.1.clone())?,
+        })
+    }
+}
+
 pub struct RunArgs {
     pub run_id: RunId,
     pub runtime: SharedRuntime,
@@ -151,13 +163,13 @@ impl Actor for RunActor {
                 }
                 RunMsg::Reload => {
                     state.reloads += 1;
-                    if let Some(fresh) = state.fresh.take() {
-                        state.start_fresh(*fresh);
-                        state.watch.folded(&state.run, &state.run.next(state.now()));
-                    } else {
-                        let loaded = state.reload().await;
-                        state.watch.folded(&state.run, &state.run.next(state.now()));
-                        loaded?;
+                    // A run started from intake's copy has no timers yet.
+                    let read = match state.fresh.take() {
+                        Some(fresh) => Ok(state.start_fresh(*fresh)),
+                        None => state.reload().await.map(|()| true),
+                    };
+                    state.watch.folded(&state.run, &state.run.next(state.now()));
+                    if read? {
                         state.fire_due_timers().await?;
                     }
                 }
@@ -219,14 +231,15 @@ impl<E: std::fmt::Display> From<CallError<E>> for Fail {
 
 impl RunActorState {
     /// Takes the run as intake wrote it in place of reading it back: its trace context, its
-    /// source and its journal of one step. A new run has no timers to fire.
-    fn start_fresh(&mut self, fresh: FreshRun) {
+    /// source and its journal of one step. Answers false: nothing was read from the store.
+    fn start_fresh(&mut self, fresh: FreshRun) -> bool {
         self.trace_parent = crate::trace_context::from_trigger(&fresh.trigger);
         self.source = fresh
             .source
             .map(|s| s.to_string())
             .unwrap_or_else(|| "api".into());
         self.run = RunState::fold(&[fresh.first_step]);
+        false
     }
 
     async fn reload(&mut self) -> Result<(), StoreError> {

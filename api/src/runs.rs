@@ -148,12 +148,8 @@ pub(crate) async fn create(
     crate::telemetry::record_traceparent(&mut run.trigger, &headers);
     let tenant = scope.tenant().clone();
     // The run's actor starts from what intake writes instead of reading it back.
-    let fresh = steward_actors::run::FreshRun {
-        source: None,
-        trigger: run.trigger.clone(),
-        first_step: serde_json::from_value(run.first_step.1.clone())
-            .map_err(|e| ApiError::Internal(format!("the first step does not read back: {e}")))?,
-    };
+    let fresh = steward_actors::run::FreshRun::of(&run)
+        .map_err(|e| ApiError::Internal(format!("the first step does not read back: {e}")))?;
     match state.store.record_intake(&scope, run).await? {
         IntakeOutcome::Created(run_id) => {
             start(&state, tenant, run_id, fresh);

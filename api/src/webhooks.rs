@@ -121,12 +121,8 @@ async fn intake(
     let mut run = new_run(&source, &delivery.id, delivery.timestamp, found, &body)?;
     crate::telemetry::record_traceparent(&mut run.trigger, &headers);
     // What the run's actor would read back as it starts: it starts from this instead.
-    let fresh = FreshRun {
-        source: run.source.clone(),
-        trigger: run.trigger.clone(),
-        first_step: serde_json::from_value(run.first_step.1.clone())
-            .map_err(|e| ApiError::Internal(format!("the first step does not read back: {e}")))?,
-    };
+    let fresh = FreshRun::of(&run)
+        .map_err(|e| ApiError::Internal(format!("the first step does not read back: {e}")))?;
     // The delivery is verified: record it and start its run in a task of their own, so that a
     // client that goes away now cannot stop an accepted delivery halfway (between its commit and
     // its wake-up). Nothing after this point answers 429.

@@ -307,7 +307,17 @@ pub(crate) fn keys_distinct<'a>(
 
 /// `($1, $2, …), (…)`: placeholders for `rows` rows of `cols` values each.
 pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
-    let mut sql = String::with_capacity(rows * cols * 5);
+    let mut sql = String::new();
+    push_placeholders(&mut sql, 0, rows, cols);
+    sql
+}
+
+/// Appends placeholders for `rows` rows of `cols` values each to `sql`, numbered on from
+/// `after` (`$after+1` first).
+fn push_placeholders(sql: &mut String, after: usize, rows: usize, cols: usize) {
+    use std::fmt::Write as _;
+    sql.reserve(rows * cols * 7);
+    let mut n = after;
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
@@ -317,11 +327,11 @@ pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
             if col > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * cols + col + 1));
+            n += 1;
+            let _ = write!(sql, "${n}");
         }
         sql.push(')');
     }
-    sql
 }
 
 /// Statements sent to the database as one, their placeholders numbered on across all of them
@@ -350,22 +360,8 @@ impl<'q> Script<'q> {
     /// Appends `(…), (…)`: placeholders for `rows` rows of `cols` values each, numbered on
     /// from the script's last. Their values are bound next, in order.
     pub(crate) fn rows(&mut self, rows: usize, cols: usize) {
-        use std::fmt::Write as _;
-        self.sql.reserve(rows * cols * 7);
-        for row in 0..rows {
-            if row > 0 {
-                self.sql.push_str(", ");
-            }
-            self.sql.push('(');
-            for col in 0..cols {
-                if col > 0 {
-                    self.sql.push_str(", ");
-                }
-                self.params += 1;
-                let _ = write!(self.sql, "${}", self.params);
-            }
-            self.sql.push(')');
-        }
+        push_placeholders(&mut self.sql, self.params, rows, cols);
+        self.params += rows * cols;
     }
 
     /// Binds the next placeholder's value.
@@ -381,9 +377,6 @@ impl<'q> Script<'q> {
 
     /// Runs every statement of the script in `tx`, in order; the first that fails stops it.
     pub(crate) async fn execute(self, tx: &mut WriteTx) -> Result<(), sqlx::Error> {
-        if self.sql.is_empty() {
-            return Ok(());
-        }
         sqlx::query_with(&self.sql, self.args)
             .execute(&mut **tx)
             .await
@@ -712,7 +705,7 @@ impl Store {
                 return Ok(None);
             }
         };
-        let script = match script_of(runs, &entries) {
+        let script = match script_of(runs, &all, &entries) {
             Ok(script) => script,
             Err(e) => {
                 tracing::debug!(error = %e, "an intake script was not tried");
@@ -733,12 +726,13 @@ impl Store {
     }
 }
 
-/// The script of [`Store::intake_script`] for `runs`, whose audit entries are `entries`.
+/// The script of [`Store::intake_script`] for `runs` (`all` their indexes), whose audit
+/// entries are `entries`.
 fn script_of<'q>(
     runs: &[(&'q TenantScope, &'q ValidRun)],
+    all: &[usize],
     entries: &'q [crate::AuditEntry],
 ) -> Result<Script<'q>, StoreError> {
-    let all: Vec<usize> = (0..runs.len()).collect();
     let mut script = Script::new();
     script.push(&format!("SAVEPOINT {SCRIPT}; "));
     let claims: Vec<(usize, &str, &str)> = runs
@@ -768,9 +762,9 @@ fn script_of<'q>(
         }
         script.push("; ");
     }
-    push_runs(&mut script, runs, &all)?;
+    push_runs(&mut script, runs, all)?;
     script.push("; ");
-    push_first_steps(&mut script, runs, &all)?;
+    push_first_steps(&mut script, runs, all)?;
     script.push("; ");
     crate::audit::push_entries(&mut script, entries)?;
     script.push(&format!("; RELEASE SAVEPOINT {SCRIPT}"));

@@ -942,16 +942,11 @@ async fn a_run_started_from_what_intake_wrote_reads_its_journal_again_when_it_mo
     .await;
     settle().await;
     eventually("the stale run's actor to stop", stopped).await;
-    let kinds: Vec<String> = rig
-        .server()
-        .store
-        .steps(&rig.scope(), stale)
-        .await
-        .expect("the store answers")
-        .into_iter()
-        .map(|s| s.kind)
-        .collect();
-    assert_eq!(kinds, ["received", "finished"], "nothing after the cancel");
+    assert_eq!(
+        rig.step_kinds(stale).await,
+        ["received", "finished"],
+        "nothing after the cancel"
+    );
     let record = rig.run(stale).await.expect("the run");
     assert_eq!(record.state, states::CANCELLED);
     assert_eq!(
