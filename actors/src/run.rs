@@ -110,6 +110,8 @@ pub struct RunActorState {
     /// The token reservation the triage under way made, settled with the step that records
     /// the triage (see `gates.rs`).
     settle: Option<gates::TokenSettlement>,
+    /// The triage's reservation, taken ahead with the step that recorded the incident.
+    reserved: Option<gates::Reserved>,
     /// The run as intake wrote it, taken by the first reload in place of the store's copy.
     fresh: Option<Box<FreshRun>>,
 }
@@ -139,6 +141,7 @@ impl Actor for RunActor {
             watch: args.watch,
             trace_parent: None,
             settle: None,
+            reserved: None,
             fresh: args.fresh,
         })
     }
@@ -243,6 +246,9 @@ impl RunActorState {
     }
 
     async fn reload(&mut self) -> Result<(), StoreError> {
+        // A reservation taken ahead was for the run as it stood; the journal read decides
+        // anew. What it took stays charged (counting more, never less).
+        self.reserved = None;
         let rt = &self.runtime;
         let run = rt.store.run(&rt.scope, self.run_id).await?;
         let Some(run) = run else {
@@ -320,10 +326,49 @@ impl RunActorState {
             // approver's Slack message says how the run ended.
             Ok(Step::Finished { state, reason }) => self.finish(&state, &reason).await?,
             Ok(step @ Step::Reproposed { .. }) => self.repropose(step).await?,
+            Ok(step @ Step::Triaged { .. }) => self.record_with_decision(step).await?,
+            Ok(step @ Step::IncidentFetched { .. }) => self.record_reserving_triage(step).await?,
             Ok(step) => self.record(step, None).await?,
             Err(halt) => self.halted(halt).await?,
         }
         Ok(())
+    }
+
+    /// Records a triage together with the policy's decision on it, when the run decides next
+    /// and the decision opens an approval or allows a write: the decision needs nothing but
+    /// the triage and does nothing outside Steward, so both share one commit on the way to
+    /// the approval request. A decision that ends the run (every change denied, nothing
+    /// proposed) or fails is taken as its own step after the triage, as before.
+    async fn record_with_decision(&mut self, triaged: Step) -> Result<(), StoreError> {
+        let mut after = self.run.clone();
+        after.apply(&triaged);
+        if after.next(self.now()) != Next::Decide {
+            return self.record(triaged, None).await;
+        }
+        let span = info_span!(
+            "run.step",
+            steward.tenant = %self.runtime.scope.tenant(),
+            steward.run_id = %self.run_id,
+            steward.step = "decide",
+            steward.outcome = tracing::field::Empty,
+        );
+        if let Some(parent) = &self.trace_parent {
+            crate::trace_context::set_parent(&span, parent);
+        }
+        let started = std::time::Instant::now();
+        let decided = span.in_scope(|| self.decide_on(&after));
+        match decided {
+            Ok(decided @ Step::PolicyDecided { .. }) => {
+                let recorded = self
+                    .record_all(vec![triaged, decided])
+                    .instrument(span.clone())
+                    .await;
+                self.runtime.metrics.step_took("decide", started.elapsed());
+                span.record("steward.outcome", self.step_outcome(recorded.is_ok()));
+                recorded
+            }
+            _ => self.record(triaged, None).await,
+        }
     }
 
     /// Starts over after a stale approval: the approver's message says nothing was written and a
@@ -481,12 +526,17 @@ impl RunActorState {
 
     /// The policy gate: a decision per proposed field, and the diff of what it allows.
     fn decide(&self) -> Result<Step, Fail> {
-        let incident = self.incident()?;
-        let proposal = self
-            .run
-            .proposal
+        self.decide_on(&self.run)
+    }
+
+    /// [`RunActorState::decide`] for the run at `run`: the state a triage not yet recorded
+    /// leads to, when the decision rides with it.
+    fn decide_on(&self, run: &RunState) -> Result<Step, Fail> {
+        let incident = run
+            .incident
             .as_ref()
-            .ok_or(Fail("no proposal".into()))?;
+            .ok_or(Fail("the incident was not read".into()))?;
+        let proposal = run.proposal.as_ref().ok_or(Fail("no proposal".into()))?;
         let mut decisions = Vec::new();
         let mut entries = Vec::new();
         let mut needs_approval = false;
@@ -890,10 +940,60 @@ impl RunActorState {
     /// notes a Slack message already posted is then appended after what came in, so the run
     /// can still update that message when it ends.
     async fn record(&mut self, step: Step, error: Option<&str>) -> Result<(), StoreError> {
-        let mut next = self.run.clone();
-        next.apply(&step);
-        let body = serde_json::to_value(&step).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let new_approval = match &step {
+        let (write, next) = self.step_write(&self.run.clone(), &step, error)?;
+        let rt = &self.runtime;
+        let appended = rt.store.append_owned_step(&rt.scope, write);
+        let result = rt
+            .metrics
+            .metrics()
+            .time_query("append_step", appended)
+            .await;
+        self.recorded(step, error, next, result).await
+    }
+
+    /// Records `steps`, which follow one another, with one commit where the store can
+    /// ([`steward_persistence::Store::append_owned_steps`]), then folds in each one written.
+    /// The first that is not written is answered as [`RunActorState::record`] answers it, and
+    /// the ones after it are dropped: a conflict reads the journal again, and the run takes
+    /// its next step from there.
+    async fn record_all(&mut self, steps: Vec<Step>) -> Result<(), StoreError> {
+        let mut state = self.run.clone();
+        let mut writes = Vec::with_capacity(steps.len());
+        let mut states = Vec::with_capacity(steps.len());
+        for step in &steps {
+            let (write, next) = self.step_write(&state, step, None)?;
+            writes.push(write);
+            states.push(next.clone());
+            state = next;
+        }
+        let rt = &self.runtime;
+        let appended = rt.store.append_owned_steps(&rt.scope, writes);
+        let results = rt
+            .metrics
+            .metrics()
+            .time_query("append_step", async { Ok::<_, StoreError>(appended.await) })
+            .await?;
+        for ((step, next), result) in steps.into_iter().zip(states).zip(results) {
+            let moved = result.is_err();
+            self.recorded(step, None, next, result).await?;
+            if moved {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The write that appends `step` to a run at `state`, and the state after it.
+    fn step_write(
+        &mut self,
+        state: &RunState,
+        step: &Step,
+        error: Option<&str>,
+    ) -> Result<(StepWrite, RunState), StoreError> {
+        let mut next = state.clone();
+        next.apply(step);
+        let body = serde_json::to_value(step).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let new_approval = match step {
             Step::PolicyDecided {
                 approval_id: Some(id),
                 diff,
@@ -910,27 +1010,32 @@ impl RunActorState {
         };
         let write = StepWrite {
             run_id: self.run_id,
-            expected_seq: self.run.steps,
+            expected_seq: state.steps,
             kind: step.kind().to_owned(),
-            audit: vec![audit_for(&self.run_id, self.run.steps, &step, &body)],
+            audit: vec![audit_for(&self.run_id, state.steps, step, &body)],
             body,
             new_state: next.stored_state().to_owned(),
             last_error: error.map(str::to_owned),
             new_approval,
-            timers: self.timers_for(&step),
-            charges: self.take_charges(&step, &next),
+            timers: self.timers_for(step),
+            charges: self.take_charges(step, &next),
         };
-        let rt = &self.runtime;
-        let appended = rt.store.append_owned_step(&rt.scope, write);
-        match rt
-            .metrics
-            .metrics()
-            .time_query("append_step", appended)
-            .await
-        {
+        Ok((write, next))
+    }
+
+    /// Folds in a step the store answered: `next` when it was written; on a conflict, the
+    /// journal read again (and a step noting a posted message appended after it).
+    async fn recorded(
+        &mut self,
+        step: Step,
+        error: Option<&str>,
+        next: RunState,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match result {
             Ok(()) => {
                 if next.finished.is_some() && self.run.finished.is_none() {
-                    rt.metrics.run_finished(next.stored_state());
+                    self.runtime.metrics.run_finished(next.stored_state());
                 }
                 self.run = next;
                 Ok(())

@@ -522,7 +522,7 @@ fn fail_all<T>(
 
 /// A copy of an error that several callers share. Database errors other than a closed or
 /// exhausted pool are not `Clone`; they are passed on as an I/O error carrying their message.
-fn shared_error(error: &StoreError) -> StoreError {
+pub(crate) fn shared_error(error: &StoreError) -> StoreError {
     match error {
         StoreError::Db(sqlx::Error::PoolClosed) => StoreError::Db(sqlx::Error::PoolClosed),
         StoreError::Db(sqlx::Error::PoolTimedOut) => StoreError::Db(sqlx::Error::PoolTimedOut),

@@ -334,7 +334,62 @@ impl Store {
         scope: &TenantScope,
         step: StepWrite,
     ) -> Result<(), StoreError> {
-        let fence = match self.fencing() {
+        let fence = self.own_fence(scope)?;
+        self.write_step(scope, step, fence).await
+    }
+
+    /// [`Store::append_owned_step`] for steps of one run that follow one another (each
+    /// `expected_seq` one past the step before it), sharing one commit: the run's next step
+    /// when it has no effect outside Steward and needs nothing but the step before it (the
+    /// policy's decision on a triage). Answers each step in order. On SQLite the steps go to
+    /// the batcher together, each under a savepoint of its own, so a step that fails leaves
+    /// the ones before it written and fails every one after it (their journal is not where
+    /// they expect: Conflict). On PostgreSQL they are one transaction, all or none: a failure
+    /// answers every step with it.
+    pub async fn append_owned_steps(
+        &self,
+        scope: &TenantScope,
+        steps: Vec<StepWrite>,
+    ) -> Vec<Result<(), StoreError>> {
+        let count = steps.len();
+        let all = |e: &StoreError| {
+            (0..count)
+                .map(|_| Err(crate::batch::shared_error(e)))
+                .collect()
+        };
+        let fence = match self.own_fence(scope) {
+            Ok(fence) => fence,
+            Err(e) => return all(&e),
+        };
+        if let Err(e) = self.content_key(scope).await {
+            return all(&e);
+        }
+        if !self.is_postgres() {
+            return self.submit_steps(scope, steps, fence).await;
+        }
+        let written = async {
+            let mut tx = self.begin_write_as(scope).await?;
+            for step in &steps {
+                self.step_in(&mut tx, scope, step, fence.as_ref()).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        };
+        match written.await {
+            Ok(()) => {
+                if steps.iter().any(|s| !s.timers.is_empty()) {
+                    self.timers_changed();
+                }
+                (0..count).map(|_| Ok(())).collect()
+            }
+            Err(e) => all(&e),
+        }
+    }
+
+    /// The fence an owned step must be written under: none before [`Store::fence_with`];
+    /// after it, this node's lease of the scope's tenant, or Fenced when it holds none.
+    fn own_fence(&self, scope: &TenantScope) -> Result<Option<Fence>, StoreError> {
+        Ok(match self.fencing() {
             None => None,
             Some(fencing) => {
                 let token = fencing.token(scope.tenant()).ok_or_else(|| {
@@ -349,8 +404,7 @@ impl Store {
                     token,
                 })
             }
-        };
-        self.write_step(scope, step, fence).await
+        })
     }
 
     /// Writes one step. On SQLite, whose one writer connection serializes every write anyway,

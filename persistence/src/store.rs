@@ -486,6 +486,45 @@ impl Store {
         Ok(())
     }
 
+    /// Hands the batcher journal steps of one run together, in order (so they ride in one
+    /// batch unless the queue is full between them), and waits for each answer; wakes the
+    /// timer loop when a step written set timers.
+    pub(crate) async fn submit_steps(
+        &self,
+        scope: &TenantScope,
+        steps: Vec<crate::StepWrite>,
+        fence: Option<crate::runs::Fence>,
+    ) -> Vec<Result<(), StoreError>> {
+        let mut answers = Vec::with_capacity(steps.len());
+        for step in steps {
+            let sets_timers = !step.timers.is_empty();
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = Job::Step(Box::new(StepJob {
+                scope: scope.clone(),
+                step,
+                fence: fence.clone(),
+                reply,
+            }));
+            let submitted = self.intake.submit(job).await.map(|()| answer);
+            answers.push((submitted, sets_timers));
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for (submitted, sets_timers) in answers {
+            let result = match submitted {
+                Ok(answer) => answer
+                    .await
+                    .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))
+                    .and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            if result.is_ok() && sets_timers {
+                self.timers_changed();
+            }
+            results.push(result);
+        }
+        results
+    }
+
     /// Hands the batcher the job `make` builds around a reply channel, and waits for its
     /// answer.
     async fn ask_batcher<T>(

@@ -50,6 +50,7 @@ pub(crate) async fn announce(
         watch: RunWatch::new(),
         trace_parent: None,
         settle: None,
+        reserved: None,
         fresh: None,
     };
     match notice {

@@ -48,6 +48,14 @@ pub(super) struct TokenSettlement {
     estimate: u64,
 }
 
+/// A triage's reservation taken ahead, with the step that recorded the incident, and what
+/// the store answered.
+pub(super) struct Reserved {
+    settle: TokenSettlement,
+    asks: Vec<MeterAsk>,
+    answer: Reservation,
+}
+
 /// The most later windows a held run is spread to.
 const MAX_WAVES: u64 = 24;
 /// The longest shadow notice, in characters.
@@ -136,21 +144,65 @@ impl RunActorState {
         self.record(step, Some(&reason)).await
     }
 
-    /// Reserves the triage's call and tokens, triages, then settles the tokens to what the
-    /// provider reported.
-    async fn budgeted_triage(&mut self) -> Result<(), ActorProcessingErr> {
+    /// The triage's call and tokens to reserve, as of now.
+    fn triage_asks(&self) -> (TokenSettlement, Vec<MeterAsk>) {
         let now = self.now();
         let estimate = u64::from(self.runtime.settings.llm.max_tokens);
         let asks = budgets::llm_asks(&self.budget(), now, estimate);
+        (TokenSettlement { now, estimate }, asks)
+    }
+
+    /// Records the incident just read and reserves the triage that follows it at the same
+    /// time: the two writes reach the store together and share a commit where they can, so
+    /// the reservation costs no wait of its own on the way to the approval request. The
+    /// triage then takes the answer instead of reserving again. Should the journal have moved
+    /// on meanwhile (a conflict), the answer is dropped and what it took stays charged: the
+    /// budget counts more, never less.
+    pub(super) async fn record_reserving_triage(&mut self, step: Step) -> Result<(), StoreError> {
+        let (settle, asks) = self.triage_asks();
         let rt = self.runtime.clone();
-        if let refused @ Reservation::Refused { .. } =
-            rt.store.reserve_budget(&rt.scope, &asks).await?
-        {
+        let (recorded, answer) = tokio::join!(
+            self.record(step, None),
+            rt.store.reserve_budget(&rt.scope, &asks)
+        );
+        recorded?;
+        let answer = answer?;
+        if self.run.next(self.now()) == Next::Triage {
+            self.reserved = Some(Reserved {
+                settle,
+                asks,
+                answer,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reserves the triage's call and tokens (or takes the reservation made ahead), triages,
+    /// then settles the tokens to what the provider reported.
+    async fn budgeted_triage(&mut self) -> Result<(), ActorProcessingErr> {
+        let Reserved {
+            settle,
+            asks,
+            answer,
+        } = match self.reserved.take() {
+            Some(reserved) => reserved,
+            None => {
+                let (settle, asks) = self.triage_asks();
+                let rt = self.runtime.clone();
+                let answer = rt.store.reserve_budget(&rt.scope, &asks).await?;
+                Reserved {
+                    settle,
+                    asks,
+                    answer,
+                }
+            }
+        };
+        if let refused @ Reservation::Refused { .. } = answer {
             return Ok(self.hold_budget(Gate::LlmBudget, refused, &asks).await?);
         }
         // The step that records the triage settles the reservation in its own transaction
         // (`take_charges`): no commit of its own on the way to the approval request.
-        self.settle = Some(TokenSettlement { now, estimate });
+        self.settle = Some(settle);
         let stepped = self.step(Next::Triage).await;
         self.settle = None;
         stepped

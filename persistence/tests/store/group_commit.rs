@@ -403,6 +403,99 @@ async fn steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alo
     }
 }
 
+/// Steps of one run handed over together land in order, behind a held writer as without
+/// one: a second step sees the first; a stale first step fails both; a step that fails after
+/// a good one leaves the good one written on SQLite (each has its savepoint) and nothing on
+/// PostgreSQL (one transaction).
+async fn steps_of_one_run_handed_over_together_land_in_order() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let [both, stale, half] = [
+        db.intake("us-acme").await,
+        db.intake("us-acme").await,
+        db.intake("us-acme").await,
+    ];
+    let held = hold_writes(&db).await;
+    let mut set = JoinSet::new();
+    let mut invalid = step(half, 2, "writing");
+    invalid.audit[0].actor = String::new();
+    for (label, steps) in [
+        (
+            "both",
+            vec![
+                step(both, 1, "triaging"),
+                step(both, 2, "awaiting_approval"),
+            ],
+        ),
+        (
+            "stale",
+            vec![step(stale, 4, "triaging"), step(stale, 5, "writing")],
+        ),
+        ("half", vec![step(half, 1, "triaging"), invalid]),
+    ] {
+        let store = db.store.clone();
+        let acme = acme.clone();
+        set.spawn(async move { (label, store.append_owned_steps(&acme, steps).await) });
+    }
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+        .await
+        .expect("every step is answered")
+    {
+        let (label, results) = joined.expect("a task panicked");
+        let kinds: Vec<&str> = results
+            .iter()
+            .map(|r| match r {
+                Ok(()) => "ok",
+                Err(StoreError::Conflict(_)) => "conflict",
+                Err(StoreError::Invalid(_)) => "invalid",
+                Err(e) => panic!("{label}: {e:?}"),
+            })
+            .collect();
+        answers.insert(label, kinds);
+    }
+    let half_answer = match db.backend() {
+        Backend::Sqlite => vec!["ok", "invalid"],
+        Backend::Postgres => vec!["invalid", "invalid"],
+    };
+    assert_eq!(answers["both"], ["ok", "ok"]);
+    assert_eq!(answers["stale"], ["conflict", "conflict"]);
+    assert_eq!(answers["half"], half_answer);
+    let kinds = |run| {
+        let store = db.store.clone();
+        let acme = acme.clone();
+        async move {
+            let journal = store.steps(&acme, run).await.unwrap();
+            let state = store.run(&acme, run).await.unwrap().unwrap().state;
+            (
+                journal.into_iter().map(|s| s.kind).collect::<Vec<_>>(),
+                state,
+            )
+        }
+    };
+    let (journal, state) = kinds(both).await;
+    assert_eq!((journal.len(), journal[2].as_str()), (3, "step-2"));
+    assert_eq!(state, "awaiting_approval");
+    assert_eq!(
+        kinds(stale).await.0.len(),
+        1,
+        "nothing of a stale pair is written"
+    );
+    let written: u64 = if db.backend() == Backend::Sqlite {
+        2
+    } else {
+        1
+    };
+    assert_eq!(kinds(half).await.0.len() as u64, written);
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!(
+        (report.entries, report.first_bad),
+        (3 + 2 + written - 1, None)
+    );
+}
+
 async fn intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock() {
     let db = TestDb::new().await;
     for tenant in &TENANTS[2..] {
@@ -578,4 +671,5 @@ crate::support::conformance!(
     steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alone,
     intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock,
     reservations_in_one_batch_are_answered_in_turn_as_if_taken_one_by_one,
+    steps_of_one_run_handed_over_together_land_in_order,
 );
