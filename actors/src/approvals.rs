@@ -358,6 +358,8 @@ async fn vote(
         new_approval: None,
         timers: vec![],
         charges: vec![],
+        approval_message: None,
+        clears_timers: false,
     };
     rt.store.append_step(scope, write).await?;
     Ok(DecisionOutcome::Voted {
@@ -421,6 +423,8 @@ async fn record(
         new_approval: None,
         timers: vec![],
         charges: vec![],
+        approval_message: None,
+        clears_timers: false,
     };
     match rt
         .store

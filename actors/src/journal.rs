@@ -231,6 +231,8 @@ pub fn finished_write(
         new_approval: None,
         timers: vec![],
         charges: vec![],
+        approval_message: None,
+        clears_timers: false,
     }
 }
 

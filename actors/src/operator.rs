@@ -145,6 +145,8 @@ fn decision_write(
         new_approval: None,
         timers: vec![],
         charges: vec![],
+        approval_message: None,
+        clears_timers: false,
     }
 }
 

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use steward_adapters::llm::TriageRequest;
 use steward_adapters::slack::{self, ApprovalView, DeniedField};
 use steward_core::{Diff, DiffEntry, Incident, RunId};
-use steward_persistence::{AuditDraft, NewApproval, StepWrite, StoreError};
+use steward_persistence::{ApprovalMessage, AuditDraft, NewApproval, StepWrite, StoreError};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::connectors::{Connectors, LlmMsg, ServiceNowMsg, SlackMsg};
@@ -112,6 +112,8 @@ pub struct RunActorState {
     settle: Option<gates::TokenSettlement>,
     /// The triage's reservation, taken ahead with the step that recorded the incident.
     reserved: Option<gates::Reserved>,
+    /// Whether this actor recorded the run's end, which removed the run's timers with it.
+    timers_cleared: bool,
     /// The run as intake wrote it, taken by the first reload in place of the store's copy.
     fresh: Option<Box<FreshRun>>,
 }
@@ -142,6 +144,7 @@ impl Actor for RunActor {
             trace_parent: None,
             settle: None,
             reserved: None,
+            timers_cleared: false,
             fresh: args.fresh,
         })
     }
@@ -183,7 +186,10 @@ impl Actor for RunActor {
             debug!(?next, "run step");
             match next {
                 Next::Done => {
-                    state.clear_timers().await;
+                    // A run whose actor recorded its end cleared its timers with that step.
+                    if !state.timers_cleared {
+                        state.clear_timers().await;
+                    }
                     myself.stop(None);
                 }
                 Next::AwaitApproval | Next::Wait { .. } => state.idle(&myself),
@@ -654,9 +660,7 @@ impl RunActorState {
             .await;
         match result {
             Ok(posted) => {
-                rt.store
-                    .set_approval_message(&rt.scope, approval_id, &posted.channel, &posted.ts)
-                    .await?;
+                // The approval notes its message in the transaction of this step.
                 let step = Step::ApprovalRequested {
                     approval_id,
                     channel: posted.channel,
@@ -1019,6 +1023,19 @@ impl RunActorState {
             new_approval,
             timers: self.timers_for(step),
             charges: self.take_charges(step, &next),
+            approval_message: match step {
+                Step::ApprovalRequested {
+                    approval_id,
+                    channel,
+                    ts,
+                } => Some(ApprovalMessage {
+                    approval_id: *approval_id,
+                    channel: channel.clone(),
+                    ts: ts.clone(),
+                }),
+                _ => None,
+            },
+            clears_timers: ends(state, &next),
         };
         Ok((write, next))
     }
@@ -1034,8 +1051,9 @@ impl RunActorState {
     ) -> Result<(), StoreError> {
         match result {
             Ok(()) => {
-                if next.finished.is_some() && self.run.finished.is_none() {
+                if ends(&self.run, &next) {
                     self.runtime.metrics.run_finished(next.stored_state());
+                    self.timers_cleared = true;
                 }
                 self.run = next;
                 Ok(())
@@ -1195,6 +1213,11 @@ impl<'a> ApprovalViewOwned<'a> {
 
 /// Steps that note a message Steward has posted in Slack. The fold does not depend on their
 /// order, so they stay true when something else was recorded first.
+/// Whether a step taking a run from `before` to `after` ends it.
+fn ends(before: &RunState, after: &RunState) -> bool {
+    after.finished.is_some() && before.finished.is_none()
+}
+
 fn notes_a_posted_message(step: &Step) -> bool {
     matches!(
         step,

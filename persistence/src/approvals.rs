@@ -108,19 +108,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         codec::check_text(channel, "slack channel", 64)?;
         codec::check_text(ts, "slack message ts", 64)?;
+        let message = crate::ApprovalMessage {
+            approval_id: id,
+            channel: channel.to_owned(),
+            ts: ts.to_owned(),
+        };
         let mut tx = self.begin_write_as(scope).await?;
-        let done = sqlx::query(
-            "UPDATE approvals SET channel = $1, message_ts = $2 WHERE tenant_id = $3 AND id = $4",
-        )
-        .bind(channel)
-        .bind(ts)
-        .bind(scope.id())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("approval {id}")));
-        }
+        set_message_in(&mut tx, scope, &message).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -258,4 +252,29 @@ async fn approval_in(
         .fetch_optional(&mut **tx)
         .await?;
     row.map(ApprovalRecord::try_from).transpose()
+}
+
+/// Notes inside `tx` where the message showing an approval was posted; NotFound when the
+/// scope's tenant has no such approval.
+pub(crate) async fn set_message_in(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+    message: &crate::ApprovalMessage,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE approvals SET channel = $1, message_ts = $2 WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(&message.channel)
+    .bind(&message.ts)
+    .bind(scope.id())
+    .bind(message.approval_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!(
+            "approval {}",
+            message.approval_id
+        )));
+    }
+    Ok(())
 }

@@ -118,7 +118,7 @@ pub use retention::{
     ERASED, ErasureReport, LegalHold, MAX_HOLD_REASON_CHARS, MAX_RETENTION_DAYS, MAX_SWEEP_BATCH,
     MIN_AUDIT_DAYS, PruneAnchor, RetentionSettings, Subject, SweepReport,
 };
-pub use runs::{RunRecord, StepRecord, StepWrite};
+pub use runs::{ApprovalMessage, RunRecord, StepRecord, StepWrite};
 pub use scope::{Authenticator, TenantScope};
 pub use siem::{MAX_SIEM_URL_BYTES, SIEM_SECRET, SiemState, SiemStream};
 pub use sources::WebhookSource;

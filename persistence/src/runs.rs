@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use sqlx::FromRow;
-use steward_core::{IncidentRef, RunId, SourceName, TenantId};
+use steward_core::{ApprovalId, IncidentRef, RunId, SourceName, TenantId};
 
 use crate::approvals::NewApproval;
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
@@ -76,6 +76,21 @@ pub struct StepWrite {
     /// Budget meter windows this step settles, in the same transaction (a triage's tokens,
     /// recorded with the triage): each as [`Store::charge_budget`] would.
     pub charges: Vec<crate::MeterCharge>,
+    /// The Slack message now showing an approval the run opened, noted on the approval as
+    /// [`Store::set_approval_message`] would, in the same transaction as the step that
+    /// records the post.
+    pub approval_message: Option<ApprovalMessage>,
+    /// Removes every timer of the run before this step's own are set: the step ends the run,
+    /// and nothing it waited for can wake it any more.
+    pub clears_timers: bool,
+}
+
+/// Where the message showing an approval was posted ([`StepWrite::approval_message`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApprovalMessage {
+    pub approval_id: ApprovalId,
+    pub channel: String,
+    pub ts: String,
 }
 
 #[derive(FromRow)]
@@ -486,6 +501,10 @@ impl Store {
         for charge in &step.charges {
             codec::check_text(&charge.meter, "meter", 128)?;
         }
+        if let Some(message) = &step.approval_message {
+            codec::check_text(&message.channel, "slack channel", 64)?;
+            codec::check_text(&message.ts, "slack message ts", 64)?;
+        }
         let body = step_columns(&step.kind, &step.body)?;
         let now = self.now();
         let key = self.content_key_in(tx, scope).await?;
@@ -543,6 +562,16 @@ impl Store {
 
         if let Some(approval) = &step.new_approval {
             self.insert_approval(tx, scope, step.run_id, approval)
+                .await?;
+        }
+        if let Some(message) = &step.approval_message {
+            crate::approvals::set_message_in(tx, scope, message).await?;
+        }
+        if step.clears_timers {
+            sqlx::query("DELETE FROM timers WHERE tenant_id = $1 AND run_id = $2")
+                .bind(scope.id())
+                .bind(&run)
+                .execute(&mut **tx)
                 .await?;
         }
         for timer in &step.timers {

@@ -58,6 +58,8 @@ fn step(run: RunId, seq: u32, state: &str, kind: &str) -> StepWrite {
         new_approval: None,
         timers: vec![],
         charges: vec![],
+        approval_message: None,
+        clears_timers: false,
     }
 }
 

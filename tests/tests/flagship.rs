@@ -34,6 +34,22 @@ async fn approving_writes_exactly_the_approved_fields_once_and_reports_it_in_sla
         h.servicenow.patches().await.is_empty(),
         "nothing is written before approval"
     );
+    // The approval notes the message that shows it, with the step that records the post.
+    let approval_id = h.step(run, "policy_decided").await["approval_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("the decision opens an approval");
+    let approval = h
+        .server()
+        .store
+        .approval(&h.tenant.scope(), approval_id)
+        .await
+        .expect("the store answers")
+        .expect("the approval exists");
+    assert_eq!(
+        (approval.channel.as_deref(), approval.message_ts.as_deref()),
+        (Some(message.channel.as_str()), Some(message.ts.as_str()))
+    );
 
     let click = h.click(&message, APPROVE_ACTION, APPROVER).await;
     assert_eq!(click.status, 200, "{}", click.text);

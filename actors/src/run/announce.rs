@@ -51,6 +51,7 @@ pub(crate) async fn announce(
         trace_parent: None,
         settle: None,
         reserved: None,
+        timers_cleared: false,
         fresh: None,
     };
     match notice {

@@ -264,6 +264,8 @@ impl RunActorState {
                 new_approval: None,
                 timers: vec![],
                 charges: vec![],
+                approval_message: None,
+                clears_timers: false,
             };
             let rt = self.runtime.clone();
             match rt

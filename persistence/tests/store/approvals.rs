@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use steward_core::{ApprovalId, RunId};
-use steward_persistence::{DecideOutcome, Decision, NewApproval, StoreError};
+use steward_persistence::{ApprovalMessage, DecideOutcome, Decision, NewApproval, StoreError};
 
 use crate::support::{TestDb, scope, step};
 
@@ -80,6 +80,44 @@ async fn the_message_location_is_recorded_and_may_be_replaced() {
     assert!(matches!(err, Err(StoreError::NotFound(_))));
     let err = db.store.set_approval_message(&acme, id, "", "1.2").await;
     assert!(matches!(err, Err(StoreError::Invalid(_))));
+}
+
+/// The step that records a posted approval request notes its message on the approval, in
+/// its own transaction: an approval the tenant does not have fails the step, and nothing of
+/// it is written.
+async fn a_step_notes_the_message_of_its_approval_with_it() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let (run, id) = waiting(&db, "us-acme").await;
+    let mut posted = step(run, 2, "awaiting_approval");
+    posted.approval_message = Some(ApprovalMessage {
+        approval_id: ApprovalId::new(),
+        channel: "C123".into(),
+        ts: "1700000000.000100".into(),
+    });
+    let err = db.store.append_step(&acme, posted.clone()).await;
+    assert!(matches!(err, Err(StoreError::NotFound(_))), "{err:?}");
+    posted.approval_message = Some(ApprovalMessage {
+        approval_id: id,
+        channel: "C123".into(),
+        ts: "x".repeat(65),
+    });
+    let err = db.store.append_step(&acme, posted.clone()).await;
+    assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
+    assert_eq!(db.store.run(&acme, run).await.unwrap().unwrap().steps, 2);
+    let record = db.store.approval(&acme, id).await.unwrap().unwrap();
+    assert_eq!((record.channel, record.message_ts), (None, None));
+
+    posted.approval_message = Some(ApprovalMessage {
+        approval_id: id,
+        channel: "C123".into(),
+        ts: "1700000000.000100".into(),
+    });
+    db.store.append_step(&acme, posted).await.unwrap();
+    let record = db.store.approval(&acme, id).await.unwrap().unwrap();
+    assert_eq!(record.channel.as_deref(), Some("C123"));
+    assert_eq!(record.message_ts.as_deref(), Some("1700000000.000100"));
+    assert_eq!(db.store.run(&acme, run).await.unwrap().unwrap().steps, 3);
 }
 
 async fn a_decision_records_who_and_when_and_appends_the_step() {
@@ -267,6 +305,7 @@ crate::support::conformance!(
     a_step_opens_a_pending_approval,
     an_approval_id_used_twice_is_a_conflict,
     the_message_location_is_recorded_and_may_be_replaced,
+    a_step_notes_the_message_of_its_approval_with_it,
     a_decision_records_who_and_when_and_appends_the_step,
     two_concurrent_decisions_give_exactly_one_decided,
     a_second_click_is_already_decided_and_writes_nothing,

@@ -433,6 +433,8 @@ pub(crate) fn step(run: RunId, seq: u32, state: &str) -> StepWrite {
         new_approval: None,
         timers: vec![],
         charges: vec![],
+        approval_message: None,
+        clears_timers: false,
     }
 }
 

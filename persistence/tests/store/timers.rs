@@ -189,6 +189,39 @@ async fn clearing_a_runs_timers_removes_them_all_and_only_its_own() {
     assert_eq!(db.store.timers(&acme, other).await.unwrap().len(), 1);
 }
 
+/// A step that ends a run removes every timer of the run, and only of that run, in its own
+/// transaction; a timer the same step sets is kept.
+async fn a_step_that_clears_timers_removes_the_runs_before_setting_its_own() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let run = db.intake("us-acme").await;
+    let other = db.intake("us-acme").await;
+    let now = db.clock_ms();
+    for (of, kind) in [(run, "a"), (run, "b"), (other, "a")] {
+        db.store
+            .set_timer(&acme, of, kind, now, &json!({}))
+            .await
+            .unwrap();
+    }
+    let mut ends = step(run, 1, "completed");
+    ends.clears_timers = true;
+    ends.timers = vec![timer("b", now + 5)];
+    db.store.append_step(&acme, ends).await.unwrap();
+    let left = db.store.timers(&acme, run).await.unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|t| (t.kind.as_str(), t.due_at))
+            .collect::<Vec<_>>(),
+        [("b", now + 5)]
+    );
+    assert_eq!(db.store.timers(&acme, other).await.unwrap().len(), 1);
+    let mut stale = step(other, 4, "completed");
+    stale.clears_timers = true;
+    let err = db.store.append_step(&acme, stale).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(db.store.timers(&acme, other).await.unwrap().len(), 1);
+}
+
 async fn another_tenant_can_neither_see_set_nor_clear_a_runs_timers() {
     let db = TestDb::new().await;
     let (acme, beta) = (scope("us-acme"), scope("eu-beta"));
@@ -287,6 +320,7 @@ async fn setting_a_timer_wakes_a_waiter_even_when_set_before_the_wait() {
 
 crate::support::conformance!(
     a_timer_written_with_its_step_commits_with_it,
+    a_step_that_clears_timers_removes_the_runs_before_setting_its_own,
     a_step_that_fails_to_append_sets_no_timer,
     setting_a_kind_again_moves_the_timer_and_releases_its_claim,
     due_timers_are_claimed_once_until_the_lease_runs_out,

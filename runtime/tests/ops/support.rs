@@ -207,6 +207,8 @@ impl Ops {
             new_approval: None,
             timers: vec![],
             charges: vec![],
+            approval_message: None,
+            clears_timers: false,
         };
         self.server
             .store
