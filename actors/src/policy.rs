@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use cedar_policy::{
@@ -173,6 +174,15 @@ pub struct PolicyGate {
 /// One Cedar answer: allowed or not, and the policies that determined it.
 type Answer = (bool, Vec<String>);
 
+/// A write request about one field without its action: the run, the field, the entities
+/// they are (checked against the schema) and the context.
+struct WriteAsk {
+    run: EntityUid,
+    field: EntityUid,
+    entities: Entities,
+    context: Context,
+}
+
 impl PolicyGate {
     /// Steward's policies plus the tenant's `source` (none, or empty, for the defaults only),
     /// validated strictly against [`SCHEMA`].
@@ -283,8 +293,9 @@ impl PolicyGate {
         req: &FieldRequest<'_>,
     ) -> Result<(Outcome, String, Vec<String>, u32), String> {
         let failed = |e: String| format!("policy evaluation failed: {e}");
+        let ask = self.write_ask(req).map_err(failed)?;
         let without = self
-            .ask_write(req, "write_without_approval")
+            .ask_write(&ask, "write_without_approval")
             .map_err(failed)?;
         let (outcome, reason, policies) = if without.0 {
             (
@@ -293,7 +304,9 @@ impl PolicyGate {
                 without.1,
             )
         } else {
-            let with = self.ask_write(req, "write_with_approval").map_err(failed)?;
+            let with = self
+                .ask_write(&ask, "write_with_approval")
+                .map_err(failed)?;
             if with.0 {
                 (
                     Outcome::WithApproval,
@@ -317,7 +330,7 @@ impl PolicyGate {
             return Ok((outcome, reason, policies, 0));
         }
         let second = self
-            .ask_write(req, "require_second_approver")
+            .ask_write(&ask, "require_second_approver")
             .map_err(failed)?;
         if second.0 {
             let mut policies = policies;
@@ -332,12 +345,12 @@ impl PolicyGate {
         Ok((outcome, reason, policies, 1))
     }
 
-    /// Asks one write action of the run; the first evaluation error is an `Err`.
-    fn ask_write(&self, req: &FieldRequest<'_>, action: &str) -> Result<Answer, String> {
+    /// What every write action asks about one field, built (and checked against the schema)
+    /// once for all of them.
+    fn write_ask(&self, req: &FieldRequest<'_>) -> Result<WriteAsk, String> {
         let tenant = uid("Steward::Tenant", req.tenant)?;
         let run = uid("Steward::Run", req.run_id)?;
         let field = uid("Steward::Field", &format!("{}.{}", req.table, req.field))?;
-        let action = uid("Steward::Action", action)?;
         let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
         let run_entity = Entity::new(
             run.clone(),
@@ -351,9 +364,26 @@ impl PolicyGate {
             ("old_value".to_owned(), string(req.old_value)),
         ])
         .map_err(|e| e.to_string())?;
-        let request = Request::new(run, action, field, context, Some(&self.schema))
-            .map_err(|e| e.to_string())?;
-        self.answer(&request, &entities)
+        Ok(WriteAsk {
+            run,
+            field,
+            entities,
+            context,
+        })
+    }
+
+    /// Asks one write action of the run; the first evaluation error is an `Err`.
+    fn ask_write(&self, ask: &WriteAsk, action: &str) -> Result<Answer, String> {
+        let action = uid("Steward::Action", action)?;
+        let request = Request::new(
+            ask.run.clone(),
+            action,
+            ask.field.clone(),
+            ask.context.clone(),
+            Some(&self.schema),
+        )
+        .map_err(|e| e.to_string())?;
+        self.answer(&request, &ask.entities)
     }
 
     /// Asks `approve` for the person; the first evaluation error is an `Err`.
@@ -440,8 +470,26 @@ impl PolicyGate {
     }
 }
 
+/// The entity types of [`SCHEMA`], parsed once.
+static TYPE_NAMES: LazyLock<HashMap<&'static str, EntityTypeName>> = LazyLock::new(|| {
+    [
+        "Steward::Tenant",
+        "Steward::Group",
+        "Steward::Person",
+        "Steward::Run",
+        "Steward::Field",
+        "Steward::Action",
+    ]
+    .into_iter()
+    .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
+    .collect()
+});
+
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
-    let type_name = EntityTypeName::from_str(type_name).map_err(|e| e.to_string())?;
+    let type_name = match TYPE_NAMES.get(type_name) {
+        Some(parsed) => parsed.clone(),
+        None => EntityTypeName::from_str(type_name).map_err(|e| e.to_string())?,
+    };
     Ok(EntityUid::from_type_name_and_id(
         type_name,
         EntityId::new(id),
