@@ -239,9 +239,9 @@ fn check(
     {
         return Some(DecisionOutcome::NotTheCurrentRequest);
     }
-    // The click must come from a message that carries this request. Until Slack has answered
-    // the post, Steward knows no message yet; the signed payload's button then names the
-    // approval, which was made for this diff only.
+    // The click must come from a message that carries this request. Until the step that
+    // records Slack's answer to the post has committed, Steward knows no message yet; the
+    // signed payload's button then names the approval, which was made for this diff only.
     let known: Vec<&String> = approval
         .message_ts
         .iter()

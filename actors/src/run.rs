@@ -255,6 +255,9 @@ impl RunActorState {
         // A reservation taken ahead was for the run as it stood; the journal read decides
         // anew. What it took stays charged (counting more, never less).
         self.reserved = None;
+        // The journal read may have moved on past an end this actor recorded (an operator's
+        // retry); whatever ends the run next must clear its timers again.
+        self.timers_cleared = false;
         let rt = &self.runtime;
         let run = rt.store.run(&rt.scope, self.run_id).await?;
         let Some(run) = run else {
@@ -351,20 +354,21 @@ impl RunActorState {
         if after.next(self.now()) != Next::Decide {
             return self.record(triaged, None).await;
         }
-        let span = info_span!(
-            "run.step",
-            steward.tenant = %self.runtime.scope.tenant(),
-            steward.run_id = %self.run_id,
-            steward.step = "decide",
-            steward.outcome = tracing::field::Empty,
-        );
-        if let Some(parent) = &self.trace_parent {
-            crate::trace_context::set_parent(&span, parent);
-        }
         let started = std::time::Instant::now();
-        let decided = span.in_scope(|| self.decide_on(&after));
-        match decided {
+        match self.decide_on(&after) {
             Ok(decided @ Step::PolicyDecided { .. }) => {
+                // Like every step's span, the decision's is a child of the run's recorded
+                // trace context, when there is one.
+                let span = info_span!(
+                    "run.step",
+                    steward.tenant = %self.runtime.scope.tenant(),
+                    steward.run_id = %self.run_id,
+                    steward.step = "decide",
+                    steward.outcome = tracing::field::Empty,
+                );
+                if let Some(parent) = &self.trace_parent {
+                    crate::trace_context::set_parent(&span, parent);
+                }
                 let recorded = self
                     .record_all(vec![triaged, decided])
                     .instrument(span.clone())
@@ -1211,13 +1215,13 @@ impl<'a> ApprovalViewOwned<'a> {
     }
 }
 
-/// Steps that note a message Steward has posted in Slack. The fold does not depend on their
-/// order, so they stay true when something else was recorded first.
 /// Whether a step taking a run from `before` to `after` ends it.
 fn ends(before: &RunState, after: &RunState) -> bool {
     after.finished.is_some() && before.finished.is_none()
 }
 
+/// Steps that note a message Steward has posted in Slack. The fold does not depend on their
+/// order, so they stay true when something else was recorded first.
 fn notes_a_posted_message(step: &Step) -> bool {
     matches!(
         step,

@@ -61,13 +61,15 @@ pub(crate) struct ReserveJob {
     pub(crate) reply: oneshot::Sender<Result<Reservation, StoreError>>,
 }
 
-/// One journal step waiting to be written (with the lease it must still be under, for a run
-/// this node owns), and where to send what became of it.
+/// Journal steps of one run waiting to be written, in order (with the lease they must still
+/// be under, for a run this node owns), and where to send what became of each.
 pub(crate) struct StepJob {
     pub(crate) scope: TenantScope,
-    pub(crate) step: StepWrite,
+    /// One step, or steps that follow one another: once one is not written, the ones after
+    /// it are not tried.
+    pub(crate) steps: Vec<StepWrite>,
     pub(crate) fence: Option<Fence>,
-    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+    pub(crate) reply: oneshot::Sender<Vec<Result<(), StoreError>>>,
 }
 
 /// What the batcher writes: new runs, the budget reservations each run takes as it starts, and
@@ -172,7 +174,7 @@ struct Batch {
 struct Written {
     runs: Vec<Result<IntakeOutcome, StoreError>>,
     reservations: Vec<Result<Reservation, StoreError>>,
-    steps: Vec<Result<(), StoreError>>,
+    steps: Vec<Vec<Result<(), StoreError>>>,
 }
 
 /// Why a batch failed as a whole: before its commit, when the database undid all of it, or at
@@ -242,7 +244,14 @@ impl Store {
             Err(e) => {
                 fail_all(runs.into_iter().map(|job| job.reply), &e);
                 fail_all(reservations.into_iter().map(|job| job.reply), &e);
-                fail_all(steps.into_iter().map(|job| job.reply), &e);
+                if !steps.is_empty() {
+                    tracing::warn!(error = %e, "a batch of journal steps failed as a whole");
+                }
+                for job in steps {
+                    let _ = job
+                        .reply
+                        .send(job.steps.iter().map(|_| Err(shared_error(&e))).collect());
+                }
                 return;
             }
         };
@@ -252,8 +261,8 @@ impl Store {
         for (job, result) in reservations.into_iter().zip(reservation_results) {
             answer(job.reply, result);
         }
-        for (job, result) in steps.into_iter().zip(step_results) {
-            answer(job.reply, result);
+        for (job, results) in steps.into_iter().zip(step_results) {
+            let _ = job.reply.send(results);
         }
     }
 
@@ -282,28 +291,39 @@ impl Store {
         })
     }
 
-    /// Writes `steps` inside `tx` in the order they came, each under its own savepoint (its
-    /// tenant named first, for PostgreSQL's row-level security): a step that fails, a journal
-    /// that moved on (Conflict) or a lost lease (Fenced), is undone and answered alone. Two
-    /// steps of one run in one batch are written in order, so the second sees the first. The
-    /// error is the transaction's.
+    /// Writes `steps` inside `tx` in the order they came, each step under its own savepoint
+    /// (its tenant named first, for PostgreSQL's row-level security): a step that fails, a
+    /// journal that moved on (Conflict) or a lost lease (Fenced), is undone and answered
+    /// alone, and the steps handed over after it in the same job are not tried (Conflict), so
+    /// a job's steps land as a prefix of it, never with a gap. Two steps of one run in one
+    /// batch are written in order, so the second sees the first. The error is the
+    /// transaction's.
     async fn write_steps(
         &self,
         tx: &mut WriteTx,
         steps: &[StepJob],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    ) -> Result<Vec<Vec<Result<(), StoreError>>>, StoreError> {
         let mut results = Vec::with_capacity(steps.len());
         for job in steps {
-            savepoint(tx, &format!("SAVEPOINT {STEP}")).await?;
-            self.set_tenant(tx, job.scope.id()).await?;
-            let result = self
-                .step_in(tx, &job.scope, &job.step, job.fence.as_ref())
-                .await;
-            if result.is_err() {
-                savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
+            let mut answers: Vec<Result<(), StoreError>> = Vec::with_capacity(job.steps.len());
+            for step in &job.steps {
+                if answers.last().is_some_and(Result::is_err) {
+                    answers.push(Err(StoreError::Conflict(format!(
+                        "run {}: step {} was not written, as the step before it was not",
+                        step.run_id, step.expected_seq
+                    ))));
+                    continue;
+                }
+                savepoint(tx, &format!("SAVEPOINT {STEP}")).await?;
+                self.set_tenant(tx, job.scope.id()).await?;
+                let result = self.step_in(tx, &job.scope, step, job.fence.as_ref()).await;
+                if result.is_err() {
+                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
+                }
+                savepoint(tx, &format!("RELEASE SAVEPOINT {STEP}")).await?;
+                answers.push(result);
             }
-            savepoint(tx, &format!("RELEASE SAVEPOINT {STEP}")).await?;
-            results.push(result);
+            results.push(answers);
         }
         Ok(results)
     }

@@ -357,27 +357,29 @@ impl Store {
     /// `expected_seq` one past the step before it), sharing one commit: the run's next step
     /// when it has no effect outside Steward and needs nothing but the step before it (the
     /// policy's decision on a triage). Answers each step in order. On SQLite the steps go to
-    /// the batcher together, each under a savepoint of its own, so a step that fails leaves
-    /// the ones before it written and fails every one after it (their journal is not where
-    /// they expect: Conflict). On PostgreSQL they are one transaction, all or none: a failure
-    /// answers every step with it.
+    /// the batcher as one job, so they ride in one batch, each under a savepoint of its own: a
+    /// step that fails leaves the ones before it written, and the ones after it are not tried
+    /// (Conflict), even where one would fit the journal. On PostgreSQL they are one
+    /// transaction, all or none: a failure answers the first step with its error and the
+    /// others with a copy of it.
     pub async fn append_owned_steps(
         &self,
         scope: &TenantScope,
         steps: Vec<StepWrite>,
     ) -> Vec<Result<(), StoreError>> {
         let count = steps.len();
-        let all = |e: &StoreError| {
-            (0..count)
-                .map(|_| Err(crate::batch::shared_error(e)))
-                .collect()
+        let all = |e: StoreError| {
+            let copies: Vec<_> = (1..count)
+                .map(|_| Err(crate::batch::shared_error(&e)))
+                .collect();
+            std::iter::once(Err(e)).chain(copies).collect()
         };
         let fence = match self.own_fence(scope) {
             Ok(fence) => fence,
-            Err(e) => return all(&e),
+            Err(e) => return all(e),
         };
         if let Err(e) = self.content_key(scope).await {
-            return all(&e);
+            return all(e);
         }
         if !self.is_postgres() {
             return self.submit_steps(scope, steps, fence).await;
@@ -397,7 +399,7 @@ impl Store {
                 }
                 (0..count).map(|_| Ok(())).collect()
             }
-            Err(e) => all(&e),
+            Err(e) => all(e),
         }
     }
 

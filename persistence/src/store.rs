@@ -469,58 +469,48 @@ impl Store {
         step: crate::StepWrite,
         fence: Option<crate::runs::Fence>,
     ) -> Result<(), StoreError> {
-        let scope = scope.clone();
-        let sets_timers = !step.timers.is_empty();
-        self.ask_batcher(|reply| {
-            Job::Step(Box::new(StepJob {
-                scope,
-                step,
-                fence,
-                reply,
-            }))
-        })
-        .await?;
-        if sets_timers {
-            self.timers_changed();
-        }
-        Ok(())
+        self.submit_steps(scope, vec![step], fence)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a step was left unanswered".into())))
     }
 
-    /// Hands the batcher journal steps of one run together, in order (so they ride in one
-    /// batch unless the queue is full between them), and waits for each answer; wakes the
-    /// timer loop when a step written set timers.
+    /// Hands the batcher journal steps of one run as one job, so they ride in one batch, in
+    /// order, and none is written after one that was not; waits for each answer, and wakes
+    /// the timer loop when a step written set timers.
     pub(crate) async fn submit_steps(
         &self,
         scope: &TenantScope,
         steps: Vec<crate::StepWrite>,
         fence: Option<crate::runs::Fence>,
     ) -> Vec<Result<(), StoreError>> {
-        let mut answers = Vec::with_capacity(steps.len());
-        for step in steps {
-            let sets_timers = !step.timers.is_empty();
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            let job = Job::Step(Box::new(StepJob {
-                scope: scope.clone(),
-                step,
-                fence: fence.clone(),
-                reply,
-            }));
-            let submitted = self.intake.submit(job).await.map(|()| answer);
-            answers.push((submitted, sets_timers));
-        }
-        let mut results = Vec::with_capacity(answers.len());
-        for (submitted, sets_timers) in answers {
-            let result = match submitted {
-                Ok(answer) => answer
-                    .await
-                    .map_err(|_| StoreError::Db(sqlx::Error::WorkerCrashed))
-                    .and_then(|r| r),
-                Err(e) => Err(e),
-            };
-            if result.is_ok() && sets_timers {
-                self.timers_changed();
+        let count = steps.len();
+        let sets_timers: Vec<bool> = steps.iter().map(|s| !s.timers.is_empty()).collect();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job::Step(Box::new(StepJob {
+            scope: scope.clone(),
+            steps,
+            fence,
+            reply,
+        }));
+        let results = match self.intake.submit(job).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                (0..count)
+                    .map(|_| Err(StoreError::Db(sqlx::Error::WorkerCrashed)))
+                    .collect()
+            }),
+            Err(e) => {
+                let mut all = vec![Err(e)];
+                all.extend((1..count).map(|_| Err(StoreError::Db(sqlx::Error::PoolClosed))));
+                all
             }
-            results.push(result);
+        };
+        if results
+            .iter()
+            .zip(&sets_timers)
+            .any(|(r, &t)| t && r.is_ok())
+        {
+            self.timers_changed();
         }
         results
     }

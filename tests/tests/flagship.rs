@@ -144,6 +144,17 @@ async fn rejecting_writes_nothing_and_reports_it_in_slack() {
         "{:?}",
         finished.last_error
     );
+    // The step that ended the run removed the reminder, escalation and expiry with it.
+    let timers = h
+        .server()
+        .store
+        .timers(&h.tenant.scope(), run)
+        .await
+        .expect("the store answers");
+    assert!(
+        timers.is_empty(),
+        "an ended run keeps no timers: {timers:?}"
+    );
 
     assert!(h.servicenow.patches().await.is_empty(), "no PATCH at all");
     assert!(h.servicenow.journal().is_empty());

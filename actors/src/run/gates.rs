@@ -155,9 +155,11 @@ impl RunActorState {
     /// Records the incident just read and reserves the triage that follows it at the same
     /// time: the two writes reach the store together and share a commit where they can, so
     /// the reservation costs no wait of its own on the way to the approval request. The
-    /// triage then takes the answer instead of reserving again. Should the journal have moved
-    /// on meanwhile (a conflict), the answer is dropped and what it took stays charged: the
-    /// budget counts more, never less.
+    /// triage then takes the answer instead of reserving again, provided the run (read again,
+    /// if its journal had moved on) triages next; otherwise the answer is dropped. An answer
+    /// dropped, or lost because recording the incident failed and the actor stops, stays
+    /// charged, as a crash between a reservation and its step does: the budget counts more,
+    /// never less.
     pub(super) async fn record_reserving_triage(&mut self, step: Step) -> Result<(), StoreError> {
         let (settle, asks) = self.triage_asks();
         let rt = self.runtime.clone();
