@@ -13,7 +13,7 @@ use steward_actors::{Step, secret_names, states};
 use steward_adapters::webhook::{SignatureError, incident_at, verify_delivery};
 use steward_core::{IncidentRef, RunId, SignatureScheme, SourceName, TenantId};
 use steward_persistence::{
-    AuditDraft, Authenticator, IntakeOutcome, NewRun, TenantScope, WebhookSource,
+    AuditDraft, Authenticator, IntakeOutcome, NewRun, SourceWithSecrets, TenantScope, WebhookSource,
 };
 
 use crate::error::ApiError;
@@ -99,23 +99,26 @@ async fn intake(
     crate::tenancy::check_home(&state, &tenant)?;
     let source = SourceName::parse(&source).map_err(|_| ApiError::NotFound)?;
     let scope = TenantScope::assume(tenant.clone(), Authenticator::WebhookSignature);
-    let config = state
+    // The source and the secret versions that verify it now, in one read.
+    let secret_of = |s: &WebhookSource| secret_names::webhook_source(s.name.as_str());
+    let read = state
         .store
-        .source(&scope, &source)
+        .source_with_secrets(&scope, &state.master_key, &source, secret_of)
         .await?
         .ok_or(ApiError::NotFound)?;
+    let config = &read.source;
     *known = Some(tenant.clone());
 
     // The raw bytes, bounded.
     let body = read_body(body, &headers, state.limits.webhook_body_bytes).await?;
 
     // Verify before parsing anything.
-    let delivery = verify(&state, &scope, &config, &headers, &body).await?;
+    let delivery = verify(&state, &read, &headers, &body)?;
 
     // Only now look inside.
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
-    let incident = incident_ref(&config, &payload)?;
+    let incident = incident_ref(config, &payload)?;
     let change = steward_adapters::webhook::change_at(&payload, &config.sys_id_pointers);
     let found = (incident, change);
     let mut run = new_run(&source, &delivery.id, delivery.timestamp, found, &body)?;
@@ -174,23 +177,15 @@ pub(crate) async fn read_body(
     })
 }
 
-async fn verify(
+/// Checks the delivery's signature with every secret version that verifies now: during a
+/// rotation's overlap the superseded secret verifies too, until it expires.
+fn verify(
     state: &AppState,
-    scope: &TenantScope,
-    config: &WebhookSource,
+    read: &SourceWithSecrets,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<steward_adapters::webhook::VerifiedDelivery, ApiError> {
-    let name = if config.secret_name.is_empty() {
-        secret_names::webhook_source(config.name.as_str())
-    } else {
-        config.secret_name.clone()
-    };
-    // During a rotation's overlap the superseded secret verifies too, until it expires.
-    let secrets = state
-        .store
-        .valid_secrets(scope, &state.master_key, &name)
-        .await?;
+    let (config, name, secrets) = (&read.source, &read.secret_name, &read.secrets);
     if secrets.is_empty() {
         return Err(ApiError::Internal(format!(
             "webhook secret `{name}` is missing"
@@ -202,7 +197,7 @@ async fn verify(
     let now = state.store.clock().now_secs();
     // A secret that cannot be used is Steward's problem, not the sender's: it is logged, and
     // the sender gets the fixed internal answer, never a hint about the secret.
-    verify_delivery(scheme, &secrets, header, body, now).map_err(|e| match e {
+    verify_delivery(scheme, secrets, header, body, now).map_err(|e| match e {
         SignatureError::BadSecret(why) => {
             ApiError::Internal(format!("webhook secret `{name}` is unusable: {why}"))
         }

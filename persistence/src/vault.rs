@@ -213,7 +213,7 @@ impl WrappedRow {
 
 /// A secret version and, when it exists, the wrapped data key that sealed it.
 #[derive(FromRow)]
-struct SealedWithKey {
+pub(crate) struct SealedWithKey {
     version: i64,
     dek_version: i64,
     sealed: Vec<u8>,
@@ -519,24 +519,45 @@ impl Store {
         key: &MasterKey,
         name: &str,
     ) -> Result<Vec<SecretString>, StoreError> {
-        // Each version with the data key that sealed it, in one statement: intake calls this
-        // for every delivery, before its signature is checked.
-        let rows: Vec<SealedWithKey> = {
+        let rows = {
             let mut tx = self.read_one_as(scope).await?;
-            sqlx::query_as(
-                "SELECT s.version, s.dek_version, s.sealed, d.master_key_id, d.wrapped \
-                 FROM sealed_secrets s LEFT JOIN data_keys d \
-                 ON d.tenant_id = s.tenant_id AND d.version = s.dek_version \
-                 WHERE s.tenant_id = $1 AND s.name = $2 AND (s.expires_at > $3 OR s.version = \
-                 (SELECT MAX(version) FROM sealed_secrets WHERE tenant_id = $1 AND name = $2)) \
-                 ORDER BY s.version DESC",
-            )
-            .bind(scope.id())
-            .bind(name)
-            .bind(self.now())
-            .fetch_all(&mut *tx)
-            .await?
+            self.valid_secret_rows(&mut tx, scope, name).await?
         };
+        self.open_valid_secrets(scope, key, name, rows)
+    }
+
+    /// The sealed versions [`Store::valid_secrets`] opens, each with the data key that sealed
+    /// it, in one statement: intake reads them for every delivery, before its signature is
+    /// checked.
+    pub(crate) async fn valid_secret_rows(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        scope: &TenantScope,
+        name: &str,
+    ) -> Result<Vec<SealedWithKey>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.version, s.dek_version, s.sealed, d.master_key_id, d.wrapped \
+             FROM sealed_secrets s LEFT JOIN data_keys d \
+             ON d.tenant_id = s.tenant_id AND d.version = s.dek_version \
+             WHERE s.tenant_id = $1 AND s.name = $2 AND (s.expires_at > $3 OR s.version = \
+             (SELECT MAX(version) FROM sealed_secrets WHERE tenant_id = $1 AND name = $2)) \
+             ORDER BY s.version DESC",
+        )
+        .bind(scope.id())
+        .bind(name)
+        .bind(self.now())
+        .fetch_all(conn)
+        .await?)
+    }
+
+    /// Opens what [`Store::valid_secret_rows`] read.
+    pub(crate) fn open_valid_secrets(
+        &self,
+        scope: &TenantScope,
+        key: &MasterKey,
+        name: &str,
+        rows: Vec<SealedWithKey>,
+    ) -> Result<Vec<SecretString>, StoreError> {
         let mut open = Vec::with_capacity(rows.len());
         for row in rows {
             let sealed = SealedRow {

@@ -134,7 +134,67 @@ async fn sources_stored_before_schemes_become_standard_webhooks() {
     }
 }
 
+/// A delivery reads its source and the secret versions that verify it together: none for an
+/// unknown source, an empty list for a secret never stored, the newest version first and the
+/// superseded one during a rotation's overlap.
+async fn a_source_is_read_with_the_secrets_that_verify_it() {
+    use secrecy::{ExposeSecret, SecretString};
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let master = steward_persistence::MasterKey::generate();
+    let default = |s: &WebhookSource| format!("default.{}", s.name);
+    let read = |name: &str| {
+        let (store, acme, master) = (db.store.clone(), acme.clone(), master.clone());
+        let name = SourceName::parse(name).unwrap();
+        async move {
+            store
+                .source_with_secrets(&acme, &master, &name, default)
+                .await
+                .unwrap()
+                .map(|r| {
+                    let values: Vec<String> = r
+                        .secrets
+                        .iter()
+                        .map(|s| s.expose_secret().to_owned())
+                        .collect();
+                    (r.source, r.secret_name, values)
+                })
+        }
+    };
+    assert!(read("servicenow").await.is_none(), "an unknown source");
+    let named = source("servicenow", "standard-webhooks");
+    db.store.upsert_source(&acme, &named).await.unwrap();
+    let (found, name, values) = read("servicenow").await.unwrap();
+    assert_eq!(
+        (found, name.as_str()),
+        (named.clone(), "webhook.servicenow")
+    );
+    assert!(values.is_empty(), "a secret never stored");
+
+    let secret = |v: &str| SecretString::from(v.to_owned());
+    db.store
+        .put_secret(&acme, &master, "webhook.servicenow", &secret("first"))
+        .await
+        .unwrap();
+    let later = db.clock_ms() + 60_000;
+    db.store
+        .rotate_secret(
+            &acme,
+            &master,
+            "webhook.servicenow",
+            &secret("second"),
+            later,
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert_eq!(read("servicenow").await.unwrap().2, ["second", "first"]);
+    db.clock.advance_millis(60_001);
+    assert_eq!(read("servicenow").await.unwrap().2, ["second"]);
+}
+
 crate::support::conformance!(
+    a_source_is_read_with_the_secrets_that_verify_it,
     each_scheme_is_stored_with_its_source,
     unknown_schemes_are_refused_by_the_store_and_the_database,
     sources_stored_before_schemes_become_standard_webhooks,
