@@ -570,11 +570,7 @@ impl Store {
             crate::approvals::set_message_in(tx, scope, message).await?;
         }
         if step.clears_timers {
-            sqlx::query("DELETE FROM timers WHERE tenant_id = $1 AND run_id = $2")
-                .bind(scope.id())
-                .bind(&run)
-                .execute(&mut **tx)
-                .await?;
+            crate::timers::clear_timers_in(tx, scope, step.run_id).await?;
         }
         for timer in &step.timers {
             self.set_timer_in(tx, scope, step.run_id, timer).await?;

@@ -188,13 +188,9 @@ impl Store {
         run_id: RunId,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin_write_as(scope).await?;
-        let done = sqlx::query("DELETE FROM timers WHERE tenant_id = $1 AND run_id = $2")
-            .bind(scope.id())
-            .bind(run_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let removed = clear_timers_in(&mut tx, scope, run_id).await?;
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(removed)
     }
 
     /// Claims and returns, earliest first, at most `limit` (capped at 1000) timers of every
@@ -308,4 +304,19 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Removes every timer of the run inside `tx` (for [`Store::clear_timers`], and for a step
+/// that ends its run). Returns how many were removed.
+pub(crate) async fn clear_timers_in(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+    run_id: RunId,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query("DELETE FROM timers WHERE tenant_id = $1 AND run_id = $2")
+        .bind(scope.id())
+        .bind(run_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected())
 }
