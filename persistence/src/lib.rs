@@ -63,6 +63,7 @@ mod audit;
 pub mod backup;
 mod batch;
 mod catchup;
+mod checkpoint;
 mod codec;
 mod content;
 mod controls;

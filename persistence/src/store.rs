@@ -21,6 +21,10 @@ use crate::{StoreError, TenantScope};
 /// How long a SQLite connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The SQLite writer's page cache: `PRAGMA cache_size` takes a negative number as KiB, so
+/// this is 32 MiB, filled only as pages are read.
+const WRITER_CACHE_KIB: i64 = -32_768;
+
 /// The PostgreSQL role platform-level calls switch to, for one transaction at a time.
 const PLATFORM_ROLE: &str = "steward_platform";
 
@@ -167,6 +171,8 @@ struct Inner {
     listen_url: std::sync::OnceLock<SecretString>,
     /// When this process last removed each tenant's expired meter windows (store clock, ms).
     meters_pruned: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// SQLite's background checkpoints; unset on PostgreSQL.
+    checkpointer: std::sync::OnceLock<crate::checkpoint::Checkpointer>,
 }
 
 /// The pragmas every SQLite connection runs with; readers add `query_only`.
@@ -225,9 +231,13 @@ impl Store {
             .to_url_lossy();
         let connect = AnyConnectOptions::from_url(&url)?;
 
+        // The writer leaves checkpoints to a connection of its own (`checkpoint.rs`), and
+        // keeps a larger page cache: every batch walks the same indexes.
         let writer_setup = format!(
-            "{} PRAGMA journal_mode = WAL;",
-            sqlite_pragmas(opts.synchronous_full, false)
+            "{} PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {}; \
+             PRAGMA cache_size = {WRITER_CACHE_KIB};",
+            sqlite_pragmas(opts.synchronous_full, false),
+            crate::checkpoint::WRITER_BACKSTOP,
         );
         let writer = pool_with_setup(writer_setup)
             .max_connections(1)
@@ -244,16 +254,19 @@ impl Store {
         let reader = pool_with_setup(sqlite_pragmas(opts.synchronous_full, true))
             .max_connections(opts.read_connections.max(1))
             .test_before_acquire(false)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
+        let checkpoints = pool_with_setup(sqlite_pragmas(opts.synchronous_full, false))
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_lazy_with(connect);
         // One writer connection: one batcher.
-        Ok(Self::assemble(
-            Backend::Sqlite,
-            writer,
-            reader,
-            opts.clock,
-            1,
-        ))
+        let store = Self::assemble(Backend::Sqlite, writer, reader, opts.clock, 1);
+        let _ = store
+            .inner
+            .checkpointer
+            .set(crate::checkpoint::Checkpointer::start(checkpoints));
+        Ok(store)
     }
 
     /// Opens a PostgreSQL store: applies migrations as the owner role when `migrate_url` is
@@ -303,6 +316,7 @@ impl Store {
             fencing: std::sync::OnceLock::new(),
             listen_url: std::sync::OnceLock::new(),
             meters_pruned: std::sync::Mutex::new(std::collections::HashMap::new()),
+            checkpointer: std::sync::OnceLock::new(),
         };
         let batcher = Store {
             inner: Arc::new(inner),
@@ -331,10 +345,14 @@ impl Store {
     }
 
     /// Stops the intake batcher once it has written and answered every run already handed to
-    /// it, then closes both pools, waiting for connections in use to be returned. Later calls
-    /// on any clone fail with a closed-pool error.
+    /// it, and SQLite's background checkpoints, then closes both pools, waiting for
+    /// connections in use to be returned. Later calls on any clone fail with a closed-pool
+    /// error.
     pub async fn close(&self) {
         self.intake.stop().await;
+        if let Some(checkpointer) = self.inner.checkpointer.get() {
+            checkpointer.stop().await;
+        }
         self.inner.reader.close().await;
         self.inner.writer.close().await;
     }

@@ -4,6 +4,7 @@
 mod approvals;
 mod audit;
 mod catchup;
+mod checkpoints;
 mod controls;
 mod evidence;
 mod group_commit;
