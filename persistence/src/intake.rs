@@ -735,6 +735,11 @@ fn script_of<'q>(
 ) -> Result<Script<'q>, StoreError> {
     let mut script = Script::new();
     script.push(&format!("SAVEPOINT {SCRIPT}; "));
+    // The runs before the deliveries that name them: a delivery inserted first would leave
+    // its deferred reference to `runs` pending, and each run's insert would then look up the
+    // tenant's deliveries that name it.
+    push_runs(&mut script, runs, all)?;
+    script.push("; ");
     let claims: Vec<(usize, &str, &str)> = runs
         .iter()
         .enumerate()
@@ -762,8 +767,6 @@ fn script_of<'q>(
         }
         script.push("; ");
     }
-    push_runs(&mut script, runs, all)?;
-    script.push("; ");
     push_first_steps(&mut script, runs, all)?;
     script.push("; ");
     crate::audit::push_entries(&mut script, entries)?;

@@ -338,7 +338,44 @@ async fn one_incident_change_gets_one_run_whichever_source_delivers_it() {
     assert_eq!(db.store.list_runs(&acme, 10, None).await.unwrap().len(), 3);
 }
 
+/// A run's deliveries are found through an index on the run, never by walking the tenant's
+/// deliveries: SQLite looks for them when a run is inserted while a delivery's reference to it
+/// is still pending, and both backends when retention deletes the run.
+async fn a_runs_deliveries_are_found_by_index() {
+    use sqlx::{Executor, Row};
+    let db = TestDb::new().await;
+    let mut raw = db.raw().await;
+    match db.backend() {
+        steward_persistence::Backend::Sqlite => {
+            let plan = raw
+                .fetch_all(
+                    "EXPLAIN QUERY PLAN SELECT received_at FROM deliveries \
+                     WHERE tenant_id = 'us-acme' AND run_id = 'r'",
+                )
+                .await
+                .unwrap();
+            let detail: Vec<String> = plan.iter().map(|row| row.get::<String, _>(3)).collect();
+            assert!(
+                detail.iter().any(|d| d.contains("deliveries_by_run")),
+                "{detail:?}"
+            );
+        }
+        steward_persistence::Backend::Postgres => {
+            let found = raw
+                .fetch_all(
+                    "SELECT indexdef FROM pg_indexes WHERE tablename = 'deliveries' \
+                     AND indexname = 'deliveries_by_run'",
+                )
+                .await
+                .unwrap();
+            let def: String = found[0].get(0);
+            assert!(def.contains("(tenant_id, run_id)"), "{def}");
+        }
+    }
+}
+
 crate::support::conformance!(
+    a_runs_deliveries_are_found_by_index,
     one_incident_change_gets_one_run_whichever_source_delivers_it,
     intake_writes_the_run_its_first_step_and_its_audit_entry,
     the_same_delivery_at_the_same_moment_creates_one_run,
