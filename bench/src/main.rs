@@ -204,6 +204,8 @@ fn rate(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // As the `steward` binary does, so that Steward's figures here are those it has there.
+    let _ = steward_runtime::memory::without_huge_pages();
     let started = Instant::now();
     let cli = Cli::parse();
     let result = match cli.command {

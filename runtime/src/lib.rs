@@ -12,6 +12,7 @@ pub mod demo;
 pub mod evidence_cli;
 pub mod http_server;
 pub mod login_cli;
+pub mod memory;
 pub mod report_cli;
 pub mod runs_cli;
 pub mod selfcheck;

@@ -5,11 +5,14 @@ use clap::Parser;
 /// mimalloc instead of the C library's allocator: a request's many small, short-lived
 /// allocations are freed on whichever runtime thread finishes it, where glibc's arenas spent a
 /// third of the runtime threads' time (malloc, free, consolidation) in the intake benchmark.
+/// Transparent huge pages are turned off first thing (`memory.rs` says why).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Before anything else maps memory; a kernel without the setting only costs speed.
+    let _ = steward_runtime::memory::without_huge_pages();
     let cli = steward_runtime::cli::Cli::parse();
     match steward_runtime::cli::run(cli).await {
         Ok(code) => code,
