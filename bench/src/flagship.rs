@@ -40,6 +40,9 @@ pub(crate) struct FlagshipArgs {
 /// How long a click waits for its run to be passivated before it is sent anyway.
 const PASSIVATION_LIMIT: Duration = Duration::from_secs(20);
 
+/// How long after its run is stored waiting a click is sent, for the actor to have stopped.
+const PASSIVATION_SETTLE: Duration = Duration::from_millis(20);
+
 /// Runs the scenario and prints its figures.
 pub(crate) async fn run(args: &FlagshipArgs, machine: &Machine) -> anyhow::Result<()> {
     println!(
@@ -74,12 +77,16 @@ pub(crate) async fn run(args: &FlagshipArgs, machine: &Machine) -> anyhow::Resul
     let tracker = Arc::new(Tracker::new(&incidents));
 
     let dir = tempfile::tempdir()?;
-    let opts = tenants::serve_options(
+    let mut opts = tenants::serve_options(
         dir.path().join("steward.db"),
         args.tenants,
         &endpoints,
         true,
     )?;
+    // Steward keeps a waiting run's actor for its idle time (30 s by default), so a click
+    // that soon would reach a live actor. The stretch to time includes waking a passivated
+    // run, so here a run's actor stops as soon as the run waits.
+    opts.actors.passivate_after = Duration::ZERO;
     let server = Hosted::start(opts, args.server_threads).await?;
     println!(
         "server: Steward's real server, SQLite synchronous=FULL, at {}",
@@ -237,7 +244,7 @@ impl Clicker {
         }
     }
 
-    /// Waits until the run is stored `awaiting_approval` (its actor stops right after).
+    /// Waits until the run is stored `awaiting_approval`, then for its actor to stop.
     async fn wait_passivated(&self, i: usize, tenant: &steward_core::TenantId) -> Option<RunId> {
         let deadline = Instant::now() + PASSIVATION_LIMIT;
         let scope = TenantScope::assume(tenant.clone(), Authenticator::Operator);
@@ -253,6 +260,9 @@ impl Clicker {
                     && (record.state == states::AWAITING_APPROVAL
                         || states::is_terminal(&record.state))
                 {
+                    // The actor offers to stop once the state is stored; give its supervisor
+                    // the moment that takes, so the click finds no live actor.
+                    tokio::time::sleep(PASSIVATION_SETTLE).await;
                     return Some(run);
                 }
             }

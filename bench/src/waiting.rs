@@ -69,6 +69,10 @@ pub(crate) async fn run(args: &WaitingArgs, machine: &Machine) -> anyhow::Result
     live_actors(args, live_plan, &incidents).await
 }
 
+/// How long after the passivation delay the resident set is read again, so that the last
+/// runs' actors have surely stopped.
+const PASSIVATION_MARGIN: Duration = Duration::from_secs(5);
+
 async fn waiting_runs(
     args: &WaitingArgs,
     plan: &ChildPlan,
@@ -100,11 +104,24 @@ async fn waiting_runs(
         let rss = child.rss()?;
         println!(
             "-- {waiting} runs waiting for approval (driven through the real path in {:.1} s, \
-             {} Slack posts): RSS {}; {:.0} bytes per waiting run above the one-per-tenant mark",
+             {} Slack posts), the latest still with their actors: RSS {}; {:.0} bytes per \
+             waiting run above the one-per-tenant mark",
             started.elapsed().as_secs_f64(),
             standins.counts().slack_posts,
             mib(rss),
             per(rss, base, waiting - args.tenants as u64)
+        );
+        // A run that has just started waiting keeps its actor until it has been idle for
+        // the passivation delay; only then is it rows alone.
+        let linger = steward_actors::root::StewardOptions::default().passivate_after;
+        tokio::time::sleep(linger + PASSIVATION_MARGIN).await;
+        let settled = child.rss()?;
+        println!(
+            "   {:.0} s later, every waiting run's actor passivated: RSS {}; {:.0} bytes per \
+             waiting run above the one-per-tenant mark",
+            (linger + PASSIVATION_MARGIN).as_secs_f64(),
+            mib(settled),
+            per(settled, base, waiting - args.tenants as u64)
         );
         println!("   on disk: {}", disk_size(&plan.database));
     }
