@@ -223,6 +223,9 @@ impl Clicker {
                 t.run = Some(run);
                 t.passivated.get_or_insert(now);
             });
+            // The actor offers to stop once the state is stored; give its supervisor the
+            // moment that takes (untimed), so the click almost always finds no live actor.
+            tokio::time::sleep(PASSIVATION_SETTLE).await;
         }
         let url = format!("{}/v1/slack/interactions/{tenant}", self.base_url);
         let sent = Instant::now();
@@ -244,7 +247,7 @@ impl Clicker {
         }
     }
 
-    /// Waits until the run is stored `awaiting_approval`, then for its actor to stop.
+    /// Waits until the run is stored `awaiting_approval`.
     async fn wait_passivated(&self, i: usize, tenant: &steward_core::TenantId) -> Option<RunId> {
         let deadline = Instant::now() + PASSIVATION_LIMIT;
         let scope = TenantScope::assume(tenant.clone(), Authenticator::Operator);
@@ -260,9 +263,6 @@ impl Clicker {
                     && (record.state == states::AWAITING_APPROVAL
                         || states::is_terminal(&record.state))
                 {
-                    // The actor offers to stop once the state is stored; give its supervisor
-                    // the moment that takes, so the click finds no live actor.
-                    tokio::time::sleep(PASSIVATION_SETTLE).await;
                     return Some(run);
                 }
             }

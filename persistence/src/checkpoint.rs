@@ -25,6 +25,9 @@ pub(crate) const EVERY: Duration = Duration::from_millis(100);
 /// (`PRAGMA wal_autocheckpoint`); 64 MiB at the default page size.
 pub(crate) const WRITER_BACKSTOP: u32 = 16_384;
 
+/// Failed checkpoints in a row between two warnings: about a minute at [`EVERY`].
+const WARN_EVERY: u64 = 600;
+
 /// The checkpointing task and the signal that stops it.
 #[derive(Debug)]
 pub(crate) struct Checkpointer {
@@ -39,15 +42,28 @@ impl Checkpointer {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failures: u64 = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stopped.changed() => break,
                 }
-                if let Err(e) = checkpoint(&pool).await {
+                match checkpoint(&pool).await {
+                    Ok(_) => failures = 0,
                     // A checkpoint that fails leaves the pages in the WAL, where readers still
-                    // find them and the writer's own checkpoint copies them later.
-                    tracing::debug!(error = %e, "a background WAL checkpoint failed");
+                    // find them and the writer's own checkpoint copies them later; one that
+                    // keeps failing is said once, then about once a minute.
+                    Err(e) => {
+                        if failures.is_multiple_of(WARN_EVERY) {
+                            tracing::warn!(
+                                error = %e,
+                                failures = failures + 1,
+                                "background WAL checkpoints are failing; the writer checkpoints \
+                                 by itself once the WAL reaches its limit"
+                            );
+                        }
+                        failures += 1;
+                    }
                 }
             }
             pool.close().await;

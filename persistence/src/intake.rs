@@ -674,10 +674,10 @@ impl Store {
 
     /// SQLite's intake of a batch in two hand-offs to the writer's thread, where
     /// [`Store::intake_together`] takes about eight: the tenants and their chains' heads read
-    /// with one statement, then one script that claims every delivery and incident change,
-    /// inserts the runs, their first steps and their audit entries, under a savepoint of its
-    /// own. The claims are plain inserts, so a key recorded before fails the script, which
-    /// is then undone. `None` means nothing was written: a tenant is not registered, a key
+    /// with one statement, then one script that inserts the runs, claims every delivery and
+    /// incident change, and inserts the first steps and the audit entries, under a savepoint
+    /// of its own. The claims are plain inserts, so a key recorded before fails the script,
+    /// which is then undone. `None` means nothing was written: a tenant is not registered, a key
     /// was claimed before (a redelivery) or a statement failed, and the caller writes the
     /// batch the longer way, which answers each of those. The error is the transaction's.
     pub(crate) async fn intake_script(
@@ -1130,6 +1130,22 @@ mod tests {
         assert!(!keys_distinct([(&acme, &a), (&acme, &c)]));
         assert!(keys_distinct([(&acme, &a), (&beta, &d)]));
         assert!(keys_distinct([(&acme, &b), (&acme, &c)]));
+    }
+
+    #[tokio::test]
+    async fn an_intake_script_inserts_the_runs_before_the_deliveries_that_name_them() {
+        let (_dir, store) = store().await;
+        let acme = scope("us-acme");
+        let first = valid(&store, &acme, run("msg_1", Some("c1@1"))).await;
+        let second = valid(&store, &acme, run("msg_2", None)).await;
+        let runs = [(&acme, &first), (&acme, &second)];
+        let entries: Vec<crate::AuditEntry> = Vec::new();
+        let script = script_of(&runs, &[0, 1], &entries).unwrap();
+        let runs_at = script.sql.find("INSERT INTO runs ").unwrap();
+        let claims_at = script.sql.find("INSERT INTO deliveries ").unwrap();
+        // A claim inserted first would leave its deferred reference pending while the runs
+        // are inserted, and SQLite would then look up each run's deliveries.
+        assert!(runs_at < claims_at, "{}", script.sql);
     }
 
     #[test]

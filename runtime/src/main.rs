@@ -11,7 +11,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Before anything else maps memory; a kernel without the setting only costs speed.
+    // As early as this binary can: the kernel checks the setting at each page fault, so the
+    // runtime's memory is covered from here on. A kernel without it only costs speed.
     let _ = steward_runtime::memory::without_huge_pages();
     let cli = steward_runtime::cli::Cli::parse();
     match steward_runtime::cli::run(cli).await {

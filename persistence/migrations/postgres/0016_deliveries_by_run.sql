@@ -1,8 +1,7 @@
 -- Steward schema, version 16: deliveries found by the run they started.
 --
--- `deliveries` references `runs`, and the database looks for a run's deliveries whenever the
--- run's row is inserted while a deferred check is pending, or deleted (retention). Without an
--- index on the run, each of those walked every delivery of the tenant, so intake and
--- retention slowed as the table grew.
+-- `deliveries` references `runs`, so deleting a run (retention, offboarding) looks for the
+-- deliveries that name it, as do the deletes of a run's own rows. Without an index on the run,
+-- each of those walked every delivery of the tenant.
 
 CREATE INDEX deliveries_by_run ON deliveries (tenant_id, run_id);
