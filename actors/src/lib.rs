@@ -10,6 +10,7 @@ pub mod connectors;
 pub mod crash;
 pub mod inspect;
 pub mod journal;
+pub mod live;
 pub mod metrics;
 pub mod operator;
 pub mod policy;

@@ -130,6 +130,10 @@ struct Inner {
     /// Catch-up passes in a row that stopped on an error, by tenant; 0 after a pass that
     /// finished.
     catchup_consecutive_failures: Family<TenantLabel, Gauge>,
+    /// Run actors alive now, under the process's cap.
+    run_actors_live: Gauge,
+    /// Runs woken while every slot under the cap was taken, waiting for one.
+    run_actors_queued: Gauge,
     /// Serializes scrape-time refreshes, so two scrapes do not interleave clearing and setting.
     refresh: tokio::sync::Mutex<()>,
 }
@@ -266,6 +270,18 @@ impl Metrics {
              pass that finished",
             catchup_consecutive_failures.clone(),
         );
+        let run_actors_live = Gauge::default();
+        registry.register(
+            "steward_run_actors_live",
+            "Run actors alive in this process, at most the configured cap",
+            run_actors_live.clone(),
+        );
+        let run_actors_queued = Gauge::default();
+        registry.register(
+            "steward_run_actors_queued",
+            "Runs woken while every run actor slot was taken, waiting for a slot",
+            run_actors_queued.clone(),
+        );
         // Series with fixed labels exist from the start at zero, so that a rule's `increase`
         // sees their first event.
         for reason in REJECTION_REASONS {
@@ -295,6 +311,8 @@ impl Metrics {
                 catchup_runs,
                 catchup_failures,
                 catchup_consecutive_failures,
+                run_actors_live,
+                run_actors_queued,
                 refresh: tokio::sync::Mutex::new(()),
             }),
         }
@@ -405,6 +423,15 @@ impl Metrics {
     }
 
     /// Sets the served certificate's expiry (its `notAfter`, Unix seconds).
+    /// The cap on live run actors, its gauges bound to this registry.
+    pub fn live_runs(&self, max: usize) -> std::sync::Arc<crate::live::LiveRuns> {
+        crate::live::LiveRuns::new(
+            max,
+            self.inner.run_actors_live.clone(),
+            self.inner.run_actors_queued.clone(),
+        )
+    }
+
     pub fn set_tls_expiry(&self, unix_secs: i64) {
         self.inner.tls_expiry.set(unix_secs);
     }

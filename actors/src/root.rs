@@ -30,6 +30,10 @@ pub struct StewardOptions {
     /// How long a waiting run's actor stays in memory before it stops (30 s by default; zero
     /// stops it as soon as it waits). A decision or timer after that starts a new actor.
     pub passivate_after: Duration,
+    /// The most run actors alive at once in this process (2,000 by default). A run woken
+    /// beyond it waits in arrival order for an actor to stop; while slots are scarce a run
+    /// that starts waiting stops its actor at once.
+    pub max_live_runs: usize,
     /// The longest the timer service sleeps before it looks for due timers again (1 s).
     pub timer_poll: Duration,
     /// LLM providers beyond the built-in `openai` and `anthropic`.
@@ -50,6 +54,7 @@ impl Default for StewardOptions {
             retry: RetryPolicy::default(),
             budget: RestartBudget::default(),
             passivate_after: Duration::from_secs(30),
+            max_live_runs: crate::live::DEFAULT_MAX_LIVE,
             timer_poll: Duration::from_secs(1),
             llm_providers: LlmProviders::default(),
             limits: PlatformLimits::default(),
@@ -91,6 +96,7 @@ struct RootArgs {
     store: Store,
     master_key: Arc<MasterKey>,
     options: StewardOptions,
+    live: Arc<crate::live::LiveRuns>,
 }
 
 struct RootState {
@@ -186,6 +192,7 @@ impl RootState {
             llm_providers: self.args.options.llm_providers.clone(),
             limits: self.args.options.limits.clone(),
             metrics: self.args.options.metrics.for_tenant(&tenant),
+            live: self.args.live.clone(),
         };
         let spawned = Actor::spawn_linked(None, TenantSupervisor, init, myself.get_cell()).await;
         let (sup, _) = spawned.map_err(|e| {
@@ -227,10 +234,12 @@ impl Steward {
         if let Some(cluster) = &cluster {
             store.fence_with(cluster.book.clone())?;
         }
+        let live = options.metrics.live_runs(options.max_live_runs);
         let args = RootArgs {
             store: store.clone(),
             master_key,
             options,
+            live,
         };
         let (root, _) = Actor::spawn(None, Root, args).await?;
         let steward = Self {

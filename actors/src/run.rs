@@ -90,6 +90,8 @@ pub struct RunArgs {
     pub watch: RunWatch,
     /// The run as intake wrote it, for an actor started right after intake; `None` reads it.
     pub fresh: Option<Box<FreshRun>>,
+    /// This actor's place under the process's cap on live run actors, freed when it stops.
+    pub slot: crate::live::LiveSlot,
 }
 
 pub struct RunActorState {
@@ -116,6 +118,8 @@ pub struct RunActorState {
     timers_cleared: bool,
     /// The run as intake wrote it, taken by the first reload in place of the store's copy.
     fresh: Option<Box<FreshRun>>,
+    /// Its place under the cap on live run actors; dropped with the state when the actor ends.
+    slot: crate::live::LiveSlot,
 }
 
 impl Actor for RunActor {
@@ -146,6 +150,7 @@ impl Actor for RunActor {
             reserved: None,
             timers_cleared: false,
             fresh: args.fresh,
+            slot: args.slot,
         })
     }
 

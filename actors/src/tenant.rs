@@ -26,6 +26,7 @@ use tracing::{error, warn};
 use crate::connectors::{Connectors, LlmActor, ServiceNowActor, SlackActor};
 use crate::inspect::{ActorView, TenantOps};
 use crate::journal::{finished_write, states};
+use crate::live::{Admission, LiveRuns, LiveSlot};
 use crate::policy::PolicyGate;
 use crate::providers::LlmProviders;
 use crate::retry::RetryPolicy;
@@ -70,6 +71,8 @@ pub struct TenantInit {
     pub limits: crate::budgets::PlatformLimits,
     /// The process's metrics, labelled with this tenant.
     pub metrics: crate::metrics::TenantMetrics,
+    /// The process-wide cap on live run actors, shared by every tenant.
+    pub live: Arc<LiveRuns>,
 }
 
 /// Messages to a tenant supervisor.
@@ -79,6 +82,8 @@ pub enum TenantMsg {
     /// Start the actor of a run intake has just written, from what intake wrote; a run whose
     /// actor is running is told to read its journal again, as `Wake` does.
     Start(RunId, Box<crate::run::FreshRun>),
+    /// A queued run's turn under the cap on live run actors: start its actor with this slot.
+    Admit(RunId, LiveSlot),
     /// The shared runtime, for callers that act for this tenant (approval decisions).
     Runtime(RpcReplyPort<SharedRuntime>),
     /// The tenant's live subtree: its runs and adapters with their state.
@@ -167,6 +172,12 @@ impl Actor for TenantSupervisor {
         match msg {
             TenantMsg::Wake(run_id) => state.wake(&myself, run_id, None).await,
             TenantMsg::Start(run_id, fresh) => state.wake(&myself, run_id, Some(fresh)).await,
+            TenantMsg::Admit(run_id, slot) => {
+                // Woken again while it was queued: the slot goes to the next in line.
+                if !state.reload(run_id) {
+                    state.spawn(&myself, run_id, None, slot).await;
+                }
+            }
             TenantMsg::Runtime(reply) => {
                 let _ = reply.send(state.runtime.clone());
             }
@@ -237,18 +248,40 @@ impl Actor for TenantSupervisor {
 }
 
 impl TenantState {
+    /// Tells a live run's actor to read its journal again; false when the run has none.
+    fn reload(&mut self, run_id: RunId) -> bool {
+        if let Some(run) = self.runs.get(&run_id)
+            && run.cast(RunMsg::Reload).is_ok()
+        {
+            *self.reloads_sent.entry(run_id).or_default() += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Reloads the run's actor, or starts one when a slot is free; otherwise the run is queued
+    /// (without intake's copy: its actor reads the run when its turn comes).
     async fn wake(
         &mut self,
         myself: &ActorRef<TenantMsg>,
         run_id: RunId,
         fresh: Option<Box<crate::run::FreshRun>>,
     ) {
-        if let Some(run) = self.runs.get(&run_id)
-            && run.cast(RunMsg::Reload).is_ok()
-        {
-            *self.reloads_sent.entry(run_id).or_default() += 1;
+        if self.reload(run_id) {
             return;
         }
+        if let Admission::Admitted(slot) = self.init.live.acquire(myself, run_id) {
+            self.spawn(myself, run_id, fresh, slot).await;
+        }
+    }
+
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        run_id: RunId,
+        fresh: Option<Box<crate::run::FreshRun>>,
+        slot: LiveSlot,
+    ) {
         let args = RunArgs {
             run_id,
             runtime: self.runtime.clone(),
@@ -256,6 +289,7 @@ impl TenantState {
             passivate_after: self.init.passivate_after,
             watch: self.ops.watch(run_id),
             fresh,
+            slot,
         };
         match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
             Ok((run, _)) => {

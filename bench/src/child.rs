@@ -31,6 +31,8 @@ pub(crate) struct ChildPlan {
     pub(crate) synchronous_full: bool,
     /// Overrides how long one outside call may take (for holding calls open on purpose).
     pub(crate) call_timeout: Option<Duration>,
+    /// Overrides the cap on live run actors.
+    pub(crate) max_live_actors: Option<usize>,
 }
 
 /// A running child server.
@@ -65,6 +67,9 @@ impl ChildServer {
         }
         if let Some(t) = plan.call_timeout {
             command.args(["--call-timeout-secs", &t.as_secs().to_string()]);
+        }
+        if let Some(max) = plan.max_live_actors {
+            command.args(["--max-live-actors", &max.to_string()]);
         }
         let started = Instant::now();
         let mut process = command.spawn().context("starting the child server")?;
@@ -104,6 +109,11 @@ impl ChildServer {
     /// The child's resident memory in bytes.
     pub(crate) fn rss(&self) -> anyhow::Result<u64> {
         resident_bytes(self.pid)
+    }
+
+    /// The child's peak resident set since it started.
+    pub(crate) fn peak_rss(&self) -> anyhow::Result<u64> {
+        crate::machine::peak_resident_bytes(self.pid)
     }
 
     /// The child's pid.
@@ -186,6 +196,9 @@ pub(crate) struct ServeArgs {
     /// How long one outside call may take, in seconds.
     #[arg(long)]
     pub(crate) call_timeout_secs: Option<u64>,
+    /// The most run actors alive at once.
+    #[arg(long)]
+    pub(crate) max_live_actors: Option<usize>,
 }
 
 /// The child's side: boot, say `ready`, serve until standard input closes.
@@ -205,6 +218,9 @@ pub(crate) async fn serve(args: ServeArgs, started: Instant) -> anyhow::Result<(
         let timeout = Duration::from_secs(secs);
         opts.http.timeout = timeout;
         opts.actors.retry.call_timeout = timeout;
+    }
+    if let Some(max) = args.max_live_actors {
+        opts.actors.max_live_runs = max;
     }
     let server = steward_runtime::boot::start(opts).await?;
     println!(

@@ -81,16 +81,25 @@ fn model_name(cpuinfo: &str) -> Option<String> {
 
 /// Resident memory of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
 pub(crate) fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The most the process has had resident since it started (`VmHWM`), in bytes.
+pub(crate) fn peak_resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let kib = vm_rss_kib(&status).with_context(|| format!("{path} has no VmRSS line"))?;
+    let kib = status_kib(&status, field).with_context(|| format!("{path} has no {field} line"))?;
     Ok(kib * 1024)
 }
 
-/// The `VmRSS:   1234 kB` value, in KiB.
-fn vm_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut words = line["VmRSS:".len()..].split_whitespace();
+/// The value of a `Field:   1234 kB` line, in KiB.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let mut words = line[field.len()..].split_whitespace();
     let value = words.next()?.parse().ok()?;
     (words.next() == Some("kB")).then_some(value)
 }
@@ -230,14 +239,20 @@ mod tests {
         assert_eq!(load_average(""), None);
     }
 
+    fn vm_rss_kib(status: &str) -> Option<u64> {
+        status_kib(status, "VmRSS:")
+    }
+
     #[test]
     fn vm_rss_reads_the_kib_value() {
-        let status = "Name:\tsteward\nVmPeak:\t  999 kB\nVmRSS:\t   51234 kB\nThreads:\t9\n";
+        let status = "Name:\tsteward\nVmPeak:\t  999 kB\nVmHWM:\t 60000 kB\nVmRSS:\t   51234 kB\n";
         assert_eq!(vm_rss_kib(status), Some(51234));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(60000));
     }
 
     #[test]
     fn vm_rss_refuses_malformed_lines() {
+        assert_eq!(status_kib("VmHWM:\t  12 MB\n", "VmHWM:"), None);
         assert_eq!(vm_rss_kib("VmRSS:\t  12 MB\n"), None);
         assert_eq!(vm_rss_kib("VmRSS:\t  -12 kB\n"), None);
         assert_eq!(vm_rss_kib("VmRSS:\n"), None);

@@ -172,7 +172,8 @@ impl Background {
         match self {
             Background::Parked => {
                 "the tenants' ServiceNow never answers, so each run parks at its first read \
-                 (its actor stays alive, nothing more is written): intake is measured alone"
+                 (its actor stays alive, nothing more is written; past the cap on live run \
+                 actors, later runs wait for a slot): intake is measured alone"
             }
             Background::FailFast => {
                 "each run names an incident the ServiceNow stand-in lacks, so it ends `failed` \

@@ -64,6 +64,7 @@ pub(crate) async fn run(args: &RecoveryArgs, machine: &Machine) -> anyhow::Resul
         },
         synchronous_full: false,
         call_timeout: None,
+        max_live_actors: None,
     };
     build_waiting(args, &plan, &incidents).await?;
     build_in_flight(args, &plan, &incidents).await?;

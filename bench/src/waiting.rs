@@ -60,6 +60,7 @@ pub(crate) async fn run(args: &WaitingArgs, machine: &Machine) -> anyhow::Result
         endpoints: endpoints.clone(),
         synchronous_full: args.synchronous_full,
         call_timeout: None,
+        max_live_actors: None,
     };
     waiting_runs(args, &plan, &standins, &incidents).await?;
     let live_plan = ChildPlan {
@@ -104,11 +105,12 @@ async fn waiting_runs(
         let rss = child.rss()?;
         println!(
             "-- {waiting} runs waiting for approval (driven through the real path in {:.1} s, \
-             {} Slack posts), the latest still with their actors: RSS {}; {:.0} bytes per \
-             waiting run above the one-per-tenant mark",
+             {} Slack posts), 0.5 s after the last began waiting: RSS {} (peak so far {}); \
+             {:.0} bytes per waiting run above the one-per-tenant mark",
             started.elapsed().as_secs_f64(),
             standins.counts().slack_posts,
             mib(rss),
+            mib(child.peak_rss()?),
             per(rss, base, waiting - args.tenants as u64)
         );
         // A run that has just started waiting keeps its actor until it has been idle for
@@ -146,6 +148,8 @@ async fn live_actors(
     let hold = Hold::start().await?;
     plan.endpoints.llm = hold.url().to_owned();
     plan.call_timeout = Some(Duration::from_secs(900));
+    // Every run's actor is to stay alive here, whatever the cap on live actors.
+    plan.max_live_actors = Some(args.tenants + args.live as usize + 1);
     let child = ChildServer::spawn(&plan).await?;
     let probe = Probe::open(&plan.database).await?;
     println!(

@@ -359,6 +359,7 @@ async fn serve(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     opts.actors.budget.max_restarts = config.runs.max_restarts;
     opts.actors.budget.window = Duration::from_secs(config.runs.restart_window_secs);
     opts.actors.passivate_after = Duration::from_secs(config.runs.passivate_after_secs);
+    opts.actors.max_live_runs = config.runs.max_live_actors;
     opts.actors.limits = config.limits.clone();
     opts.delivery_retention =
         Duration::from_secs(u64::from(config.delivery_retention_days) * 86_400);

@@ -403,6 +403,10 @@ pub struct RunsConfig {
     /// How long a waiting run's actor stays in memory before it is passivated, in seconds
     /// (default 30; 0 stops it at once).
     pub passivate_after_secs: u64,
+    /// The most run actors alive at once in this process (default 2,000, at least 1), which
+    /// bounds the memory a burst of runs takes: about 60 KB each. Runs woken beyond it wait in
+    /// arrival order for an actor to stop.
+    pub max_live_actors: usize,
 }
 
 impl Default for RunsConfig {
@@ -411,6 +415,7 @@ impl Default for RunsConfig {
             max_restarts: 3,
             restart_window_secs: 60,
             passivate_after_secs: 30,
+            max_live_actors: steward_actors::live::DEFAULT_MAX_LIVE,
         }
     }
 }
@@ -1023,6 +1028,9 @@ impl FileConfig {
                 "delivery_retention_days must be at least 7: senders retry for days".into(),
             );
         }
+        if self.runs.max_live_actors == 0 {
+            return Err("runs.max_live_actors must be at least 1".into());
+        }
         if self.profile != Profile::Dev && self.master_key.is_none() {
             return Err(format!(
                 "profile {:?} needs a master key (STEWARD_MASTER_KEY_FILE)",
@@ -1119,6 +1127,11 @@ mod tests {
             .unwrap();
         assert_eq!(c.listen.port(), 7000);
         c.check().unwrap();
+        assert_eq!(c.runs.max_live_actors, 2_000, "the default");
+        let capped = format!("{SAMPLE}\n[runs]\nmax_live_actors = 0\n");
+        let c: FileConfig = toml::from_str(&capped).unwrap();
+        let err = c.check().unwrap_err();
+        assert!(err.contains("max_live_actors must be at least 1"), "{err}");
     }
 
     #[test]

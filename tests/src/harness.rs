@@ -89,6 +89,7 @@ pub struct Scenario {
     postgres: Option<PgServer>,
     oidc: Option<steward_api::OidcSettings>,
     catchup: Option<steward_actors::catchup::CatchupOptions>,
+    max_live_runs: Option<usize>,
 }
 
 impl Default for Scenario {
@@ -105,6 +106,7 @@ impl Default for Scenario {
             postgres: None,
             oidc: None,
             catchup: None,
+            max_live_runs: None,
         }
     }
 }
@@ -200,6 +202,12 @@ impl Scenario {
         self
     }
 
+    /// At most `max` run actors are alive at once (by default the product's cap).
+    pub fn max_live_runs(mut self, max: usize) -> Self {
+        self.max_live_runs = Some(max);
+        self
+    }
+
     /// Starts the mocks and Steward.
     pub async fn start(self) -> Harness {
         let telemetry = self.otlp_endpoint.map(|endpoint| {
@@ -237,6 +245,7 @@ impl Scenario {
             telemetry,
             oidc: self.oidc,
             catchup: self.catchup,
+            max_live_runs: self.max_live_runs,
         };
         harness.boot().await;
         harness
@@ -302,6 +311,7 @@ pub struct Harness {
     telemetry: Option<Telemetry>,
     oidc: Option<steward_api::OidcSettings>,
     catchup: Option<steward_actors::catchup::CatchupOptions>,
+    max_live_runs: Option<usize>,
 }
 
 impl Harness {
@@ -331,6 +341,9 @@ impl Harness {
         opts.catchup = self.catchup.clone();
         opts.region = self.region;
         opts.peer_base_urls = self.peers.clone();
+        if let Some(max) = self.max_live_runs {
+            opts.actors.max_live_runs = max;
+        }
         if let Some(listen) = self.listen {
             opts.listen = listen;
         }

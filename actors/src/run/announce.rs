@@ -53,6 +53,7 @@ pub(crate) async fn announce(
         reserved: None,
         timers_cleared: false,
         fresh: None,
+        slot: crate::live::LiveSlot::none(),
     };
     match notice {
         Notice::Ended { state, reason } => {

@@ -40,10 +40,11 @@ impl RunActorState {
         }
     }
 
-    /// The run waits: after the idle time (at once when it is zero) it offers to stop.
+    /// The run waits: after the idle time it offers to stop; at once when the idle time is
+    /// zero or live run actors are near their cap, so that its slot serves a run with work.
     pub(super) fn idle(&self, myself: &ActorRef<RunMsg>) {
         let mark = self.handled;
-        if self.passivate_after.is_zero() {
+        if self.passivate_after.is_zero() || self.slot.scarce() {
             self.offer_to_stop(myself, mark);
         } else {
             myself.send_after(self.passivate_after, move || RunMsg::Idle(mark));

@@ -1,0 +1,111 @@
+//! The cap on live run actors: runs woken while every slot is taken wait their turn, lose
+//! nothing, and a waiting run gives its slot up at once while slots are scarce.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use steward_actors::states;
+use steward_adapters::slack::{APPROVE_ACTION, REJECT_ACTION};
+use steward_tests::{APPROVER, Harness, Scenario, eventually};
+
+/// How many run actors the inspected tree shows.
+async fn live_runs(h: &Harness) -> usize {
+    let tree = h
+        .server()
+        .steward
+        .inspect()
+        .await
+        .expect("the tree answers");
+    let tree = serde_json::to_value(tree).expect("the tree serializes");
+    count_runs(&tree)
+}
+
+fn count_runs(node: &Value) -> usize {
+    let own = usize::from(node["kind"] == "run");
+    let children = node["children"].as_array().into_iter().flatten();
+    own + children.map(count_runs).sum::<usize>()
+}
+
+/// The value of an unlabelled gauge in the `/metrics` scrape.
+async fn gauge(h: &Harness, name: &str) -> i64 {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    let text = client
+        .get(format!("{}/metrics", h.url()))
+        .send()
+        .await
+        .expect("Steward answers")
+        .text()
+        .await
+        .expect("a scrape");
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{name} is not in the scrape:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_live_actor_allowed_a_burst_of_runs_all_reach_approval_and_end() {
+    let h = Scenario::new().max_live_runs(1).start().await;
+    let (a, b, c, d, e, f) = tokio::join!(
+        h.trigger(),
+        h.trigger(),
+        h.trigger(),
+        h.trigger(),
+        h.trigger(),
+        h.trigger()
+    );
+    let runs = [a, b, c, d, e, f];
+    let mut requests = Vec::new();
+    for run in &runs {
+        requests.push(h.awaiting_approval(*run).await);
+    }
+    // The idle time is the default 30 s, but with every slot taken a run that waits stops its
+    // actor at once.
+    eventually("every waiting run to leave memory", || async {
+        (live_runs(&h).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(gauge(&h, "steward_run_actors_queued").await, 0);
+
+    // The runs share one incident: the first is approved and written; the others, woken
+    // together by their rejections, queue for the one slot and end one after another.
+    let reply = h.click(&requests[0], APPROVE_ACTION, APPROVER).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    h.wait_for_state(runs[0], states::COMPLETED).await;
+    let reject = |i: usize| h.click(&requests[i], REJECT_ACTION, APPROVER);
+    let (b, c, d, e, f) = tokio::join!(reject(1), reject(2), reject(3), reject(4), reject(5));
+    for reply in [b, c, d, e, f] {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    for run in &runs[1..] {
+        h.wait_for_state(*run, states::REJECTED).await;
+    }
+    assert_eq!(
+        h.servicenow.patches().await.len(),
+        1,
+        "the approved run wrote once"
+    );
+    eventually("the slots to be free again", || async {
+        let live = gauge(&h, "steward_run_actors_live").await;
+        let queued = gauge(&h, "steward_run_actors_queued").await;
+        (live == 0 && queued == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_cap_a_waiting_run_keeps_its_actor_for_the_idle_time() {
+    let h = Scenario::new().start().await;
+    let run = h.trigger().await;
+    h.awaiting_approval(run).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(live_runs(&h).await, 1, "the waiting run is still in memory");
+    assert_eq!(gauge(&h, "steward_run_actors_live").await, 1);
+}
