@@ -1,23 +1,30 @@
 //! The process-wide cap on live run actors. Each run actor holds a [`LiveSlot`]; a run woken
-//! while every slot is taken waits in one queue, shared by all tenants and kept in arrival
-//! order, and is admitted when an actor stops and hands its slot on. A queued run is only its
-//! id and its tenant supervisor's address, so a burst of deliveries costs memory for the
-//! actors that run, not for the runs behind them; its actor reads the run from the store.
+//! while every slot is taken is queued, and is admitted when an actor ends and hands its slot
+//! on. Queued runs wait in one queue per tenant supervisor, kept in arrival order, and freed
+//! slots go to the tenants in turn, so a tenant whose runs hold their slots long (an outside
+//! system that hangs) cannot make another tenant's click wait behind its backlog. A queued run
+//! is only its id, queued once however often it is woken, so a burst of deliveries costs
+//! memory for the actors that work, not for the runs behind them; its actor reads the run from
+//! the store.
 //!
-//! A slot is released when the guard is dropped, which happens however the actor ends
-//! (stopped, passivated, failed, or never started because its spawn failed), and also when an
-//! admission message is dropped unread with a stopped supervisor's mailbox. So slots cannot
-//! leak.
+//! A slot is released when its guard is dropped: with the actor's state, which ractor drops
+//! when a failing actor ends and hands, for an actor that stopped, to its supervisor with the
+//! stop (so the slot frees once the supervisor has handled that); also when an admission
+//! message is dropped unread with a stopped supervisor's mailbox. So slots cannot leak. The
+//! runs queued for a supervisor that stops are withdrawn by whoever stopped it
+//! ([`LiveRuns::withdraw`]); one that stopped some other way loses its queued runs to their
+//! next wake-up, each logged.
 //!
-//! While slots are scarce, a run that starts waiting gives its slot up at once instead of
-//! lingering for the passivation delay (see [`LiveSlot::scarce`]).
+//! While slots are scarce, a waiting run gives its slot up instead of lingering for the
+//! passivation delay (see [`LiveSlot::scarce`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::gauge::Gauge;
-use ractor::{ActorRef, MessagingErr};
+use ractor::{ActorId, ActorRef, MessagingErr};
 use steward_core::RunId;
+use tracing::warn;
 
 use crate::tenant::TenantMsg;
 
@@ -32,23 +39,48 @@ pub struct LiveRuns {
     queued_gauge: Gauge,
 }
 
+#[derive(Default)]
 struct Inner {
     live: usize,
-    queue: VecDeque<Queued>,
+    /// Runs queued, per supervisor.
+    queues: HashMap<ActorId, Queue>,
+    /// The supervisors with runs queued, in the order their turns come.
+    turns: VecDeque<ActorId>,
+    /// Every queued run, so that a run woken again while queued is queued once.
+    queued: HashSet<RunId>,
+    /// The most slots held and runs queued at once.
+    peaks: (usize, usize),
 }
 
-struct Queued {
+struct Queue {
     supervisor: ActorRef<TenantMsg>,
-    run_id: RunId,
+    runs: VecDeque<RunId>,
 }
 
 /// What a tenant supervisor gets when it asks for a slot.
 pub enum Admission {
     /// A slot for the run's actor.
     Admitted(LiveSlot),
-    /// Every slot is taken: the run is queued and its supervisor gets
+    /// Every slot is taken: the run is queued (or already was) and its supervisor gets
     /// [`TenantMsg::Admit`] when a slot is free.
     Queued,
+}
+
+impl Inner {
+    /// The next queued run, its tenant's turn taken.
+    fn pop(&mut self) -> Option<(ActorRef<TenantMsg>, RunId)> {
+        let id = self.turns.pop_front()?;
+        let queue = self.queues.get_mut(&id)?;
+        let run_id = queue.runs.pop_front()?;
+        let supervisor = queue.supervisor.clone();
+        if queue.runs.is_empty() {
+            self.queues.remove(&id);
+        } else {
+            self.turns.push_back(id);
+        }
+        self.queued.remove(&run_id);
+        Some((supervisor, run_id))
+    }
 }
 
 impl LiveRuns {
@@ -57,10 +89,7 @@ impl LiveRuns {
     pub fn new(max: usize, live_gauge: Gauge, queued_gauge: Gauge) -> Arc<Self> {
         Arc::new(Self {
             max: max.max(1),
-            inner: Mutex::new(Inner {
-                live: 0,
-                queue: VecDeque::new(),
-            }),
+            inner: Mutex::new(Inner::default()),
             live_gauge,
             queued_gauge,
         })
@@ -83,48 +112,88 @@ impl LiveRuns {
 
     /// Runs waiting for a slot now.
     pub fn queued(&self) -> usize {
-        self.lock().queue.len()
+        self.lock().queued.len()
     }
 
-    /// A slot for `run_id`'s actor, or the run is queued behind the runs already waiting.
+    /// The most slots held, and the most runs queued, at once since the start.
+    pub fn peaks(&self) -> (usize, usize) {
+        self.lock().peaks
+    }
+
+    /// A slot for `run_id`'s actor, or the run is queued behind its tenant's runs already
+    /// waiting.
     pub fn acquire(self: &Arc<Self>, supervisor: &ActorRef<TenantMsg>, run_id: RunId) -> Admission {
         let mut inner = self.lock();
-        if inner.live < self.max && inner.queue.is_empty() {
+        if inner.live < self.max && inner.queued.is_empty() {
             inner.live += 1;
+            inner.peaks.0 = inner.peaks.0.max(inner.live);
             self.live_gauge.set(inner.live as i64);
             return Admission::Admitted(LiveSlot {
                 runs: Some(Arc::clone(self)),
             });
         }
-        inner.queue.push_back(Queued {
-            supervisor: supervisor.clone(),
-            run_id,
-        });
-        self.queued_gauge.set(inner.queue.len() as i64);
+        if inner.queued.insert(run_id) {
+            let id = supervisor.get_id();
+            match inner.queues.get_mut(&id) {
+                Some(queue) => queue.runs.push_back(run_id),
+                None => {
+                    let queue = Queue {
+                        supervisor: supervisor.clone(),
+                        runs: VecDeque::from([run_id]),
+                    };
+                    inner.queues.insert(id, queue);
+                    inner.turns.push_back(id);
+                }
+            }
+            inner.peaks.1 = inner.peaks.1.max(inner.queued.len());
+            self.queued_gauge.set(inner.queued.len() as i64);
+        }
         Admission::Queued
     }
 
-    /// Hands a freed slot to the first queued run whose supervisor still listens, or gives it
+    /// Takes the runs queued for `supervisor` out of the queue, for the caller that stops it
+    /// to wake again where the tenant runs next.
+    pub fn withdraw(&self, supervisor: ActorId) -> Vec<RunId> {
+        let mut inner = self.lock();
+        let Some(queue) = inner.queues.remove(&supervisor) else {
+            return Vec::new();
+        };
+        inner.turns.retain(|id| *id != supervisor);
+        for run_id in &queue.runs {
+            inner.queued.remove(run_id);
+        }
+        self.queued_gauge.set(inner.queued.len() as i64);
+        queue.runs.into()
+    }
+
+    /// Hands a freed slot to the next queued run whose supervisor still listens, or gives it
     /// back when none waits.
     fn release(self: &Arc<Self>) {
         loop {
-            let next = {
+            let (supervisor, run_id) = {
                 let mut inner = self.lock();
-                let Some(next) = inner.queue.pop_front() else {
+                let Some(next) = inner.pop() else {
                     inner.live = inner.live.saturating_sub(1);
                     self.live_gauge.set(inner.live as i64);
                     return;
                 };
-                self.queued_gauge.set(inner.queue.len() as i64);
+                self.queued_gauge.set(inner.queued.len() as i64);
                 next
             };
             let slot = LiveSlot {
                 runs: Some(Arc::clone(self)),
             };
-            match next.supervisor.cast(TenantMsg::Admit(next.run_id, slot)) {
+            match supervisor.cast(TenantMsg::Admit(run_id, slot)) {
                 Ok(()) => return,
                 // That tenant's supervisor has stopped: keep the slot for the next in line.
-                Err(MessagingErr::SendErr(TenantMsg::Admit(_, mut slot))) => slot.forget(),
+                Err(MessagingErr::SendErr(TenantMsg::Admit(_, mut slot))) => {
+                    slot.forget();
+                    warn!(
+                        run.id = %run_id,
+                        "A queued run's tenant supervisor stopped; the run waits for its next \
+                         wake-up."
+                    );
+                }
                 // The message was dropped, and with it the slot, which released itself.
                 Err(_) => return,
             }
@@ -134,11 +203,11 @@ impl LiveRuns {
     /// Whether slots are scarce: some run waits for one, or three quarters are taken.
     fn scarce(&self) -> bool {
         let inner = self.lock();
-        !inner.queue.is_empty() || inner.live.saturating_mul(4) >= self.max.saturating_mul(3)
+        !inner.queued.is_empty() || inner.live.saturating_mul(4) >= self.max.saturating_mul(3)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The state is two counters and a queue, each left whole by every critical section.
+        // The state is counters, queues and a set, each left whole by every critical section.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -322,6 +391,123 @@ mod tests {
         drop(message);
         assert_eq!(runs.live(), 0);
         sup.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_run_woken_twice_while_queued_is_queued_once() {
+        let runs = LiveRuns::unobserved(1);
+        let (sup, mut rx) = supervisor().await;
+        let slot = admitted(runs.acquire(&sup, RunId::new()));
+        let (twice, other) = (RunId::new(), RunId::new());
+        for run_id in [twice, twice, other, twice] {
+            assert!(matches!(runs.acquire(&sup, run_id), Admission::Queued));
+        }
+        assert_eq!(runs.queued(), 2);
+        drop(slot);
+        assert_eq!(next(&mut rx).await, twice);
+        sup.cast(TenantMsg::Wake(twice)).expect("sent");
+        assert_eq!(next(&mut rx).await, other);
+        assert_eq!(runs.peaks(), (1, 2));
+        sup.stop(None);
+    }
+
+    #[tokio::test]
+    async fn freed_slots_go_to_the_tenants_in_turn() {
+        let runs = LiveRuns::unobserved(1);
+        let (busy, mut busy_rx) = supervisor().await;
+        let (quiet, mut quiet_rx) = supervisor().await;
+        let slot = admitted(runs.acquire(&busy, RunId::new()));
+        let backlog: Vec<RunId> = (0..3).map(|_| RunId::new()).collect();
+        for run_id in &backlog {
+            assert!(matches!(runs.acquire(&busy, *run_id), Admission::Queued));
+        }
+        let click = RunId::new();
+        assert!(matches!(runs.acquire(&quiet, click), Admission::Queued));
+
+        drop(slot);
+        assert_eq!(next(&mut busy_rx).await, backlog[0]);
+        busy.cast(TenantMsg::Wake(backlog[0])).expect("sent");
+        assert_eq!(
+            next(&mut quiet_rx).await,
+            click,
+            "the other tenant's run goes before the rest of the backlog"
+        );
+        quiet.cast(TenantMsg::Wake(click)).expect("sent");
+        assert_eq!(next(&mut busy_rx).await, backlog[1]);
+        busy.stop(None);
+        quiet.stop(None);
+    }
+
+    #[tokio::test]
+    async fn the_runs_of_a_stopped_supervisor_are_withdrawn_for_its_successor() {
+        let runs = LiveRuns::unobserved(1);
+        let (old, _old_rx) = supervisor().await;
+        let (other, mut other_rx) = supervisor().await;
+        let slot = admitted(runs.acquire(&other, RunId::new()));
+        let (a, b, c) = (RunId::new(), RunId::new(), RunId::new());
+        for run_id in [a, b] {
+            assert!(matches!(runs.acquire(&old, run_id), Admission::Queued));
+        }
+        assert!(matches!(runs.acquire(&other, c), Admission::Queued));
+        assert_eq!(runs.withdraw(old.get_id()), vec![a, b]);
+        assert_eq!(runs.withdraw(old.get_id()), Vec::<RunId>::new());
+        assert_eq!(runs.queued(), 1);
+        old.stop(None);
+        drop(slot);
+        assert_eq!(next(&mut other_rx).await, c);
+        other.stop(None);
+    }
+
+    /// Stands in for a tenant supervisor busy with a long message: an admission sent meanwhile
+    /// waits in its mailbox.
+    struct Busy;
+
+    impl Actor for Busy {
+        type Msg = TenantMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<TenantMsg>,
+            _: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<TenantMsg>,
+            msg: TenantMsg,
+            _state: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            if let TenantMsg::Wake(_) = msg {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admission_left_in_a_stopped_supervisors_mailbox_frees_its_slot() {
+        let runs = LiveRuns::unobserved(1);
+        let (sup, handle) = Actor::spawn(None, Busy, ()).await.expect("spawns");
+        let slot = admitted(runs.acquire(&sup, RunId::new()));
+        assert!(matches!(
+            runs.acquire(&sup, RunId::new()),
+            Admission::Queued
+        ));
+        sup.cast(TenantMsg::Wake(RunId::new())).expect("sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(slot);
+        assert_eq!(
+            (runs.live(), runs.queued()),
+            (1, 0),
+            "handed to the mailbox"
+        );
+        sup.stop(None);
+        handle.await.expect("the supervisor ends");
+        wait_until(|| runs.live() == 0).await;
     }
 
     /// An actor that holds a slot and fails on its first message.

@@ -422,7 +422,6 @@ impl Metrics {
             .set(0);
     }
 
-    /// Sets the served certificate's expiry (its `notAfter`, Unix seconds).
     /// The cap on live run actors, its gauges bound to this registry.
     pub fn live_runs(&self, max: usize) -> std::sync::Arc<crate::live::LiveRuns> {
         crate::live::LiveRuns::new(
@@ -432,6 +431,7 @@ impl Metrics {
         )
     }
 
+    /// Sets the served certificate's expiry (its `notAfter`, Unix seconds).
     pub fn set_tls_expiry(&self, unix_secs: i64) {
         self.inner.tls_expiry.set(unix_secs);
     }

@@ -31,8 +31,8 @@ pub struct StewardOptions {
     /// stops it as soon as it waits). A decision or timer after that starts a new actor.
     pub passivate_after: Duration,
     /// The most run actors alive at once in this process (2,000 by default). A run woken
-    /// beyond it waits in arrival order for an actor to stop; while slots are scarce a run
-    /// that starts waiting stops its actor at once.
+    /// beyond it waits for an actor to end (in arrival order within its tenant, the tenants
+    /// taking turns); while slots are scarce a waiting run stops its actor.
     pub max_live_runs: usize,
     /// The longest the timer service sleeps before it looks for due timers again (1 s).
     pub timer_poll: Duration,
@@ -146,7 +146,7 @@ impl Actor for Root {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -166,7 +166,29 @@ impl Actor for Root {
             _ => None,
         };
         if let Some(id) = gone {
+            let tenant = state
+                .tenants
+                .iter()
+                .find(|(_, t)| t.get_id() == id)
+                .map(|(tenant, _)| tenant.clone());
             state.tenants.retain(|_, t| t.get_id() != id);
+            // Runs queued for a slot with the supervisor that ended go to its successor.
+            let queued = state.args.live.withdraw(id);
+            if let Some(tenant) = tenant.filter(|_| !queued.is_empty()) {
+                match state.tenant(&myself, tenant).await {
+                    Ok(successor) => {
+                        for run_id in queued {
+                            let _ = successor.cast(TenantMsg::Wake(run_id));
+                        }
+                    }
+                    Err(e) => error!(
+                        error = %e,
+                        runs = queued.len(),
+                        "Runs queued for a tenant whose supervisor ended wait for their next \
+                         wake-up."
+                    ),
+                }
+            }
         }
         Ok(())
     }
@@ -214,6 +236,7 @@ pub struct Steward {
     started: std::time::Instant,
     limits: PlatformLimits,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    live: Arc<crate::live::LiveRuns>,
 }
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -239,7 +262,7 @@ impl Steward {
             store: store.clone(),
             master_key,
             options,
-            live,
+            live: live.clone(),
         };
         let (root, _) = Actor::spawn(None, Root, args).await?;
         let steward = Self {
@@ -249,6 +272,7 @@ impl Steward {
             started: std::time::Instant::now(),
             limits,
             cluster,
+            live,
         };
         let service = crate::timers::spawn(steward.clone(), timer_poll);
         let _ = steward.timers.set(service.abort_handle());
@@ -263,6 +287,11 @@ impl Steward {
     /// The platform's budget ceilings.
     pub fn limits(&self) -> &PlatformLimits {
         &self.limits
+    }
+
+    /// The cap on live run actors, with the runs queued for a slot.
+    pub fn live_runs(&self) -> &crate::live::LiveRuns {
+        &self.live
     }
 
     /// This node's part in a cluster, when it shares its database with other nodes.
@@ -296,6 +325,17 @@ impl Steward {
     /// without waking anything; its runs resume from their journals wherever the tenant is
     /// owned next.
     pub async fn stop_tenant(&self, tenant: &TenantId, reason: &str) -> Result<bool, String> {
+        Ok(self.stop_supervisor(tenant, reason).await?.is_some())
+    }
+
+    /// Stops the tenant's supervisor as [`Steward::stop_tenant`] does; when one ran, returns
+    /// its runs that were queued for a slot under the cap on live actors, taken out of the
+    /// queue (their wake-up would otherwise go to the stopped supervisor).
+    async fn stop_supervisor(
+        &self,
+        tenant: &TenantId,
+        reason: &str,
+    ) -> Result<Option<Vec<RunId>>, String> {
         let running = match self
             .root
             .call(|r| RootMsg::Reload(tenant.clone(), r), Some(ASK_TIMEOUT))
@@ -306,13 +346,16 @@ impl Steward {
             Err(e) => return Err(e.to_string()),
         };
         let Some(sup) = running else {
-            return Ok(false);
+            return Ok(None);
         };
+        let mut queued = self.live.withdraw(sup.get_id());
         let reason = Some(reason.to_owned());
         sup.stop_children_and_wait(reason.clone(), Some(ASK_TIMEOUT))
             .await;
         let _ = sup.stop_and_wait(reason, Some(ASK_TIMEOUT)).await;
-        Ok(true)
+        // Runs woken while it was stopping.
+        queued.extend(self.live.withdraw(sup.get_id()));
+        Ok(Some(queued))
     }
 
     /// Wakes every parked run of `tenant` (of every tenant when None) that this node owns, so
@@ -375,18 +418,25 @@ impl Steward {
             self.store.ring(&call).await.map_err(|e| e.to_string())?;
             return Ok(false);
         }
-        if !self.stop_tenant(tenant, "tenant settings changed").await? {
+        let Some(queued) = self
+            .stop_supervisor(tenant, "tenant settings changed")
+            .await?
+        else {
             return Ok(false);
-        }
+        };
         info!(%tenant, "Tenant settings changed; its supervisor restarted.");
         let runs = self
             .store
             .unfinished_runs(states::TERMINAL)
             .await
             .map_err(|e| e.to_string())?;
+        let mut woken: std::collections::HashSet<RunId> = queued.iter().copied().collect();
+        for run_id in queued {
+            self.wake(tenant, run_id).await;
+        }
         for (owner, run_id, state) in runs {
             let waiting = state == states::AWAITING_APPROVAL || state == states::PARKED;
-            if &owner == tenant && !waiting {
+            if &owner == tenant && !waiting && woken.insert(run_id) {
                 self.wake(tenant, run_id).await;
             }
         }

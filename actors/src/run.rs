@@ -45,8 +45,8 @@ pub enum RunMsg {
     /// Something was recorded from outside (a decision) or a timer is due: read the journal
     /// and the run's timers again, then go on.
     Reload,
-    /// The idle time has passed since the run began waiting, at the given count of handled
-    /// messages; if nothing came since, the actor offers to stop.
+    /// A waiting run looks whether to stop, at the given count of handled messages: if nothing
+    /// came since, it offers to stop once its idle time is over or slots are scarce.
     Idle(u64),
 }
 
@@ -120,6 +120,8 @@ pub struct RunActorState {
     fresh: Option<Box<FreshRun>>,
     /// Its place under the cap on live run actors; dropped with the state when the actor ends.
     slot: crate::live::LiveSlot,
+    /// When the run last began waiting.
+    idle_since: std::time::Instant,
 }
 
 impl Actor for RunActor {
@@ -151,6 +153,7 @@ impl Actor for RunActor {
             timers_cleared: false,
             fresh: args.fresh,
             slot: args.slot,
+            idle_since: std::time::Instant::now(),
         })
     }
 
@@ -169,7 +172,7 @@ impl Actor for RunActor {
             state.watch.handling(&msg);
             match msg {
                 RunMsg::Idle(mark) => {
-                    state.offer_to_stop(&myself, mark);
+                    state.idle_check(&myself, mark);
                     return Ok(());
                 }
                 RunMsg::Reload => {

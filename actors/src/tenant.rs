@@ -224,9 +224,9 @@ impl Actor for TenantSupervisor {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(run_id) = state.cells.remove(&cell.get_id()) {
-                    state.runs.remove(&run_id);
-                    state.reloads_sent.remove(&run_id);
-                    state.ops.forget(run_id);
+                    if state.forget_actor(run_id, cell.get_id()) {
+                        state.ops.forget(run_id);
+                    }
                 } else if let Some(kind) = state.adapters.remove(&cell.get_id()) {
                     warn!(
                         adapter = kind,
@@ -302,6 +302,19 @@ impl TenantState {
         }
     }
 
+    /// Forgets the run's actor `actor`, which has ended, unless a newer actor of the run has
+    /// taken its place (a wake-up that came while it was ending started one): that one stays
+    /// tracked. Returns whether `actor` was the run's current actor. Its watch is left for the
+    /// caller, which may still need it for a crash snapshot.
+    fn forget_actor(&mut self, run_id: RunId, actor: ActorId) -> bool {
+        if self.runs.get(&run_id).is_some_and(|r| r.get_id() != actor) {
+            return false;
+        }
+        self.runs.remove(&run_id);
+        self.reloads_sent.remove(&run_id);
+        true
+    }
+
     /// Stops an idle run actor, unless it is not the run's current actor or a reload sent to
     /// it has not been handled yet (it will go idle again after handling it).
     fn passivate(&mut self, run_id: RunId, actor: ActorId, reloads: u64) {
@@ -328,8 +341,9 @@ impl TenantState {
         let Some(run_id) = self.cells.remove(&cell.get_id()) else {
             return;
         };
-        self.runs.remove(&run_id);
-        self.reloads_sent.remove(&run_id);
+        // False when a newer actor of the run already runs (woken while this one was ending):
+        // the crash is still recorded, but nothing is restarted.
+        let current = self.forget_actor(run_id, cell.get_id());
         let now = Instant::now();
         let budget = self.init.budget.clone();
         let times = self.restarts.entry(run_id).or_default();
@@ -337,6 +351,9 @@ impl TenantState {
         times.push_back(now);
         let attempt = times.len();
         self.record_crash(run_id, attempt, &error).await;
+        if !current {
+            return;
+        }
         if attempt > budget.max_restarts {
             self.ops.forget(run_id);
             self.fail_run(run_id, &error, attempt).await;

@@ -404,8 +404,8 @@ pub struct RunsConfig {
     /// (default 30; 0 stops it at once).
     pub passivate_after_secs: u64,
     /// The most run actors alive at once in this process (default 2,000, at least 1), which
-    /// bounds the memory a burst of runs takes: about 60 KB each. Runs woken beyond it wait in
-    /// arrival order for an actor to stop.
+    /// bounds the memory a burst of runs takes: about 60 KB each. Runs woken beyond it wait for
+    /// an actor to end, the tenants taking turns.
     pub max_live_actors: usize,
 }
 

@@ -92,6 +92,9 @@ async fn with_one_live_actor_allowed_a_burst_of_runs_all_reach_approval_and_end(
         1,
         "the approved run wrote once"
     );
+    let (most_live, most_queued) = h.server().steward.live_runs().peaks();
+    assert_eq!(most_live, 1, "never more than one run actor at once");
+    assert!(most_queued >= 1, "runs were queued for the slot");
     eventually("the slots to be free again", || async {
         let live = gauge(&h, "steward_run_actors_live").await;
         let queued = gauge(&h, "steward_run_actors_queued").await;

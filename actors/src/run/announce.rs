@@ -54,6 +54,7 @@ pub(crate) async fn announce(
         timers_cleared: false,
         fresh: None,
         slot: crate::live::LiveSlot::none(),
+        idle_since: std::time::Instant::now(),
     };
     match notice {
         Notice::Ended { state, reason } => {

@@ -18,6 +18,9 @@ use crate::retry::{Transient, park_until};
 use crate::tenant::TenantMsg;
 use crate::timers::{approval_timers, human_duration, kinds};
 
+/// How often a lingering waiting run looks whether slots for live run actors became scarce.
+const SCARCITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often expiring is tried again when the journal moves underneath it.
 const CONFLICT_RETRIES: usize = 3;
 
@@ -42,12 +45,26 @@ impl RunActorState {
 
     /// The run waits: after the idle time it offers to stop; at once when the idle time is
     /// zero or live run actors are near their cap, so that its slot serves a run with work.
-    pub(super) fn idle(&self, myself: &ActorRef<RunMsg>) {
-        let mark = self.handled;
-        if self.passivate_after.is_zero() || self.slot.scarce() {
+    /// Until the idle time is over it looks again every [`SCARCITY_CHECK`], so that it also
+    /// gives its slot up when slots become scarce while it lingers.
+    pub(super) fn idle(&mut self, myself: &ActorRef<RunMsg>) {
+        self.idle_since = std::time::Instant::now();
+        self.idle_check(myself, self.handled);
+    }
+
+    /// Offers to stop if the run has waited since `mark` for its idle time, or slots are
+    /// scarce; otherwise looks again later.
+    pub(super) fn idle_check(&self, myself: &ActorRef<RunMsg>, mark: u64) {
+        if mark != self.handled {
+            return;
+        }
+        let left = self
+            .passivate_after
+            .saturating_sub(self.idle_since.elapsed());
+        if left.is_zero() || self.slot.scarce() {
             self.offer_to_stop(myself, mark);
         } else {
-            myself.send_after(self.passivate_after, move || RunMsg::Idle(mark));
+            myself.send_after(left.min(SCARCITY_CHECK), move || RunMsg::Idle(mark));
         }
     }
 
