@@ -68,7 +68,7 @@ impl ChildServer {
         if let Some(t) = plan.call_timeout {
             command.args(["--call-timeout-secs", &t.as_secs().to_string()]);
         }
-        if let Some(max) = plan.max_live_actors {
+        if let Some(max) = plan.max_live_actors.or(crate::tenants::max_live_actors()) {
             command.args(["--max-live-actors", &max.to_string()]);
         }
         let started = Instant::now();
@@ -196,9 +196,6 @@ pub(crate) struct ServeArgs {
     /// How long one outside call may take, in seconds.
     #[arg(long)]
     pub(crate) call_timeout_secs: Option<u64>,
-    /// The most run actors alive at once.
-    #[arg(long)]
-    pub(crate) max_live_actors: Option<usize>,
 }
 
 /// The child's side: boot, say `ready`, serve until standard input closes.
@@ -218,9 +215,6 @@ pub(crate) async fn serve(args: ServeArgs, started: Instant) -> anyhow::Result<(
         let timeout = Duration::from_secs(secs);
         opts.http.timeout = timeout;
         opts.actors.retry.call_timeout = timeout;
-    }
-    if let Some(max) = args.max_live_actors {
-        opts.actors.max_live_runs = max;
     }
     let server = steward_runtime::boot::start(opts).await?;
     println!(

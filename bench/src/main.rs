@@ -41,6 +41,10 @@ struct Cli {
     /// Worker threads of the load generator's runtime (the stand-ins run there too).
     #[arg(long, global = true, default_value_t = 2)]
     load_threads: usize,
+    /// The most run actors Steward keeps alive at once (its default unless given), for
+    /// comparing scenarios with and without the cap.
+    #[arg(long, global = true)]
+    max_live_actors: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -209,6 +213,9 @@ fn main() -> ExitCode {
     let _ = steward_runtime::memory::without_huge_pages();
     let started = Instant::now();
     let cli = Cli::parse();
+    if let Some(max) = cli.max_live_actors {
+        tenants::set_max_live_actors(max);
+    }
     let result = match cli.command {
         Command::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)

@@ -132,6 +132,19 @@ pub(crate) fn spec(
 }
 
 /// Serve options for `tenants` tenants on a loopback port, SQLite at `database`.
+/// The cap on live run actors every Steward of this process gets, when one was asked for.
+static MAX_LIVE_ACTORS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sets the cap on live run actors for every Steward this process starts (the first call wins).
+pub(crate) fn set_max_live_actors(max: usize) {
+    let _ = MAX_LIVE_ACTORS.set(max);
+}
+
+/// The cap asked for on the command line, if any.
+pub(crate) fn max_live_actors() -> Option<usize> {
+    MAX_LIVE_ACTORS.get().copied()
+}
+
 pub(crate) fn serve_options(
     database: PathBuf,
     tenants: usize,
@@ -148,6 +161,9 @@ pub(crate) fn serve_options(
     opts.tenants = (0..tenants)
         .map(|i| spec(i, endpoints, &standins))
         .collect::<anyhow::Result<_>>()?;
+    if let Some(max) = max_live_actors() {
+        opts.actors.max_live_runs = max;
+    }
     Ok(opts)
 }
 
