@@ -95,14 +95,10 @@ impl LiveRuns {
         })
     }
 
-    /// A cap with gauges nobody reads (tests, tools).
-    pub fn unobserved(max: usize) -> Arc<Self> {
+    /// A cap with gauges nobody reads.
+    #[cfg(test)]
+    fn unobserved(max: usize) -> Arc<Self> {
         Self::new(max, Gauge::default(), Gauge::default())
-    }
-
-    /// The cap.
-    pub fn max(&self) -> usize {
-        self.max
     }
 
     /// Slots held now.
