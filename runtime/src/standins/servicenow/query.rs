@@ -1,6 +1,8 @@
 //! The subset of ServiceNow's encoded query language the stand-in answers: conditions joined by
-//! `^` (AND) using `=`, `!=`, `LIKE` (case-insensitive contains) or `STARTSWITH`, plus
-//! `ORDERBY<field>` and `ORDERBYDESC<field>`. Anything else (`^OR`, `^NQ`, other operators) is
+//! `^` (AND) using `=`, `!=`, `LIKE` (case-insensitive contains), `STARTSWITH` or a comparison
+//! (`<`, `<=`, `>`, `>=`: numerically when both sides are numbers, else as text, which orders
+//! ServiceNow's `YYYY-MM-DD HH:MM:SS` date-times by time), plus `ORDERBY<field>` and
+//! `ORDERBYDESC<field>`. Anything else (`^OR`, `^NQ`, other operators) is
 //! refused rather than guessed at: a real instance quietly ignores conditions it cannot parse
 //! and may return every row, which is exactly what a test must not rely on.
 
@@ -27,6 +29,10 @@ enum Operator {
     NotEquals,
     Like,
     StartsWith,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +107,19 @@ impl Condition {
             Operator::NotEquals => value != self.value,
             Operator::Like => value.to_lowercase().contains(&self.value.to_lowercase()),
             Operator::StartsWith => value.starts_with(&self.value),
+            Operator::Less => compare(value, &self.value).is_lt(),
+            Operator::LessOrEqual => compare(value, &self.value).is_le(),
+            Operator::Greater => compare(value, &self.value).is_gt(),
+            Operator::GreaterOrEqual => compare(value, &self.value).is_ge(),
         }
+    }
+}
+
+/// A stored value against a query's: as numbers when both are, else as text.
+fn compare(value: &str, bound: &str) -> Ordering {
+    match (value.trim().parse::<f64>(), bound.trim().parse::<f64>()) {
+        (Ok(a), Ok(b)) if a.is_finite() && b.is_finite() => a.total_cmp(&b),
+        _ => value.cmp(bound),
     }
 }
 
@@ -142,8 +160,13 @@ fn condition(term: &str) -> Result<Condition, QueryError> {
 }
 
 fn operator(rest: &str) -> Option<(Operator, &str)> {
-    const OPERATORS: [(&str, Operator); 4] = [
+    // Two-character operators first, so `>=` is not read as `>` of `=…`.
+    const OPERATORS: [(&str, Operator); 8] = [
         ("!=", Operator::NotEquals),
+        ("<=", Operator::LessOrEqual),
+        (">=", Operator::GreaterOrEqual),
+        ("<", Operator::Less),
+        (">", Operator::Greater),
         ("=", Operator::Equals),
         ("STARTSWITH", Operator::StartsWith),
         ("LIKE", Operator::Like),
@@ -195,6 +218,36 @@ mod tests {
         let query = EncodedQuery::parse("state!=7^numberSTARTSWITHINC001").unwrap();
         assert!(query.matches(&row(&[("state", "1"), ("number", "INC0010001")])));
         assert!(!query.matches(&row(&[("state", "7"), ("number", "INC0010001")])));
+    }
+
+    #[test]
+    fn comparisons_order_date_times_by_time_and_numbers_by_value() {
+        let at = |t: &str| row(&[("sys_updated_on", t), ("impact", "2")]);
+        let query = EncodedQuery::parse("sys_updated_on>=2024-05-01 11:00:00").unwrap();
+        assert!(query.matches(&at("2024-05-01 11:00:00")));
+        assert!(query.matches(&at("2024-05-02 00:00:00")));
+        assert!(!query.matches(&at("2024-05-01 10:59:59")));
+        let query = EncodedQuery::parse("sys_updated_on>2024-05-01 11:00:00").unwrap();
+        assert!(!query.matches(&at("2024-05-01 11:00:00")));
+        assert!(query.matches(&at("2024-05-01 11:00:01")));
+        let query = EncodedQuery::parse("sys_updated_on<2024-05-01 11:00:00").unwrap();
+        assert!(query.matches(&at("2024-04-30 23:59:59")));
+        assert!(!query.matches(&at("2024-05-01 11:00:00")));
+        let query = EncodedQuery::parse("sys_updated_on<=2024-05-01 11:00:00").unwrap();
+        assert!(query.matches(&at("2024-05-01 11:00:00")));
+        // Numbers by value, not as text ("10" > "9").
+        let n = |v: &str| row(&[("reassignment_count", v)]);
+        let query = EncodedQuery::parse("reassignment_count>9").unwrap();
+        assert!(query.matches(&n("10")));
+        assert!(!query.matches(&n("9")));
+        assert!(!query.matches(&n("-1")));
+        // The catch-up pass's own query, whole.
+        let query = EncodedQuery::parse(
+            "sys_updated_on>=2024-05-01 11:00:00^ORDERBYsys_updated_on^ORDERBYsys_id",
+        )
+        .unwrap();
+        assert!(query.matches(&at("2024-05-01 11:00:00")));
+        assert!(!query.matches(&at("2024-04-01 11:00:00")));
     }
 
     #[test]
