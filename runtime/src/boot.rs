@@ -269,6 +269,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .transpose()
         .context("building the SIEM client")?;
     let mut actors = opts.actors;
+    let max_live_actors = actors.max_live_runs;
     let actors_http = opts.http.clone();
     actors.http = opts.http;
     actors.metrics = metrics.clone();
@@ -310,7 +311,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     if let Some(tls) = &mut tls {
         tls.report_to(metrics.clone());
     }
-    info!(%addr, woken, tls = tls.is_some(), "Steward is serving.");
+    info!(
+        %addr,
+        woken,
+        max_live_actors,
+        tls = tls.is_some(),
+        "Steward is serving."
+    );
     let (tx, rx) = oneshot::channel::<()>();
     let (api_store, api_ops) = (state.store.clone(), state.ops.clone());
     let app = steward_api::harden(
