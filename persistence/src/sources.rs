@@ -1,6 +1,10 @@
 //! Webhook sources: how a tenant's incoming webhooks are verified and where the incident
 //! reference sits in their bodies.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use steward_core::{SignatureScheme, SourceName};
@@ -10,6 +14,14 @@ use crate::{Store, StoreError, TenantScope};
 
 const MAX_POINTERS: usize = 8;
 const MAX_POINTER_BYTES: usize = 256;
+
+/// How long intake uses a source and its secrets read before (store clock, ms). A change made
+/// through this store is seen at once (it empties the cache); one made by another node sharing
+/// the database is seen within this.
+pub(crate) const SOURCE_CACHE_TTL_MS: i64 = 1_000;
+
+/// The most sources the cache holds; past it, lapsed entries go, then all of them.
+const SOURCE_CACHE_MAX: usize = 4_096;
 
 /// One webhook source of a tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +138,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.forget_sources();
         Ok(())
     }
 
@@ -145,13 +158,25 @@ impl Store {
     /// each), on one connection on SQLite. The secret is the one the source names, or
     /// `secret_of` the source when it names none. None for an unknown source; an empty list
     /// when the secret was never stored.
+    ///
+    /// What was read is kept for the next deliveries to the source for at most
+    /// [`SOURCE_CACHE_TTL_MS`], and never past the moment a superseded secret version in it
+    /// stops verifying. Every change to a source, a secret or a tenant's keys made through
+    /// this store empties the cache ([`Store::forget_sources`]), and a read that started
+    /// before such a change is not kept.
     pub async fn source_with_secrets(
         &self,
         scope: &TenantScope,
         key: &crate::MasterKey,
         name: &SourceName,
         secret_of: impl Fn(&WebhookSource) -> String,
-    ) -> Result<Option<SourceWithSecrets>, StoreError> {
+    ) -> Result<Option<Arc<SourceWithSecrets>>, StoreError> {
+        let cache = self.source_cache();
+        let now = self.now();
+        if let Some(read) = cache.get(scope.id(), name.as_str(), now) {
+            return Ok(Some(read));
+        }
+        let generation = cache.generation();
         let mut tx = self.read_one_as(scope).await?;
         let Some(source) = source_in(&mut tx, scope, name).await? else {
             return Ok(None);
@@ -163,16 +188,96 @@ impl Store {
         };
         let rows = self.valid_secret_rows(&mut tx, scope, &secret_name).await?;
         drop(tx);
+        // The newest version verifies however old; each superseded one until it expires.
+        let lapses = rows.iter().skip(1).filter_map(|row| row.expires_at()).min();
         let secrets = self.open_valid_secrets(scope, key, &secret_name, rows)?;
-        Ok(Some(SourceWithSecrets {
+        let read = Arc::new(SourceWithSecrets {
             source,
             secret_name,
             secrets,
-        }))
+        });
+        let until = lapses.map_or(now + SOURCE_CACHE_TTL_MS, |at| {
+            at.min(now + SOURCE_CACHE_TTL_MS)
+        });
+        cache.put(scope.id(), name.as_str(), &read, until, generation, now);
+        Ok(Some(read))
+    }
+
+    /// Empties the cache of sources and secrets intake reads ([`Store::source_with_secrets`]);
+    /// called after every commit that changes a source, a secret or a tenant's keys.
+    pub(crate) fn forget_sources(&self) {
+        self.source_cache().forget_all();
+    }
+}
+
+/// What intake read of each source lately, by tenant and source name.
+#[derive(Debug, Default)]
+pub(crate) struct SourceCache {
+    entries: Mutex<HashMap<(String, String), CachedSource>>,
+    /// Bumped whenever the cache is emptied: a read that began before keeps nothing.
+    generation: AtomicU64,
+}
+
+#[derive(Debug)]
+struct CachedSource {
+    read: Arc<SourceWithSecrets>,
+    /// Used while the store clock is below this (ms).
+    until: i64,
+}
+
+impl SourceCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), CachedSource>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, tenant: &str, name: &str, now: i64) -> Option<Arc<SourceWithSecrets>> {
+        let entries = self.entries();
+        let cached = entries.get(&(tenant.to_owned(), name.to_owned()))?;
+        (now < cached.until).then(|| Arc::clone(&cached.read))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keeps `read` until `until`, unless the cache was emptied since `generation`.
+    fn put(
+        &self,
+        tenant: &str,
+        name: &str,
+        read: &Arc<SourceWithSecrets>,
+        until: i64,
+        generation: u64,
+        now: i64,
+    ) {
+        let mut entries = self.entries();
+        if self.generation.load(Ordering::Acquire) != generation || until <= now {
+            return;
+        }
+        if entries.len() >= SOURCE_CACHE_MAX {
+            entries.retain(|_, cached| now < cached.until);
+            if entries.len() >= SOURCE_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        let cached = CachedSource {
+            read: Arc::clone(read),
+            until,
+        };
+        entries.insert((tenant.to_owned(), name.to_owned()), cached);
+    }
+
+    fn forget_all(&self) {
+        let mut entries = self.entries();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 }
 
 /// A webhook source with the secret versions that verify its deliveries now.
+#[derive(Debug)]
 pub struct SourceWithSecrets {
     pub source: WebhookSource,
     /// The secret's name: the source's own, or the default for a source that names none.
@@ -201,6 +306,89 @@ async fn source_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cached(name: &str) -> Arc<SourceWithSecrets> {
+        Arc::new(SourceWithSecrets {
+            source: source(&["/sys_id"], &[]),
+            secret_name: name.into(),
+            secrets: vec![secrecy::SecretString::from("s3cret".to_owned())],
+        })
+    }
+
+    #[test]
+    fn a_cached_source_lapses_at_its_time() {
+        let cache = SourceCache::default();
+        let read = cached("webhook/servicenow");
+        cache.put(
+            "us-acme",
+            "servicenow",
+            &read,
+            2_000,
+            cache.generation(),
+            1_000,
+        );
+        assert!(cache.get("us-acme", "servicenow", 1_999).is_some());
+        assert!(cache.get("us-acme", "servicenow", 2_000).is_none());
+        assert!(
+            cache.get("us-other", "servicenow", 1_000).is_none(),
+            "another tenant"
+        );
+        assert!(
+            cache.get("us-acme", "stripe", 1_000).is_none(),
+            "another source"
+        );
+        // Nothing is kept that has already lapsed.
+        cache.put("us-acme", "slack", &read, 1_000, cache.generation(), 1_000);
+        assert!(cache.get("us-acme", "slack", 999).is_none());
+    }
+
+    #[test]
+    fn a_read_begun_before_the_cache_was_emptied_is_not_kept() {
+        let cache = SourceCache::default();
+        let read = cached("webhook/servicenow");
+        cache.put(
+            "us-acme",
+            "servicenow",
+            &read,
+            10_000,
+            cache.generation(),
+            0,
+        );
+        let before = cache.generation();
+        cache.forget_all();
+        assert!(cache.get("us-acme", "servicenow", 1).is_none(), "emptied");
+        cache.put("us-acme", "servicenow", &read, 10_000, before, 1);
+        assert!(
+            cache.get("us-acme", "servicenow", 2).is_none(),
+            "a stale read"
+        );
+        cache.put(
+            "us-acme",
+            "servicenow",
+            &read,
+            10_000,
+            cache.generation(),
+            1,
+        );
+        assert!(
+            cache.get("us-acme", "servicenow", 2).is_some(),
+            "a fresh read"
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = SourceCache::default();
+        let read = cached("webhook/servicenow");
+        for i in 0..(SOURCE_CACHE_MAX * 2 + 3) {
+            let until = if i % 2 == 0 { 5 } else { 10_000 };
+            let tenant = format!("us-t{i}");
+            cache.put(&tenant, "servicenow", &read, until, cache.generation(), 0);
+            assert!(cache.entries().len() <= SOURCE_CACHE_MAX);
+        }
+        let newest = format!("us-t{}", SOURCE_CACHE_MAX * 2 + 2);
+        assert!(cache.get(&newest, "servicenow", 1).is_some());
+    }
 
     fn source(sys: &[&str], num: &[&str]) -> WebhookSource {
         WebhookSource {

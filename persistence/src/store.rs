@@ -164,6 +164,8 @@ struct Inner {
     timer_signal: tokio::sync::Notify,
     /// The master key tenant content is sealed under and the cache of unwrapped data keys.
     content: crate::content::ContentKeys,
+    /// What intake read of each webhook source and its secrets lately.
+    sources: crate::sources::SourceCache,
     /// The leases this node holds, when it shares the database with other nodes: journal
     /// writes are then fenced by them (see `leases.rs`). Unset on a single node.
     fencing: std::sync::OnceLock<Arc<dyn crate::leases::Fencing>>,
@@ -316,6 +318,7 @@ impl Store {
             clock,
             timer_signal: tokio::sync::Notify::new(),
             content: crate::content::ContentKeys::new(),
+            sources: crate::sources::SourceCache::default(),
             fencing: std::sync::OnceLock::new(),
             listen_url: std::sync::OnceLock::new(),
             meters_pruned: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -394,6 +397,11 @@ impl Store {
     /// The content master key and data key cache.
     pub(crate) fn content_keys(&self) -> &crate::content::ContentKeys {
         &self.inner.content
+    }
+
+    /// What intake read of each webhook source and its secrets lately.
+    pub(crate) fn source_cache(&self) -> &crate::sources::SourceCache {
+        &self.inner.sources
     }
 
     /// When this process last removed each tenant's expired meter windows.

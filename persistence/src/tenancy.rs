@@ -421,6 +421,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.evict_content_keys(scope.id());
+        self.forget_sources();
         Ok(checkpoint)
     }
 

@@ -217,8 +217,16 @@ pub(crate) struct SealedWithKey {
     version: i64,
     dek_version: i64,
     sealed: Vec<u8>,
+    expires_at: Option<i64>,
     master_key_id: Option<String>,
     wrapped: Option<Vec<u8>>,
+}
+
+impl SealedWithKey {
+    /// When this version stops verifying (store clock, ms), if it is superseded.
+    pub(crate) fn expires_at(&self) -> Option<i64> {
+        self.expires_at
+    }
 }
 
 #[derive(FromRow)]
@@ -390,6 +398,7 @@ impl Store {
         let mut tx = self.begin_tenant_write(scope).await?;
         let next = self.seal_next(&mut tx, scope, key, name, value).await?;
         tx.commit().await?;
+        self.forget_sources();
         codec::to_u32(next, "secret version")
     }
 
@@ -507,6 +516,7 @@ impl Store {
         };
         self.append_audit_in(&mut tx, scope, &draft).await?;
         tx.commit().await?;
+        self.forget_sources();
         codec::to_u32(next, "secret version")
     }
 
@@ -536,7 +546,7 @@ impl Store {
         name: &str,
     ) -> Result<Vec<SealedWithKey>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT s.version, s.dek_version, s.sealed, d.master_key_id, d.wrapped \
+            "SELECT s.version, s.dek_version, s.sealed, s.expires_at, d.master_key_id, d.wrapped \
              FROM sealed_secrets s LEFT JOIN data_keys d \
              ON d.tenant_id = s.tenant_id AND d.version = s.dek_version \
              WHERE s.tenant_id = $1 AND s.name = $2 AND (s.expires_at > $3 OR s.version = \

@@ -157,7 +157,7 @@ async fn a_source_is_read_with_the_secrets_that_verify_it() {
                         .iter()
                         .map(|s| s.expose_secret().to_owned())
                         .collect();
-                    (r.source, r.secret_name, values)
+                    (r.source.clone(), r.secret_name.clone(), values)
                 })
         }
     };
@@ -193,7 +193,80 @@ async fn a_source_is_read_with_the_secrets_that_verify_it() {
     assert_eq!(read("servicenow").await.unwrap().2, ["second"]);
 }
 
+/// Intake keeps what it read of a source: a change made through the same store is seen by the
+/// next delivery, one made through another process on the database within a second.
+async fn a_cached_source_sees_its_own_changes_at_once_and_another_nodes_within_a_second() {
+    use secrecy::{ExposeSecret, SecretString};
+    let db = TestDb::new().await;
+    let other = db.second_process().await;
+    let acme = scope("us-acme");
+    let master = steward_persistence::MasterKey::generate();
+    let default = |s: &WebhookSource| format!("default.{}", s.name);
+    let name = SourceName::parse("servicenow").unwrap();
+    let secrets = || {
+        let (store, acme, master, name) =
+            (db.store.clone(), acme.clone(), master.clone(), name.clone());
+        async move {
+            let read = store
+                .source_with_secrets(&acme, &master, &name, default)
+                .await
+                .unwrap()
+                .unwrap();
+            let values: Vec<String> = read
+                .secrets
+                .iter()
+                .map(|s| s.expose_secret().to_owned())
+                .collect();
+            (read.source.number_pointers.clone(), values)
+        }
+    };
+    let secret = |v: &str| SecretString::from(v.to_owned());
+    let mut source = source("servicenow", "standard-webhooks");
+    db.store.upsert_source(&acme, &source).await.unwrap();
+    db.store
+        .put_secret(&acme, &master, "webhook.servicenow", &secret("first"))
+        .await
+        .unwrap();
+    assert_eq!(secrets().await.1, ["first"]);
+
+    // Through this store: seen at once, the source and the secret alike.
+    source.number_pointers = vec!["/record/number".into()];
+    db.store.upsert_source(&acme, &source).await.unwrap();
+    assert_eq!(secrets().await.0, ["/record/number"]);
+    let now = db.clock_ms();
+    db.store
+        .rotate_secret(
+            &acme,
+            &master,
+            "webhook.servicenow",
+            &secret("second"),
+            now,
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert_eq!(secrets().await.1, ["second"], "the first cut off at once");
+
+    // Through another process: the cached read stands for at most a second.
+    other
+        .rotate_secret(
+            &acme,
+            &master,
+            "webhook.servicenow",
+            &secret("third"),
+            now,
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert_eq!(secrets().await.1, ["second"], "still the cached read");
+    db.clock.advance_millis(1_000);
+    assert_eq!(secrets().await.1, ["third"], "a second later");
+    other.close().await;
+}
+
 crate::support::conformance!(
+    a_cached_source_sees_its_own_changes_at_once_and_another_nodes_within_a_second,
     a_source_is_read_with_the_secrets_that_verify_it,
     each_scheme_is_stored_with_its_source,
     unknown_schemes_are_refused_by_the_store_and_the_database,
