@@ -433,6 +433,25 @@ impl Harness {
         self.server().url()
     }
 
+    /// The value of one series in `GET /metrics`, named as the scrape writes it, labels and
+    /// all (`steward_run_actors_live`, `steward_x_total{tenant="us-acme"}`); None when absent
+    /// or not a `T`.
+    pub async fn metric<T: std::str::FromStr>(&self, series: &str) -> Option<T> {
+        let scrape = self.get("/metrics", None).await;
+        assert_eq!(scrape.status, 200, "GET /metrics: {}", scrape.text);
+        let wanted = format!("{series} ");
+        scrape
+            .text
+            .lines()
+            .find_map(|line| line.strip_prefix(&wanted))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// Ids of the run actors alive now, from the inspected supervision tree.
+    pub async fn live_run_actors(&self) -> Vec<String> {
+        live_run_actors(self.server()).await
+    }
+
     /// Stops Steward and boots it again on the same database file and master key.
     pub async fn restart(&mut self) {
         if let Some(server) = self.server.take() {
@@ -819,4 +838,23 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Ids of the run actors alive now in `server`, from its inspected supervision tree.
+pub async fn live_run_actors(server: &Server) -> Vec<String> {
+    fn collect(node: &Value, ids: &mut Vec<String>) {
+        if node["kind"] == "run"
+            && let Some(id) = node["id"].as_str()
+        {
+            ids.push(id.to_owned());
+        }
+        for child in node["children"].as_array().into_iter().flatten() {
+            collect(child, ids);
+        }
+    }
+    let tree = server.steward.inspect().await.expect("the tree answers");
+    let tree = serde_json::to_value(tree).expect("the tree serializes");
+    let mut ids = Vec::new();
+    collect(&tree, &mut ids);
+    ids
 }

@@ -94,24 +94,14 @@ async fn runs_for(h: &Harness, sys_id: &str, number: &str) -> usize {
 
 /// A counter's value for the main tenant in `GET /metrics` since boot; None when absent.
 async fn series(h: &Harness, name: &str) -> Option<u64> {
-    let metrics = h.get("/metrics", None).await;
-    let wanted = format!("{name}_total{{tenant=\"{}\"}} ", h.tenant.id);
-    metrics
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix(&wanted))
-        .and_then(|v| v.trim().parse().ok())
+    h.metric(&format!("{name}_total{{tenant=\"{}\"}}", h.tenant.id))
+        .await
 }
 
 /// A gauge's value for the main tenant in `GET /metrics`; None when absent.
 async fn gauge(h: &Harness, name: &str) -> Option<i64> {
-    let metrics = h.get("/metrics", None).await;
-    let wanted = format!("{name}{{tenant=\"{}\"}} ", h.tenant.id);
-    metrics
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix(&wanted))
-        .and_then(|v| v.trim().parse().ok())
+    h.metric(&format!("{name}{{tenant=\"{}\"}}", h.tenant.id))
+        .await
 }
 
 /// A counter's value for the main tenant; 0 when absent.

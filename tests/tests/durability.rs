@@ -402,29 +402,10 @@ impl Rig {
 
     /// Whether the run has a live actor.
     async fn is_live(&self, id: RunId) -> bool {
-        let tree = self
-            .server()
-            .steward
-            .inspect()
+        steward_tests::harness::live_run_actors(self.server())
             .await
-            .expect("the tree answers");
-        let tree = serde_json::to_value(tree).expect("the tree serializes");
-        live_ids(&tree).contains(&id.to_string())
+            .contains(&id.to_string())
     }
-}
-
-/// Ids of every `run` actor in the inspected tree.
-fn live_ids(node: &Value) -> Vec<String> {
-    let mut ids = Vec::new();
-    if node["kind"] == "run"
-        && let Some(id) = node["id"].as_str()
-    {
-        ids.push(id.to_owned());
-    }
-    for child in node["children"].as_array().into_iter().flatten() {
-        ids.extend(live_ids(child));
-    }
-    ids
 }
 
 async fn servicenow() -> ServiceNowMock {

@@ -3,51 +3,20 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use steward_actors::states;
 use steward_adapters::slack::{APPROVE_ACTION, REJECT_ACTION};
 use steward_tests::{APPROVER, Harness, Scenario, eventually};
 
 /// How many run actors the inspected tree shows.
 async fn live_runs(h: &Harness) -> usize {
-    let tree = h
-        .server()
-        .steward
-        .inspect()
-        .await
-        .expect("the tree answers");
-    let tree = serde_json::to_value(tree).expect("the tree serializes");
-    count_runs(&tree)
-}
-
-fn count_runs(node: &Value) -> usize {
-    let own = usize::from(node["kind"] == "run");
-    let children = node["children"].as_array().into_iter().flatten();
-    own + children.map(count_runs).sum::<usize>()
+    h.live_run_actors().await.len()
 }
 
 /// The value of an unlabelled gauge in the `/metrics` scrape.
 async fn gauge(h: &Harness, name: &str) -> i64 {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client");
-    let text = client
-        .get(format!("{}/metrics", h.url()))
-        .send()
+    h.metric(name)
         .await
-        .expect("Steward answers")
-        .text()
-        .await
-        .expect("a scrape");
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("{name} is not in the scrape:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a number")
+        .unwrap_or_else(|| panic!("{name} is not in the scrape"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
