@@ -101,19 +101,31 @@ async fn intake(
     let scope = TenantScope::assume(tenant.clone(), Authenticator::WebhookSignature);
     // The source and the secret versions that verify it now, in one read.
     let secret_of = |s: &WebhookSource| secret_names::webhook_source(s.name.as_str());
-    let read = state
+    let mut read = state
         .store
         .source_with_secrets(&scope, &state.master_key, &source, secret_of)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let config = &read.source;
     *known = Some(tenant.clone());
 
     // The raw bytes, bounded.
     let body = read_body(body, &headers, state.limits.webhook_body_bytes).await?;
 
-    // Verify before parsing anything.
-    let delivery = verify(&state, &read, &headers, &body)?;
+    // Verify before parsing anything. What the store kept of the source may predate a secret
+    // another node stored since: a delivery no kept secret verifies is checked once more
+    // against the database.
+    let delivery = match verify(&state, &read, &headers, &body) {
+        Err(e) if may_be_a_newer_secret(&read, &e) => {
+            read = state
+                .store
+                .source_with_secrets_read_now(&scope, &state.master_key, &source, secret_of)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            verify(&state, &read, &headers, &body)?
+        }
+        verified => verified?,
+    };
+    let config = &read.source;
 
     // Only now look inside.
     let payload: Value = serde_json::from_slice(&body)
@@ -175,6 +187,16 @@ pub(crate) async fn read_body(
             ApiError::TooLarge(limit)
         }
     })
+}
+
+/// Whether a refusal could come from a secret stored after `read` was: no secret at all, or
+/// a well-formed signature that none of them made.
+fn may_be_a_newer_secret(read: &SourceWithSecrets, error: &ApiError) -> bool {
+    read.secrets.is_empty()
+        || matches!(
+            error,
+            ApiError::BadSignature(SignatureError::NoMatchingSignature)
+        )
 }
 
 /// Checks the delivery's signature with every secret version that verifies now: during a

@@ -163,8 +163,26 @@ impl Store {
     /// [`SOURCE_CACHE_TTL_MS`], and never past the moment a superseded secret version in it
     /// stops verifying. Every change to a source, a secret or a tenant's keys made through
     /// this store empties the cache ([`Store::forget_sources`]), and a read that started
-    /// before such a change is not kept.
+    /// before such a change is not kept. A delivery that no kept secret verifies is worth
+    /// [`Store::source_with_secrets_read_now`]: another node may have stored a newer one.
     pub async fn source_with_secrets(
+        &self,
+        scope: &TenantScope,
+        key: &crate::MasterKey,
+        name: &SourceName,
+        secret_of: impl Fn(&WebhookSource) -> String,
+    ) -> Result<Option<Arc<SourceWithSecrets>>, StoreError> {
+        let now = self.now();
+        if let Some(read) = self.source_cache().get(scope.id(), name.as_str(), now) {
+            return Ok(Some(read));
+        }
+        self.source_with_secrets_read_now(scope, key, name, secret_of)
+            .await
+    }
+
+    /// As [`Store::source_with_secrets`], but read from the database whatever is kept (and
+    /// kept in place of it).
+    pub async fn source_with_secrets_read_now(
         &self,
         scope: &TenantScope,
         key: &crate::MasterKey,
@@ -173,9 +191,6 @@ impl Store {
     ) -> Result<Option<Arc<SourceWithSecrets>>, StoreError> {
         let cache = self.source_cache();
         let now = self.now();
-        if let Some(read) = cache.get(scope.id(), name.as_str(), now) {
-            return Ok(Some(read));
-        }
         let generation = cache.generation();
         let mut tx = self.read_one_as(scope).await?;
         let Some(source) = source_in(&mut tx, scope, name).await? else {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use steward_actors::secret_names;
 use steward_adapters::webhook::WebhookSecret;
 use steward_core::{Clock, FixedClock, SystemClock, TenantId};
-use steward_persistence::{Authenticator, MasterKey, StoreError, TenantScope};
+use steward_persistence::{Authenticator, MasterKey, Store, StoreError, StoreOptions, TenantScope};
 use steward_runtime::boot::{self, ServeOptions, Server};
 use steward_tests::Delivery;
 use steward_tests::webhook::incident_event;
@@ -124,6 +124,78 @@ impl Rig {
             .expect("Steward answers")
             .status()
     }
+}
+
+/// Another process on the same database (a second node) rotates the secret: this node's kept
+/// read of the source does not know the new secret, so a delivery signed with it is checked
+/// again against the database and accepted at once. A secret that node cut off is still
+/// honoured here for at most a second.
+#[tokio::test]
+async fn a_secret_another_node_stored_verifies_at_once_and_one_it_cut_off_within_a_second() {
+    let rig = Rig::start().await;
+    let mut opts = StoreOptions::new(rig._dir.path().join("steward.db"));
+    opts.clock = Arc::new(rig.clock.clone());
+    let other = Store::open(opts)
+        .await
+        .expect("a second handle on the database");
+    let old = rig.whsec.clone();
+    assert_eq!(rig.deliver(&old).await, StatusCode::ACCEPTED, "old, kept");
+
+    // The other node replaces the secret with no overlap.
+    let fresh = WebhookSecret::generate();
+    other
+        .rotate_secret(
+            &rig.scope(),
+            &rig.key,
+            &secret_names::webhook_source(SOURCE),
+            &SecretString::from(fresh.clone()),
+            rig.clock.now_millis(),
+            "operator:other-node",
+        )
+        .await
+        .expect("the secret rotates");
+    assert_eq!(
+        rig.deliver(&fresh).await,
+        StatusCode::ACCEPTED,
+        "new, at once"
+    );
+    // Reading the new one refreshed what this node keeps: the old one is refused already.
+    assert_eq!(
+        rig.deliver(&old).await,
+        StatusCode::UNAUTHORIZED,
+        "old, cut off"
+    );
+
+    // Cut off again by the other node; this node's kept read still has it for a second.
+    let newer = WebhookSecret::generate();
+    other
+        .rotate_secret(
+            &rig.scope(),
+            &rig.key,
+            &secret_names::webhook_source(SOURCE),
+            &SecretString::from(newer.clone()),
+            rig.clock.now_millis(),
+            "operator:other-node",
+        )
+        .await
+        .expect("the secret rotates again");
+    assert_eq!(
+        rig.deliver(&fresh).await,
+        StatusCode::ACCEPTED,
+        "within the second"
+    );
+    rig.clock.advance_millis(1_000);
+    assert_eq!(
+        rig.deliver(&fresh).await,
+        StatusCode::UNAUTHORIZED,
+        "after it"
+    );
+    assert_eq!(
+        rig.deliver(&newer).await,
+        StatusCode::ACCEPTED,
+        "the newest"
+    );
+    other.close().await;
 }
 
 #[tokio::test]
