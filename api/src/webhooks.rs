@@ -13,7 +13,8 @@ use steward_actors::{Step, secret_names, states};
 use steward_adapters::webhook::{SignatureError, incident_at, verify_delivery};
 use steward_core::{IncidentRef, RunId, SignatureScheme, SourceName, TenantId};
 use steward_persistence::{
-    AuditDraft, Authenticator, IntakeOutcome, NewRun, SourceWithSecrets, TenantScope, WebhookSource,
+    AuditDraft, Authenticator, IntakeOutcome, NewRun, SourceRead, SourceWithSecrets, TenantScope,
+    WebhookSource,
 };
 
 use crate::error::ApiError;
@@ -101,7 +102,7 @@ async fn intake(
     let scope = TenantScope::assume(tenant.clone(), Authenticator::WebhookSignature);
     // The source and the secret versions that verify it now, in one read.
     let secret_of = |s: &WebhookSource| secret_names::webhook_source(s.name.as_str());
-    let mut read = state
+    let (mut read, found) = state
         .store
         .source_with_secrets(&scope, &state.master_key, &source, secret_of)
         .await?
@@ -115,13 +116,24 @@ async fn intake(
     // another node stored since: a delivery no kept secret verifies is checked once more
     // against the database.
     let delivery = match verify(&state, &read, &headers, &body) {
-        Err(e) if may_be_a_newer_secret(&read, &e) => {
-            read = state
+        Err(e) if found == SourceRead::Kept && may_be_a_newer_secret(&read, &e) => {
+            let again = state
                 .store
                 .source_with_secrets_read_now(&scope, &state.master_key, &source, secret_of)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            verify(&state, &read, &headers, &body)?
+                .await;
+            match again {
+                Ok(Some(fresh)) => {
+                    read = fresh;
+                    verify(&state, &read, &headers, &body)?
+                }
+                // The source went meanwhile, or the database did not answer: the delivery is
+                // refused for what the kept read found.
+                Ok(None) => return Err(e),
+                Err(store) => {
+                    tracing::warn!(error = %store, "reading a webhook source again failed");
+                    return Err(e);
+                }
+            }
         }
         verified => verified?,
     };

@@ -122,7 +122,7 @@ pub use retention::{
 pub use runs::{ApprovalMessage, RunRecord, StepRecord, StepWrite};
 pub use scope::{Authenticator, TenantScope};
 pub use siem::{MAX_SIEM_URL_BYTES, SIEM_SECRET, SiemState, SiemStream};
-pub use sources::{SourceWithSecrets, WebhookSource};
+pub use sources::{SourceRead, SourceWithSecrets, WebhookSource};
 pub use store::{Backend, POSTGRES_ROLES, PgOptions, Store, StoreOptions};
 pub use tenancy::{Checkpoint, NewToken, TenantSummary, TokenInfo};
 pub use tenants::TenantRecord;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
@@ -137,8 +138,8 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let _forget = self.forget_sources_after();
         tx.commit().await?;
-        self.forget_sources();
         Ok(())
     }
 
@@ -160,24 +161,28 @@ impl Store {
     /// when the secret was never stored.
     ///
     /// What was read is kept for the next deliveries to the source for at most
-    /// [`SOURCE_CACHE_TTL_MS`], and never past the moment a superseded secret version in it
-    /// stops verifying. Every change to a source, a secret or a tenant's keys made through
-    /// this store empties the cache ([`Store::forget_sources`]), and a read that started
-    /// before such a change is not kept. A delivery that no kept secret verifies is worth
-    /// [`Store::source_with_secrets_read_now`]: another node may have stored a newer one.
+    /// [`SOURCE_CACHE_TTL_MS`] (by the store clock and by the process's monotonic one), and
+    /// never past the moment a superseded secret version in it stops verifying. Every change
+    /// to a source, a secret or a tenant's keys made through this store empties the cache
+    /// ([`Store::forget_sources`]), even when its commit fails or is abandoned, and a read
+    /// that started before such a change is not kept. A delivery that no kept secret
+    /// verifies is worth [`Store::source_with_secrets_read_now`] ([`SourceRead::Kept`]):
+    /// another node may have stored a newer one.
     pub async fn source_with_secrets(
         &self,
         scope: &TenantScope,
         key: &crate::MasterKey,
         name: &SourceName,
         secret_of: impl Fn(&WebhookSource) -> String,
-    ) -> Result<Option<Arc<SourceWithSecrets>>, StoreError> {
+    ) -> Result<Option<(Arc<SourceWithSecrets>, SourceRead)>, StoreError> {
         let now = self.now();
         if let Some(read) = self.source_cache().get(scope.id(), name.as_str(), now) {
-            return Ok(Some(read));
+            return Ok(Some((read, SourceRead::Kept)));
         }
-        self.source_with_secrets_read_now(scope, key, name, secret_of)
-            .await
+        let read = self
+            .source_with_secrets_read_now(scope, key, name, secret_of)
+            .await?;
+        Ok(read.map(|read| (read, SourceRead::Now)))
     }
 
     /// As [`Store::source_with_secrets`], but read from the database whatever is kept (and
@@ -191,7 +196,7 @@ impl Store {
     ) -> Result<Option<Arc<SourceWithSecrets>>, StoreError> {
         let cache = self.source_cache();
         let now = self.now();
-        let generation = cache.generation();
+        let ticket = cache.ticket();
         let mut tx = self.read_one_as(scope).await?;
         let Some(source) = source_in(&mut tx, scope, name).await? else {
             return Ok(None);
@@ -214,15 +219,39 @@ impl Store {
         let until = lapses.map_or(now + SOURCE_CACHE_TTL_MS, |at| {
             at.min(now + SOURCE_CACHE_TTL_MS)
         });
-        cache.put(scope.id(), name.as_str(), &read, until, generation, now);
+        cache.put(scope.id(), name.as_str(), &read, until, ticket, now);
         Ok(Some(read))
     }
 
-    /// Empties the cache of sources and secrets intake reads ([`Store::source_with_secrets`]);
-    /// called after every commit that changes a source, a secret or a tenant's keys.
+    /// Empties the cache of sources and secrets intake reads ([`Store::source_with_secrets`]).
     pub(crate) fn forget_sources(&self) {
         self.source_cache().forget_all();
     }
+
+    /// A guard that empties the cache of sources when dropped: taken before the commit of a
+    /// change to a source, a secret or a tenant's keys, so that the cache is emptied after
+    /// it whether the commit succeeds, fails with its outcome unknown, or is abandoned.
+    pub(crate) fn forget_sources_after(&self) -> ForgetSources<'_> {
+        ForgetSources(self)
+    }
+}
+
+/// Empties the store's cache of sources when dropped ([`Store::forget_sources_after`]).
+pub(crate) struct ForgetSources<'a>(&'a Store);
+
+impl Drop for ForgetSources<'_> {
+    fn drop(&mut self) {
+        self.0.forget_sources();
+    }
+}
+
+/// Where [`Store::source_with_secrets`] found what it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRead {
+    /// Kept from an earlier read: a secret stored since by another node is not in it.
+    Kept,
+    /// Read from the database for this call.
+    Now,
 }
 
 /// What intake read of each source lately, by tenant and source name.
@@ -231,13 +260,26 @@ pub(crate) struct SourceCache {
     entries: Mutex<HashMap<(String, String), CachedSource>>,
     /// Bumped whenever the cache is emptied: a read that began before keeps nothing.
     generation: AtomicU64,
+    /// Numbers reads in the order they began: a read never replaces a later one.
+    reads: AtomicU64,
+}
+
+/// When a read began: the cache's generation then, and the read's place in order.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    generation: u64,
+    read: u64,
 }
 
 #[derive(Debug)]
 struct CachedSource {
     read: Arc<SourceWithSecrets>,
-    /// Used while the store clock is below this (ms).
+    /// Used while the store clock is below this (ms)...
     until: i64,
+    /// ...and for at most [`SOURCE_CACHE_TTL_MS`] after this, whatever the clock does.
+    fetched: Instant,
+    /// The read's place in order ([`Ticket::read`]).
+    order: u64,
 }
 
 impl SourceCache {
@@ -247,32 +289,53 @@ impl SourceCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// What is kept of the source, unless it lapsed (then it is dropped).
     fn get(&self, tenant: &str, name: &str, now: i64) -> Option<Arc<SourceWithSecrets>> {
+        let key = (tenant.to_owned(), name.to_owned());
+        let mut entries = self.entries();
+        let cached = entries.get(&key)?;
+        if cached.fresh(now) {
+            return Some(Arc::clone(&cached.read));
+        }
+        entries.remove(&key);
+        None
+    }
+
+    /// Taken as a read begins.
+    fn ticket(&self) -> Ticket {
         let entries = self.entries();
-        let cached = entries.get(&(tenant.to_owned(), name.to_owned()))?;
-        (now < cached.until).then(|| Arc::clone(&cached.read))
+        let ticket = Ticket {
+            generation: self.generation.load(Ordering::Acquire),
+            read: self.reads.fetch_add(1, Ordering::AcqRel),
+        };
+        drop(entries);
+        ticket
     }
 
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Keeps `read` until `until`, unless the cache was emptied since `generation`.
+    /// Keeps `read` until `until`, unless the cache was emptied since its ticket was taken or
+    /// a read that began later is kept already.
     fn put(
         &self,
         tenant: &str,
         name: &str,
         read: &Arc<SourceWithSecrets>,
         until: i64,
-        generation: u64,
+        ticket: Ticket,
         now: i64,
     ) {
         let mut entries = self.entries();
-        if self.generation.load(Ordering::Acquire) != generation || until <= now {
+        if self.generation.load(Ordering::Acquire) != ticket.generation || until <= now {
+            return;
+        }
+        let key = (tenant.to_owned(), name.to_owned());
+        if entries
+            .get(&key)
+            .is_some_and(|kept| kept.order > ticket.read)
+        {
             return;
         }
         if entries.len() >= SOURCE_CACHE_MAX {
-            entries.retain(|_, cached| now < cached.until);
+            entries.retain(|_, cached| cached.fresh(now));
             if entries.len() >= SOURCE_CACHE_MAX {
                 entries.clear();
             }
@@ -280,14 +343,23 @@ impl SourceCache {
         let cached = CachedSource {
             read: Arc::clone(read),
             until,
+            fetched: Instant::now(),
+            order: ticket.read,
         };
-        entries.insert((tenant.to_owned(), name.to_owned()), cached);
+        entries.insert(key, cached);
     }
 
     fn forget_all(&self) {
         let mut entries = self.entries();
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.clear();
+    }
+}
+
+impl CachedSource {
+    fn fresh(&self, now: i64) -> bool {
+        let ttl = Duration::from_millis(SOURCE_CACHE_TTL_MS.unsigned_abs());
+        now < self.until && self.fetched.elapsed() < ttl
     }
 }
 
@@ -334,14 +406,7 @@ mod tests {
     fn a_cached_source_lapses_at_its_time() {
         let cache = SourceCache::default();
         let read = cached("webhook/servicenow");
-        cache.put(
-            "us-acme",
-            "servicenow",
-            &read,
-            2_000,
-            cache.generation(),
-            1_000,
-        );
+        cache.put("us-acme", "servicenow", &read, 2_000, cache.ticket(), 1_000);
         assert!(cache.get("us-acme", "servicenow", 1_999).is_some());
         assert!(cache.get("us-acme", "servicenow", 2_000).is_none());
         assert!(
@@ -353,7 +418,7 @@ mod tests {
             "another source"
         );
         // Nothing is kept that has already lapsed.
-        cache.put("us-acme", "slack", &read, 1_000, cache.generation(), 1_000);
+        cache.put("us-acme", "slack", &read, 1_000, cache.ticket(), 1_000);
         assert!(cache.get("us-acme", "slack", 999).is_none());
     }
 
@@ -361,15 +426,8 @@ mod tests {
     fn a_read_begun_before_the_cache_was_emptied_is_not_kept() {
         let cache = SourceCache::default();
         let read = cached("webhook/servicenow");
-        cache.put(
-            "us-acme",
-            "servicenow",
-            &read,
-            10_000,
-            cache.generation(),
-            0,
-        );
-        let before = cache.generation();
+        cache.put("us-acme", "servicenow", &read, 10_000, cache.ticket(), 0);
+        let before = cache.ticket();
         cache.forget_all();
         assert!(cache.get("us-acme", "servicenow", 1).is_none(), "emptied");
         cache.put("us-acme", "servicenow", &read, 10_000, before, 1);
@@ -377,17 +435,37 @@ mod tests {
             cache.get("us-acme", "servicenow", 2).is_none(),
             "a stale read"
         );
-        cache.put(
-            "us-acme",
-            "servicenow",
-            &read,
-            10_000,
-            cache.generation(),
-            1,
-        );
+        cache.put("us-acme", "servicenow", &read, 10_000, cache.ticket(), 1);
         assert!(
             cache.get("us-acme", "servicenow", 2).is_some(),
             "a fresh read"
+        );
+    }
+
+    #[test]
+    fn a_read_never_replaces_one_that_began_later() {
+        let cache = SourceCache::default();
+        let (older, newer) = (cached("webhook/old"), cached("webhook/new"));
+        let (first, second) = (cache.ticket(), cache.ticket());
+        cache.put("us-acme", "servicenow", &newer, 10_000, second, 0);
+        cache.put("us-acme", "servicenow", &older, 10_000, first, 0);
+        let kept = cache.get("us-acme", "servicenow", 1).expect("kept");
+        assert_eq!(kept.secret_name, "webhook/new");
+        let third = cache.ticket();
+        cache.put("us-acme", "servicenow", &older, 10_000, third, 0);
+        let kept = cache.get("us-acme", "servicenow", 1).expect("kept");
+        assert_eq!(kept.secret_name, "webhook/old", "a later read replaces it");
+    }
+
+    #[test]
+    fn a_lapsed_entry_is_dropped_when_asked_for() {
+        let cache = SourceCache::default();
+        let read = cached("webhook/servicenow");
+        cache.put("us-acme", "servicenow", &read, 500, cache.ticket(), 0);
+        assert!(cache.get("us-acme", "servicenow", 500).is_none());
+        assert!(
+            cache.entries().is_empty(),
+            "its secrets are not left in memory"
         );
     }
 
@@ -398,7 +476,7 @@ mod tests {
         for i in 0..(SOURCE_CACHE_MAX * 2 + 3) {
             let until = if i % 2 == 0 { 5 } else { 10_000 };
             let tenant = format!("us-t{i}");
-            cache.put(&tenant, "servicenow", &read, until, cache.generation(), 0);
+            cache.put(&tenant, "servicenow", &read, until, cache.ticket(), 0);
             assert!(cache.entries().len() <= SOURCE_CACHE_MAX);
         }
         let newest = format!("us-t{}", SOURCE_CACHE_MAX * 2 + 2);

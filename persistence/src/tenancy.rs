@@ -419,9 +419,10 @@ impl Store {
         .bind(scope.id())
         .execute(&mut *tx)
         .await?;
+        let forget = self.forget_sources_after();
         tx.commit().await?;
         self.evict_content_keys(scope.id());
-        self.forget_sources();
+        drop(forget);
         Ok(checkpoint)
     }
 

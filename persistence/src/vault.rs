@@ -381,6 +381,7 @@ impl Store {
             }),
         };
         self.append_audit_in(&mut tx, scope, &draft).await?;
+        let _forget = self.forget_sources_after();
         tx.commit().await?;
         Ok(rows.len() as u64)
     }
@@ -397,8 +398,8 @@ impl Store {
     ) -> Result<u32, StoreError> {
         let mut tx = self.begin_tenant_write(scope).await?;
         let next = self.seal_next(&mut tx, scope, key, name, value).await?;
+        let _forget = self.forget_sources_after();
         tx.commit().await?;
-        self.forget_sources();
         codec::to_u32(next, "secret version")
     }
 
@@ -515,8 +516,8 @@ impl Store {
             }),
         };
         self.append_audit_in(&mut tx, scope, &draft).await?;
+        let _forget = self.forget_sources_after();
         tx.commit().await?;
-        self.forget_sources();
         codec::to_u32(next, "secret version")
     }
 

@@ -166,7 +166,8 @@ async fn a_secret_another_node_stored_verifies_at_once_and_one_it_cut_off_within
         "old, cut off"
     );
 
-    // Cut off again by the other node; this node's kept read still has it for a second.
+    // Cut off again by the other node; this node's kept read may still have it, for a second
+    // at most.
     let newer = WebhookSecret::generate();
     other
         .rotate_secret(
@@ -179,11 +180,6 @@ async fn a_secret_another_node_stored_verifies_at_once_and_one_it_cut_off_within
         )
         .await
         .expect("the secret rotates again");
-    assert_eq!(
-        rig.deliver(&fresh).await,
-        StatusCode::ACCEPTED,
-        "within the second"
-    );
     rig.clock.advance_millis(1_000);
     assert_eq!(
         rig.deliver(&fresh).await,

@@ -115,10 +115,16 @@ impl Condition {
     }
 }
 
-/// A stored value against a query's: as numbers when both are, else as text.
+/// A stored value against a query's: as integers when both are, else as numbers when both
+/// are, else as text.
 fn compare(value: &str, bound: &str) -> Ordering {
-    match (value.trim().parse::<f64>(), bound.trim().parse::<f64>()) {
-        (Ok(a), Ok(b)) if a.is_finite() && b.is_finite() => a.total_cmp(&b),
+    if let (Ok(a), Ok(b)) = (value.parse::<i128>(), bound.parse::<i128>()) {
+        return a.cmp(&b);
+    }
+    match (value.parse::<f64>(), bound.parse::<f64>()) {
+        (Ok(a), Ok(b)) if a.is_finite() && b.is_finite() => {
+            a.partial_cmp(&b).unwrap_or(Ordering::Equal)
+        }
         _ => value.cmp(bound),
     }
 }
@@ -152,6 +158,11 @@ fn condition(term: &str) -> Result<Condition, QueryError> {
         return Err(QueryError::NoField(term.to_owned()));
     }
     let (operator, value) = operator(rest).ok_or_else(|| QueryError::Operator(term.to_owned()))?;
+    // `a<>b`, `a<==b` and script values (`javascript:gs.daysAgo(1)`) are not guessed at.
+    let literal = matches!(operator, Operator::Like | Operator::StartsWith);
+    if !literal && (value.starts_with(['<', '>', '=', '!']) || value.starts_with("javascript:")) {
+        return Err(QueryError::Operator(term.to_owned()));
+    }
     Ok(Condition {
         field: field.to_owned(),
         operator,
@@ -241,6 +252,16 @@ mod tests {
         assert!(query.matches(&n("10")));
         assert!(!query.matches(&n("9")));
         assert!(!query.matches(&n("-1")));
+        let query = EncodedQuery::parse("reassignment_count>=0").unwrap();
+        assert!(query.matches(&n("-0")), "-0 is 0");
+        let query = EncodedQuery::parse("reassignment_count>9007199254740992").unwrap();
+        assert!(
+            query.matches(&n("9007199254740993")),
+            "integers beyond f64's"
+        );
+        let query = EncodedQuery::parse("reassignment_count<2.5").unwrap();
+        assert!(query.matches(&n("2.25")));
+        assert!(!query.matches(&n("10")));
         // The catch-up pass's own query, whole.
         let query = EncodedQuery::parse(
             "sys_updated_on>=2024-05-01 11:00:00^ORDERBYsys_updated_on^ORDERBYsys_id",
@@ -276,6 +297,13 @@ mod tests {
             ),
             ("=1", QueryError::NoField("=1".into())),
             ("numberIN1,2", QueryError::Operator("numberIN1,2".into())),
+            ("number<>1", QueryError::Operator("number<>1".into())),
+            ("number<==1", QueryError::Operator("number<==1".into())),
+            ("number!==1", QueryError::Operator("number!==1".into())),
+            (
+                "sys_updated_on>=javascript:gs.daysAgoStart(0)",
+                QueryError::Operator("sys_updated_on>=javascript:gs.daysAgoStart(0)".into()),
+            ),
             ("number", QueryError::Operator("number".into())),
             ("ORDERBY", QueryError::NoField("ORDERBY".into())),
             (
