@@ -117,23 +117,12 @@ async fn intake(
     // against the database.
     let delivery = match verify(&state, &read, &headers, &body) {
         Err(e) if found == SourceRead::Kept && may_be_a_newer_secret(&read, &e) => {
-            let again = state
-                .store
-                .source_with_secrets_read_now(&scope, &state.master_key, &source, secret_of)
-                .await;
-            match again {
-                Ok(Some(fresh)) => {
-                    read = fresh;
-                    verify(&state, &read, &headers, &body)?
-                }
-                // The source went meanwhile, or the database did not answer: the delivery is
-                // refused for what the kept read found.
-                Ok(None) => return Err(e),
-                Err(store) => {
-                    tracing::warn!(error = %store, "reading a webhook source again failed");
-                    return Err(e);
-                }
-            }
+            // Should the source have gone meanwhile, or the database not answer, the delivery
+            // is refused for what the kept read found.
+            read = read_again(&state, &scope, &source, secret_of)
+                .await
+                .ok_or(e)?;
+            verify(&state, &read, &headers, &body)?
         }
         verified => verified?,
     };
@@ -198,6 +187,24 @@ pub(crate) async fn read_body(
         } else {
             ApiError::TooLarge(limit)
         }
+    })
+}
+
+/// The source and its secrets read from the database now; None when the source is gone or
+/// the read failed (logged).
+async fn read_again(
+    state: &AppState,
+    scope: &TenantScope,
+    source: &SourceName,
+    secret_of: impl Fn(&WebhookSource) -> String,
+) -> Option<std::sync::Arc<SourceWithSecrets>> {
+    let read = state
+        .store
+        .source_with_secrets_read_now(scope, &state.master_key, source, secret_of)
+        .await;
+    read.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading a webhook source again failed");
+        None
     })
 }
 

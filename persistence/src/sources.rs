@@ -19,7 +19,7 @@ const MAX_POINTER_BYTES: usize = 256;
 /// How long intake uses a source and its secrets read before (store clock, ms). A change made
 /// through this store is seen at once (it empties the cache); one made by another node sharing
 /// the database is seen within this.
-pub(crate) const SOURCE_CACHE_TTL_MS: i64 = 1_000;
+const SOURCE_CACHE_TTL_MS: i64 = 1_000;
 
 /// The most sources the cache holds; past it, lapsed entries go, then all of them.
 const SOURCE_CACHE_MAX: usize = 4_096;
@@ -303,13 +303,10 @@ impl SourceCache {
 
     /// Taken as a read begins.
     fn ticket(&self) -> Ticket {
-        let entries = self.entries();
-        let ticket = Ticket {
+        Ticket {
             generation: self.generation.load(Ordering::Acquire),
             read: self.reads.fetch_add(1, Ordering::AcqRel),
-        };
-        drop(entries);
-        ticket
+        }
     }
 
     /// Keeps `read` until `until`, unless the cache was emptied since its ticket was taken or

@@ -89,9 +89,13 @@ impl Rig {
 
     /// Rotates the source's secret; the superseded one stays valid for `overlap_ms`.
     async fn rotate(&self, overlap_ms: i64) -> String {
+        self.rotate_through(&self.server.store, overlap_ms).await
+    }
+
+    /// Rotates the source's secret through `store`, which may be another process's.
+    async fn rotate_through(&self, store: &Store, overlap_ms: i64) -> String {
         let fresh = WebhookSecret::generate();
-        self.server
-            .store
+        store
             .rotate_secret(
                 &self.scope(),
                 &self.key,
@@ -142,18 +146,7 @@ async fn a_secret_another_node_stored_verifies_at_once_and_one_it_cut_off_within
     assert_eq!(rig.deliver(&old).await, StatusCode::ACCEPTED, "old, kept");
 
     // The other node replaces the secret with no overlap.
-    let fresh = WebhookSecret::generate();
-    other
-        .rotate_secret(
-            &rig.scope(),
-            &rig.key,
-            &secret_names::webhook_source(SOURCE),
-            &SecretString::from(fresh.clone()),
-            rig.clock.now_millis(),
-            "operator:other-node",
-        )
-        .await
-        .expect("the secret rotates");
+    let fresh = rig.rotate_through(&other, 0).await;
     assert_eq!(
         rig.deliver(&fresh).await,
         StatusCode::ACCEPTED,
@@ -168,18 +161,7 @@ async fn a_secret_another_node_stored_verifies_at_once_and_one_it_cut_off_within
 
     // Cut off again by the other node; this node's kept read may still have it, for a second
     // at most.
-    let newer = WebhookSecret::generate();
-    other
-        .rotate_secret(
-            &rig.scope(),
-            &rig.key,
-            &secret_names::webhook_source(SOURCE),
-            &SecretString::from(newer.clone()),
-            rig.clock.now_millis(),
-            "operator:other-node",
-        )
-        .await
-        .expect("the secret rotates again");
+    let newer = rig.rotate_through(&other, 0).await;
     rig.clock.advance_millis(1_000);
     assert_eq!(
         rig.deliver(&fresh).await,
