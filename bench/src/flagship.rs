@@ -43,6 +43,12 @@ const PASSIVATION_LIMIT: Duration = Duration::from_secs(20);
 /// How long after its run is stored waiting a click is sent, for the actor to have stopped.
 const PASSIVATION_SETTLE: Duration = Duration::from_millis(20);
 
+/// The first pause between two reads of a run a click waits on.
+const POLL_FIRST: Duration = Duration::from_millis(2);
+
+/// The longest pause between two reads of a run a click waits on.
+const POLL_MOST: Duration = Duration::from_millis(32);
+
 /// Runs the scenario and prints its figures.
 pub(crate) async fn run(args: &FlagshipArgs, machine: &Machine) -> anyhow::Result<()> {
     println!(
@@ -247,10 +253,14 @@ impl Clicker {
         }
     }
 
-    /// Waits until the run is stored `awaiting_approval`.
+    /// Waits until the run is stored `awaiting_approval`, reading it at growing intervals
+    /// ([`POLL_FIRST`] doubling up to [`POLL_MOST`]): each read runs on Steward's runtime and
+    /// its SQLite readers, so a steady 2 ms poll of every waiting run would itself be a large
+    /// share of the load measured.
     async fn wait_passivated(&self, i: usize, tenant: &steward_core::TenantId) -> Option<RunId> {
         let deadline = Instant::now() + PASSIVATION_LIMIT;
         let scope = TenantScope::assume(tenant.clone(), Authenticator::Operator);
+        let mut pause = POLL_FIRST;
         while Instant::now() < deadline {
             if let Some(run) = self.tracker.get(i).run {
                 let store = self.store.clone();
@@ -266,7 +276,8 @@ impl Clicker {
                     return Some(run);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MOST);
         }
         None
     }
