@@ -506,22 +506,22 @@ impl RunActorState {
         })
     }
 
-    /// Fields the policy may allow on this record, told to the model as a hint only.
+    /// Fields the policy may allow on this record, told to the model as a hint only: those
+    /// [`PolicyGate::writable`](crate::policy::PolicyGate::writable) answers for, as
+    /// [`RunActorState::decide`] would for a change to an empty value.
     fn allowed_fields(&self, incident: &Incident) -> Vec<String> {
         let mut names: Vec<&str> = incident.fields.keys().map(String::as_str).collect();
         names.extend(JOURNAL_FIELDS);
         names.sort_unstable();
         names.dedup();
+        let asked: Vec<(&str, &str)> = names.iter().map(|f| (*f, incident.field(f))).collect();
+        let base = self.field_request(incident, "", "");
+        let writable = self.runtime.policy.writable(&base, &asked);
         names
             .into_iter()
-            .filter(|f| {
-                let d = self
-                    .runtime
-                    .policy
-                    .decide(&self.field_request(incident, f, ""));
-                d.outcome != Outcome::Denied
-            })
-            .map(str::to_owned)
+            .zip(writable)
+            .filter(|&(_, writable)| writable)
+            .map(|(name, _)| name.to_owned())
             .collect()
     }
 

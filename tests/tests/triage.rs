@@ -135,3 +135,54 @@ async fn client_errors_from_the_provider_are_not_retried() {
     assert_eq!(calls, 1, "an exhausted quota is asked once");
     assert!(reason.contains("quota"), "{reason}");
 }
+
+/// The fields named in the model's request as the ones it may propose: those the tenant's
+/// policy lets a run write at all.
+fn allowed_fields_told(request: &wiremock::Request) -> Vec<String> {
+    let body: serde_json::Value = serde_json::from_slice(&request.body).expect("a JSON request");
+    let messages = body["messages"].as_array().expect("messages");
+    let user = messages
+        .iter()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .expect("a user message");
+    let line = user
+        .lines()
+        .find_map(|l| l.strip_prefix("Allowed fields: "))
+        .expect("the allowed fields line");
+    serde_json::from_str(line).expect("a JSON list of names")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_is_told_the_fields_the_policy_lets_the_run_write() {
+    let h = Scenario::new()
+        .tenant_settings(|s| {
+            s.policy = Some(
+                r#"
+                permit (principal, action == Steward::Action::"write_without_approval", resource)
+                when { resource.name == "priority" };
+                forbid (principal, action, resource)
+                when { resource.name == "category" && context.old_value == "inquiry" };
+                "#
+                .to_owned(),
+            );
+        })
+        .start()
+        .await;
+    h.trigger().await;
+    let asked = std::time::Instant::now();
+    let requests = loop {
+        let requests = h.llm.requests().await;
+        if !requests.is_empty() || asked.elapsed() > std::time::Duration::from_secs(10) {
+            break requests;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let first = requests.first().expect("the model was asked within 10 s");
+    // The defaults allow assignment_group, category, urgency and work_notes with approval;
+    // an empty urgency is no known level, and this incident's category is forbidden.
+    assert_eq!(
+        allowed_fields_told(first),
+        ["assignment_group", "priority", "work_notes"]
+    );
+}
