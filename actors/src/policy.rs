@@ -321,13 +321,15 @@ impl PolicyGate {
             ("old_value".to_owned(), string(old_value)),
         ])
         .map_err(|e| e.to_string())?;
+        // The requests are not checked against the schema one by one: each has the shape the
+        // schema gives its action (a run, a field, two strings), and `decide` checks that shape.
         for action in ["write_without_approval", "write_with_approval"] {
             let request = Request::new(
                 run.clone(),
                 uid("Steward::Action", action)?,
                 field.clone(),
                 context.clone(),
-                Some(&self.schema),
+                None,
             )
             .map_err(|e| e.to_string())?;
             let response = Authorizer::new().is_authorized(&request, &self.policies, entities);
@@ -338,9 +340,8 @@ impl PolicyGate {
                 // `decide` goes on to the two-person rule, and denies when that errs.
                 if action == "write_with_approval" {
                     let second = uid("Steward::Action", "require_second_approver")?;
-                    let request =
-                        Request::new(run.clone(), second, field, context, Some(&self.schema))
-                            .map_err(|e| e.to_string())?;
+                    let request = Request::new(run.clone(), second, field, context, None)
+                        .map_err(|e| e.to_string())?;
                     let response =
                         Authorizer::new().is_authorized(&request, &self.policies, entities);
                     if let Some(error) = response.diagnostics().errors().next() {

@@ -8,6 +8,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,7 +47,10 @@ pub(super) struct ServiceNow {
 
 #[derive(Default)]
 struct InstanceState {
+    /// In the order they were stored (a list without `ORDERBY` answers in it).
     incidents: Vec<Row>,
+    /// Where each incident is in `incidents`, by `sys_id`.
+    incident_at: HashMap<String, usize>,
     journal: Vec<Row>,
     patches: Vec<RecordedPatch>,
     tokens: oauth::Tokens,
@@ -405,8 +409,7 @@ impl ServiceNow {
             }
         };
         let (row, lines) = record::seed(&record, sys_id.clone(), number, &now);
-        state.incidents.retain(|stored| !has_id(stored, &sys_id));
-        state.incidents.push(row);
+        state.store_incident(sys_id.clone(), row);
         let user = "admin";
         for line in lines {
             state.journal.push(journal_row(&sys_id, line, user, &now));
@@ -417,8 +420,7 @@ impl ServiceNow {
     /// One stored field of an incident.
     fn incident_field(&self, sys_id: &str, name: &str) -> Option<String> {
         let state = support::lock(&self.state);
-        let row = state.incidents.iter().find(|row| has_id(row, sys_id))?;
-        row.get(name).cloned()
+        state.incident(sys_id)?.get(name).cloned()
     }
 
     /// An incident with raw values, as `sysparm_exclude_reference_link=true` returns it.
@@ -449,11 +451,11 @@ impl ServiceNow {
 
     fn read(&self, table: Table, sys_id: &str, render: &Render) -> Result<Value, TableError> {
         let state = support::lock(&self.state);
-        let row = state
-            .rows(table)
-            .iter()
-            .find(|row| has_id(row, sys_id))
-            .ok_or(TableError::NoRecord)?;
+        let row = match table {
+            Table::Incident => state.incident(sys_id),
+            Table::Journal => state.journal.iter().find(|row| has_id(row, sys_id)),
+        };
+        let row = row.ok_or(TableError::NoRecord)?;
         Ok(render.row(row, table == Table::Incident, &self.base_url))
     }
 
@@ -490,11 +492,12 @@ impl ServiceNow {
             sys_id: sys_id.to_owned(),
             body: Value::Object(changes.clone()),
         });
-        let row = state
-            .incidents
-            .iter_mut()
-            .find(|row| has_id(row, sys_id))
+        let at = state
+            .incident_at
+            .get(sys_id)
+            .copied()
             .ok_or(TableError::NoRecord)?;
+        let row = &mut state.incidents[at];
         let applied = record::apply(row, &changes, user, &now)?;
         let rendered = render.row(row, true, &self.base_url);
         for line in applied.journal {
@@ -520,6 +523,27 @@ impl ServiceNow {
 }
 
 impl InstanceState {
+    /// The incident `sys_id`, found by its index entry.
+    fn incident(&self, sys_id: &str) -> Option<&Row> {
+        self.incident_at
+            .get(sys_id)
+            .and_then(|&at| self.incidents.get(at))
+    }
+
+    /// Stores `row` as incident `sys_id`, last in order, in place of one stored before.
+    fn store_incident(&mut self, sys_id: String, row: Row) {
+        if let Some(at) = self.incident_at.remove(&sys_id) {
+            self.incidents.remove(at);
+            for later in self.incident_at.values_mut() {
+                if *later > at {
+                    *later -= 1;
+                }
+            }
+        }
+        self.incident_at.insert(sys_id, self.incidents.len());
+        self.incidents.push(row);
+    }
+
     fn rows(&self, table: Table) -> &[Row] {
         match table {
             Table::Incident => &self.incidents,

@@ -689,3 +689,42 @@ async fn the_control_surface_seeds_incidents_and_reports_state() {
     assert_eq!(state["patches"], json!([]));
     assert_eq!(state["counts"]["oauth"], 0);
 }
+
+#[tokio::test]
+async fn an_incident_seeded_again_replaces_the_first_and_is_listed_last() {
+    let standins = start().await;
+    let first = seed_checkout(&standins);
+    let second = seed_checkout(&standins);
+    let third = seed_checkout(&standins);
+    let again = json!({"sys_id": first, "short_description": "Seeded again", "urgency": "1"});
+    assert_eq!(
+        standins.seed_incident(again.as_object().unwrap().clone()),
+        first
+    );
+    let table = Table::new(&standins).await;
+
+    let (_, body) = json_of(table.get("/api/now/table/incident").await).await;
+    let order: Vec<&str> = body["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["sys_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, [&second, &third, &first]);
+
+    let path = format!("/api/now/table/incident/{first}");
+    let (status, body) = json_of(table.get(&path).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["result"]["short_description"], "Seeded again");
+    for sys_id in [&second, &third, &first] {
+        let path = format!("/api/now/table/incident/{sys_id}");
+        let (status, body) = json_of(table.patch(&path, &json!({"urgency": "3"})).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["result"]["sys_id"], sys_id.as_str());
+        assert_eq!(body["result"]["urgency"], "3");
+    }
+    assert_eq!(
+        standins.incident(&third).unwrap()["short_description"],
+        "Checkout returns 502"
+    );
+}
