@@ -251,22 +251,25 @@ impl PolicyGate {
     /// [`PolicyGate::decide`] on `base` with that field and old value would not be a deny.
     /// The run, its tenant and every field are checked against the schema once for all of
     /// them, and no answer is explained (no reasons, no policy names), so this costs a
-    /// fraction of deciding each field. Any error, and an answer later than the deadline,
-    /// is `false`. The one way an answer can differ from `decide`'s is a policy that reads
-    /// the attributes of a field entity named literally, which here exists for every field
-    /// asked about; this answer is a hint, and a proposed change is always decided field by
-    /// field.
+    /// fraction of deciding each field. Any error is `false`, and so is an answer later than
+    /// the deadline, counted for each field from its own start plus the shared setup. An
+    /// answer can differ from `decide`'s in one more way: a policy that reads the attributes
+    /// of a field entity named literally finds here every field asked about, where `decide`
+    /// has only its own. This is a hint for the model; a proposed change is always decided
+    /// field by field.
     pub fn writable(&self, base: &FieldRequest<'_>, fields: &[(&str, &str)]) -> Vec<bool> {
-        let started = Instant::now();
+        let setup = Instant::now();
         let shared = self.shared_write_entities(base, fields);
+        let setup = setup.elapsed();
         fields
             .iter()
             .map(|&(field, old_value)| {
                 let Ok((run, entities)) = &shared else {
                     return false;
                 };
+                let started = Instant::now();
                 let answer = self.writable_one(base, run, entities, field, old_value);
-                matches!(self.in_time(started, answer), Ok(true))
+                matches!(answer, Ok(true)) && setup + started.elapsed() <= self.deadline
             })
             .collect()
     }
@@ -321,8 +324,9 @@ impl PolicyGate {
             ("old_value".to_owned(), string(old_value)),
         ])
         .map_err(|e| e.to_string())?;
-        // The requests are not checked against the schema one by one: each has the shape the
-        // schema gives its action (a run, a field, two strings), and `decide` checks that shape.
+        // The requests are not checked against the schema one by one (the check is all the
+        // schema does in `Request::new`; evaluation never reads it): this code fixes their
+        // shape to the one the schema gives the write actions, a run, a field, two strings.
         for action in ["write_without_approval", "write_with_approval"] {
             let request = Request::new(
                 run.clone(),

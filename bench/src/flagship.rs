@@ -275,9 +275,12 @@ impl Clicker {
                 {
                     return Some(run);
                 }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(POLL_MOST);
+                continue;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(POLL_MOST);
+            // Its 202 has not come back yet: nothing was read.
+            tokio::time::sleep(POLL_FIRST).await;
         }
         None
     }

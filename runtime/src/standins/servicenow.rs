@@ -492,12 +492,10 @@ impl ServiceNow {
             sys_id: sys_id.to_owned(),
             body: Value::Object(changes.clone()),
         });
-        let at = state
-            .incident_at
-            .get(sys_id)
-            .copied()
+        let at = state.incident_at.get(sys_id).copied();
+        let row = at
+            .and_then(|at| state.incidents.get_mut(at))
             .ok_or(TableError::NoRecord)?;
-        let row = &mut state.incidents[at];
         let applied = record::apply(row, &changes, user, &now)?;
         let rendered = render.row(row, true, &self.base_url);
         for line in applied.journal {
