@@ -81,3 +81,49 @@ async fn below_the_cap_a_waiting_run_keeps_its_actor_for_the_idle_time() {
     assert_eq!(live_runs(&h).await, 1, "the waiting run is still in memory");
     assert_eq!(gauge(&h, "steward_run_actors_live").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_queued_for_a_slot_when_its_tenant_reloads_goes_on_under_the_new_supervisor() {
+    // Every triage takes a while, so a run at its triage holds the one slot long enough.
+    let slow = steward_tests::llm::answering(&steward_tests::fixtures::triage().to_string())
+        .set_delay(Duration::from_millis(1500));
+    let h = Scenario::new()
+        .max_live_runs(1)
+        .provider_answers(slow)
+        .start()
+        .await;
+    let waiting = h.trigger().await;
+    let request = h.awaiting_approval(waiting).await;
+    eventually("the waiting run to leave memory", || async {
+        (live_runs(&h).await == 0).then_some(())
+    })
+    .await;
+
+    // Another run takes the slot and stays at its triage; the approval wakes the waiting run,
+    // which queues for the slot.
+    let busy = h.trigger().await;
+    eventually("the second run to ask the model", || async {
+        (h.llm.requests().await.len() == 2).then_some(())
+    })
+    .await;
+    let reply = h.click(&request, APPROVE_ACTION, APPROVER).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    eventually("the approved run to queue for the slot", || async {
+        (gauge(&h, "steward_run_actors_queued").await == 1).then_some(())
+    })
+    .await;
+
+    // The tenant's settings change: its supervisor stops with the run at its triage, and the
+    // queued run, which the store shows as waiting for approval, must not be left behind.
+    let tenant = h.tenant.id.clone();
+    let reloaded = h.server().steward.reload_tenant(&tenant).await;
+    assert_eq!(reloaded, Ok(true), "a supervisor was running");
+    h.wait_for_state(waiting, states::COMPLETED).await;
+    assert_eq!(h.servicenow.patches().await.len(), 1, "written once");
+    h.awaiting_approval(busy).await;
+    eventually("the slots to be free again", || async {
+        let queued = gauge(&h, "steward_run_actors_queued").await;
+        (queued == 0).then_some(())
+    })
+    .await;
+}
