@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    PolicySet, Request, Response, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde::{Deserialize, Serialize};
 
@@ -282,25 +282,11 @@ impl PolicyGate {
         fields: &[(&str, &str)],
     ) -> Result<(EntityUid, Entities), String> {
         let tenant = uid("Steward::Tenant", base.tenant)?;
-        let run = uid("Steward::Run", base.run_id)?;
-        let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-        let mut all = vec![
-            Entity::new_no_attrs(tenant.clone(), HashSet::new()),
-            Entity::new(
-                run.clone(),
-                HashMap::from([("source".to_owned(), string(base.source))]),
-                HashSet::from([tenant]),
-            )
-            .map_err(|e| e.to_string())?,
-        ];
+        let (run, run_entity) = run_entity(base, &tenant)?;
+        let mut all = vec![Entity::new_no_attrs(tenant, HashSet::new()), run_entity];
         let names: std::collections::BTreeSet<&str> = fields.iter().map(|(f, _)| *f).collect();
         for name in names {
-            let field = uid("Steward::Field", &format!("{}.{name}", base.table))?;
-            let attrs = HashMap::from([
-                ("table".to_owned(), string(base.table)),
-                ("name".to_owned(), string(name)),
-            ]);
-            all.push(Entity::new(field, attrs, HashSet::new()).map_err(|e| e.to_string())?);
+            all.push(field_entity(base.table, name)?.1);
         }
         let entities =
             Entities::from_entities(all, Some(&self.schema)).map_err(|e| e.to_string())?;
@@ -318,7 +304,7 @@ impl PolicyGate {
         old_value: &str,
     ) -> Result<bool, String> {
         let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-        let field = uid("Steward::Field", &format!("{}.{field}", base.table))?;
+        let field = field_uid(base.table, field)?;
         let context = Context::from_pairs([
             ("value".to_owned(), string(base.value)),
             ("old_value".to_owned(), string(old_value)),
@@ -336,21 +322,13 @@ impl PolicyGate {
                 None,
             )
             .map_err(|e| e.to_string())?;
-            let response = Authorizer::new().is_authorized(&request, &self.policies, entities);
-            if let Some(error) = response.diagnostics().errors().next() {
-                return Err(error.to_string());
-            }
-            if response.decision() == Decision::Allow {
+            if self.authorized(&request, entities)?.decision() == Decision::Allow {
                 // `decide` goes on to the two-person rule, and denies when that errs.
                 if action == "write_with_approval" {
                     let second = uid("Steward::Action", "require_second_approver")?;
                     let request = Request::new(run.clone(), second, field, context, None)
                         .map_err(|e| e.to_string())?;
-                    let response =
-                        Authorizer::new().is_authorized(&request, &self.policies, entities);
-                    if let Some(error) = response.diagnostics().errors().next() {
-                        return Err(error.to_string());
-                    }
+                    self.authorized(&request, entities)?;
                 }
                 return Ok(true);
             }
@@ -461,16 +439,9 @@ impl PolicyGate {
     /// once for all of them.
     fn write_ask(&self, req: &FieldRequest<'_>) -> Result<WriteAsk, String> {
         let tenant = uid("Steward::Tenant", req.tenant)?;
-        let run = uid("Steward::Run", req.run_id)?;
-        let field = uid("Steward::Field", &format!("{}.{}", req.table, req.field))?;
+        let (run, run_entity) = run_entity(req, &tenant)?;
         let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-        let run_entity = Entity::new(
-            run.clone(),
-            HashMap::from([("source".to_owned(), string(req.source))]),
-            HashSet::from([tenant.clone()]),
-        )
-        .map_err(|e| e.to_string())?;
-        let entities = self.entities(req, &tenant, &field, vec![run_entity])?;
+        let (field, entities) = self.entities(req, &tenant, vec![run_entity])?;
         let context = Context::from_pairs([
             ("value".to_owned(), string(req.value)),
             ("old_value".to_owned(), string(req.old_value)),
@@ -503,7 +474,6 @@ impl PolicyGate {
         let f = &req.field;
         let tenant = uid("Steward::Tenant", f.tenant)?;
         let person = uid("Steward::Person", req.person)?;
-        let field = uid("Steward::Field", &format!("{}.{}", f.table, f.field))?;
         let action = uid("Steward::Action", "approve")?;
         let mut extra = Vec::new();
         let mut parents = HashSet::new();
@@ -514,7 +484,7 @@ impl PolicyGate {
             parents.insert(group);
         }
         extra.push(Entity::new_no_attrs(person.clone(), parents));
-        let entities = self.entities(f, &tenant, &field, extra)?;
+        let (field, entities) = self.entities(f, &tenant, extra)?;
         let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
         let context = Context::from_pairs([
             ("value".to_owned(), string(f.value)),
@@ -537,16 +507,22 @@ impl PolicyGate {
 
     /// Cedar's answer to `request`, or its first evaluation error.
     fn answer(&self, request: &Request, entities: &Entities) -> Result<Answer, String> {
-        let response = Authorizer::new().is_authorized(request, &self.policies, entities);
-        if let Some(error) = response.diagnostics().errors().next() {
-            return Err(error.to_string());
-        }
+        let response = self.authorized(request, entities)?;
         let policies = response
             .diagnostics()
             .reason()
             .map(|id| self.policy_name(id))
             .collect();
         Ok((response.decision() == Decision::Allow, policies))
+    }
+
+    /// Cedar's response to `request`, or its first evaluation error.
+    fn authorized(&self, request: &Request, entities: &Entities) -> Result<Response, String> {
+        let response = Authorizer::new().is_authorized(request, &self.policies, entities);
+        if let Some(error) = response.diagnostics().errors().next() {
+            return Err(error.to_string());
+        }
+        Ok(response)
     }
 
     /// A policy's `@id` annotation, or Cedar's generated id when it has none.
@@ -557,28 +533,20 @@ impl PolicyGate {
             .map_or_else(|| id.to_string(), str::to_owned)
     }
 
-    /// The tenant, the field and `extra`, checked against the schema.
+    /// The field of `req`, and the tenant, that field and `extra` checked against the schema.
     fn entities(
         &self,
         req: &FieldRequest<'_>,
         tenant: &EntityUid,
-        field: &EntityUid,
         extra: Vec<Entity>,
-    ) -> Result<Entities, String> {
-        let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-        let field_entity = Entity::new(
-            field.clone(),
-            HashMap::from([
-                ("table".to_owned(), string(req.table)),
-                ("name".to_owned(), string(req.field)),
-            ]),
-            HashSet::new(),
-        )
-        .map_err(|e| e.to_string())?;
+    ) -> Result<(EntityUid, Entities), String> {
+        let (field, field_entity) = field_entity(req.table, req.field)?;
         let tenant_entity = Entity::new_no_attrs(tenant.clone(), HashSet::new());
         let mut all = vec![tenant_entity, field_entity];
         all.extend(extra);
-        Entities::from_entities(all, Some(&self.schema)).map_err(|e| e.to_string())
+        let entities =
+            Entities::from_entities(all, Some(&self.schema)).map_err(|e| e.to_string())?;
+        Ok((field, entities))
     }
 }
 
@@ -596,6 +564,36 @@ static TYPE_NAMES: LazyLock<HashMap<&'static str, EntityTypeName>> = LazyLock::n
     .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
     .collect()
 });
+
+/// The run of `req`, a member of `tenant`, with its source.
+fn run_entity(req: &FieldRequest<'_>, tenant: &EntityUid) -> Result<(EntityUid, Entity), String> {
+    let run = uid("Steward::Run", req.run_id)?;
+    let source = RestrictedExpression::new_string(req.source.to_owned());
+    let entity = Entity::new(
+        run.clone(),
+        HashMap::from([("source".to_owned(), source)]),
+        HashSet::from([tenant.clone()]),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((run, entity))
+}
+
+/// The uid of field `name` of `table`.
+fn field_uid(table: &str, name: &str) -> Result<EntityUid, String> {
+    uid("Steward::Field", &format!("{table}.{name}"))
+}
+
+/// Field `name` of `table`, with both as attributes.
+fn field_entity(table: &str, name: &str) -> Result<(EntityUid, Entity), String> {
+    let field = field_uid(table, name)?;
+    let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
+    let attrs = HashMap::from([
+        ("table".to_owned(), string(table)),
+        ("name".to_owned(), string(name)),
+    ]);
+    let entity = Entity::new(field.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
+    Ok((field, entity))
+}
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
     let type_name = match TYPE_NAMES.get(type_name) {

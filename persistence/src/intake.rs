@@ -583,13 +583,15 @@ impl Store {
         runs: &[(&TenantScope, &ValidRun)],
         live: &[usize],
     ) -> Result<(), StoreError> {
+        // The chains' heads are read first: nothing inserted here changes them.
+        let heads = self.chain_heads(tx, runs, live).await?;
+        let entries = self.intake_entries(tx, runs, live, heads).await?;
+        let run_exists = |e| codec::conflict_on_duplicate(e, || "a run of the batch exists".into());
         if self.is_postgres() {
             // One statement, so one round trip: the runs and their first steps inserted by
             // data-modifying `WITH` clauses, the audit entries by the statement itself. The
             // steps' references to their runs are checked as the statement ends, when the
-            // runs are in. The chains' heads are read first, which nothing here changes.
-            let heads = self.chain_heads(tx, runs, live).await?;
-            let entries = self.intake_entries(tx, runs, live, heads).await?;
+            // runs are in.
             let mut script = Script::new();
             script.push("WITH new_runs AS (");
             push_runs(&mut script, runs, live)?;
@@ -597,21 +599,14 @@ impl Store {
             push_first_steps(&mut script, runs, live)?;
             script.push(") ");
             crate::audit::push_entries(&mut script, &entries)?;
-            return script.execute(tx).await.map_err(|e| {
-                codec::conflict_on_duplicate(e, || "a run of the batch exists".into())
-            });
+            return script.execute(tx).await.map_err(run_exists);
         }
         let mut script = Script::new();
         push_runs(&mut script, runs, live)?;
-        script
-            .execute(tx)
-            .await
-            .map_err(|e| codec::conflict_on_duplicate(e, || "a run of the batch exists".into()))?;
+        script.execute(tx).await.map_err(run_exists)?;
         let mut script = Script::new();
         push_first_steps(&mut script, runs, live)?;
         script.execute(tx).await?;
-        let heads = self.chain_heads(tx, runs, live).await?;
-        let entries = self.intake_entries(tx, runs, live, heads).await?;
         let mut script = Script::new();
         crate::audit::push_entries(&mut script, &entries)?;
         script.execute(tx).await?;

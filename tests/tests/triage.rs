@@ -4,7 +4,7 @@
 
 use steward_actors::states;
 use steward_tests::llm::error;
-use steward_tests::{Harness, Scenario, fixtures};
+use steward_tests::{Harness, Scenario, eventually, fixtures};
 
 /// The retry policy's attempts for one step, the first included.
 const MAX_ATTEMPTS: usize = 3;
@@ -170,19 +170,14 @@ async fn the_model_is_told_the_fields_the_policy_lets_the_run_write() {
         .start()
         .await;
     h.trigger().await;
-    let asked = std::time::Instant::now();
-    let requests = loop {
-        let requests = h.llm.requests().await;
-        if !requests.is_empty() || asked.elapsed() > std::time::Duration::from_secs(10) {
-            break requests;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let first = requests.first().expect("the model was asked within 10 s");
+    let first = eventually("the model to be asked", || async {
+        h.llm.requests().await.into_iter().next()
+    })
+    .await;
     // The defaults allow assignment_group, category, urgency and work_notes with approval;
     // an empty urgency is no known level, and this incident's category is forbidden.
     assert_eq!(
-        allowed_fields_told(first),
+        allowed_fields_told(&first),
         ["assignment_group", "priority", "work_notes"]
     );
 }
