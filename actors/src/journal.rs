@@ -29,7 +29,8 @@ pub mod states {
     /// The tenant runs in shadow mode: the run went as far as the write and wrote nothing.
     pub const SHADOWED: &str = "shadowed";
 
-    /// States a run never leaves.
+    /// States a run never leaves. The store's retention reads finished runs through an index
+    /// that holds runs in exactly these ([`steward_persistence::FINISHED_STATES`]).
     pub const TERMINAL: &[&str] = &[
         COMPLETED, REJECTED, DENIED, STALE, FAILED, EXPIRED, CANCELLED, SHADOWED,
     ];
@@ -492,6 +493,15 @@ impl RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_terminal_states_are_the_ones_retention_knows_as_finished() {
+        let mut terminal = states::TERMINAL.to_vec();
+        let mut finished = steward_persistence::FINISHED_STATES.to_vec();
+        terminal.sort_unstable();
+        finished.sort_unstable();
+        assert_eq!(terminal, finished);
+    }
     use std::collections::BTreeMap;
 
     fn incident() -> Incident {

@@ -116,8 +116,8 @@ pub use ops::{RunFilter, WaitingRun};
 pub use redact::{REDACTED, is_secret_key, redact_json, redact_text};
 pub use reports::{RejectionCount, ReportRange, TenantReport};
 pub use retention::{
-    ERASED, ErasureReport, LegalHold, MAX_HOLD_REASON_CHARS, MAX_RETENTION_DAYS, MAX_SWEEP_BATCH,
-    MIN_AUDIT_DAYS, PruneAnchor, RetentionSettings, Subject, SweepReport,
+    ERASED, ErasureReport, FINISHED_STATES, LegalHold, MAX_HOLD_REASON_CHARS, MAX_RETENTION_DAYS,
+    MAX_SWEEP_BATCH, MIN_AUDIT_DAYS, PruneAnchor, RetentionSettings, Subject, SweepReport,
 };
 pub use runs::{ApprovalMessage, RunRecord, StepRecord, StepWrite};
 pub use scope::{Authenticator, TenantScope};

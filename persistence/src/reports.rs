@@ -35,6 +35,12 @@ pub const MAX_REPORT_SPAN_MS: i64 = 366 * 24 * HOUR_MS;
 /// One hour in ms: the width of a rejection bucket.
 pub const HOUR_MS: i64 = 3_600_000;
 
+/// The step kinds the reports read by kind and time, as the schema's partial index
+/// `run_steps_by_tenant_kind` lists them. Each read by kind states this condition too, since a
+/// partial index serves a query only when the query states the index's condition.
+const REPORTED_KINDS: &str =
+    "s.kind IN ('write_intended', 'policy_decided', 'triaged', 'parked', 'finished')";
+
 /// The most sealed step bodies one report opens; a busier range is refused.
 pub const MAX_SEALED_STEPS: usize = 1_000_000;
 
@@ -521,23 +527,13 @@ impl Store {
     ) -> Result<Writebacks, StoreError> {
         let (attempted, succeeded, failed): (i64, i64, i64) = {
             let mut tx = self.read_as(scope).await?;
-            sqlx::query_as(
-                "SELECT COUNT(*), \
-                 COALESCE(SUM(CASE WHEN w.written > 0 THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN w.written = 0 AND r.state = 'failed' \
-                     THEN 1 ELSE 0 END), 0) \
-                 FROM (SELECT i.tenant_id, i.run_id, \
-                         (SELECT COUNT(*) FROM run_steps d WHERE d.tenant_id = i.tenant_id \
-                          AND d.run_id = i.run_id AND d.kind = 'written') AS written \
-                       FROM run_steps i WHERE i.tenant_id = $1 AND i.kind = 'write_intended' \
-                       AND i.at >= $2 AND i.at < $3 GROUP BY i.tenant_id, i.run_id) w \
-                 JOIN runs r ON r.tenant_id = w.tenant_id AND r.id = w.run_id",
-            )
-            .bind(scope.id())
-            .bind(range.from)
-            .bind(range.to)
-            .fetch_one(&mut *tx)
-            .await?
+            let sql = writebacks_sql();
+            sqlx::query_as(&sql)
+                .bind(scope.id())
+                .bind(range.from)
+                .bind(range.to)
+                .fetch_one(&mut *tx)
+                .await?
         };
         let ended = succeeded + failed;
         Ok(Writebacks {
@@ -564,27 +560,19 @@ impl Store {
         loop {
             let rows: Vec<(i64, String, i64, String, String)> = {
                 let mut tx = self.read_as(scope).await?;
-                sqlx::query_as(
-                    "SELECT s.at, s.run_id, s.seq, s.kind, s.body FROM run_steps s \
-                     JOIN runs r ON r.tenant_id = s.tenant_id AND r.id = s.run_id \
-                     WHERE s.tenant_id = $1 AND s.at >= $2 AND s.at < $3 \
-                     AND (s.kind IN ('policy_decided', 'triaged', 'parked') \
-                          OR (s.kind = 'finished' AND r.state = 'failed')) \
-                     AND (s.at > $4 OR (s.at = $5 AND (s.run_id > $6 \
-                          OR (s.run_id = $7 AND s.seq > $8)))) \
-                     ORDER BY s.at, s.run_id, s.seq LIMIT $9",
-                )
-                .bind(scope.id())
-                .bind(range.from)
-                .bind(range.to)
-                .bind(after.0)
-                .bind(after.0)
-                .bind(after.1.as_str())
-                .bind(after.1.as_str())
-                .bind(after.2)
-                .bind(PAGE)
-                .fetch_all(&mut *tx)
-                .await?
+                let sql = sealed_steps_sql();
+                sqlx::query_as(&sql)
+                    .bind(scope.id())
+                    .bind(range.from)
+                    .bind(range.to)
+                    .bind(after.0)
+                    .bind(after.0)
+                    .bind(after.1.as_str())
+                    .bind(after.1.as_str())
+                    .bind(after.2)
+                    .bind(PAGE)
+                    .fetch_all(&mut *tx)
+                    .await?
             };
             let Some(last) = rows.last() else { break };
             after = (last.0, last.1.clone(), last.2);
@@ -694,9 +682,61 @@ fn provider_entry<'a>(llm: &'a mut BTreeMap<String, LlmUsage>, provider: &str) -
     llm.entry(key.to_owned()).or_default()
 }
 
+/// The read of the write-backs a tenant's runs intended in a range (`$1` the tenant, `$2` and
+/// `$3` the range): each with how many writes it recorded, and its run's state. It states the
+/// condition of the partial index on steps by kind.
+fn writebacks_sql() -> String {
+    format!(
+        "SELECT COUNT(*), \
+         COALESCE(SUM(CASE WHEN w.written > 0 THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN w.written = 0 AND r.state = 'failed' \
+             THEN 1 ELSE 0 END), 0) \
+         FROM (SELECT s.tenant_id, s.run_id, \
+                 (SELECT COUNT(*) FROM run_steps d WHERE d.tenant_id = s.tenant_id \
+                  AND d.run_id = s.run_id AND d.kind = 'written') AS written \
+               FROM run_steps s WHERE s.tenant_id = $1 AND s.kind = 'write_intended' \
+               AND {REPORTED_KINDS} \
+               AND s.at >= $2 AND s.at < $3 GROUP BY s.tenant_id, s.run_id) w \
+         JOIN runs r ON r.tenant_id = w.tenant_id AND r.id = w.run_id"
+    )
+}
+
+/// One page of the steps the sealed sections read (`$1` the tenant, `$2` and `$3` the range,
+/// `$4` to `$8` the key of the last step read, `$9` the page's size), in (at, run, seq)
+/// order. It states the condition of the partial index on steps by kind.
+fn sealed_steps_sql() -> String {
+    format!(
+        "SELECT s.at, s.run_id, s.seq, s.kind, s.body FROM run_steps s \
+         JOIN runs r ON r.tenant_id = s.tenant_id AND r.id = s.run_id \
+         WHERE s.tenant_id = $1 AND s.at >= $2 AND s.at < $3 AND {REPORTED_KINDS} \
+         AND (s.kind IN ('policy_decided', 'triaged', 'parked') \
+              OR (s.kind = 'finished' AND r.state = 'failed')) \
+         AND (s.at > $4 OR (s.at = $5 AND (s.run_id > $6 \
+              OR (s.run_id = $7 AND s.seq > $8)))) \
+         ORDER BY s.at, s.run_id, s.seq LIMIT $9"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_reads_by_step_kind_are_served_by_the_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(crate::StoreOptions::new(dir.path().join("steward.db")))
+            .await
+            .unwrap();
+        for (sql, params) in [(writebacks_sql(), 3), (sealed_steps_sql(), 9)] {
+            let plan = store.sqlite_plan(&sql, params).await;
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("USING INDEX run_steps_by_tenant_kind")),
+                "{plan:?}"
+            );
+        }
+        store.close().await;
+    }
 
     #[test]
     fn ranges_are_checked() {

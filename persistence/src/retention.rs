@@ -63,6 +63,22 @@ pub const MIN_AUDIT_DAYS: u32 = 365;
 pub const MAX_SWEEP_BATCH: u32 = 5000;
 /// A hold's reason: at most this many characters.
 pub const MAX_HOLD_REASON_CHARS: usize = 1000;
+/// The states a run never leaves, as the schema's retention index (`runs_by_updated`, partial
+/// on exactly these) lists them: a sweep may name only these as finished, and its read of due
+/// runs states the same list so that the index serves it.
+pub const FINISHED_STATES: &[&str] = &[
+    "completed",
+    "rejected",
+    "denied",
+    "stale",
+    "failed",
+    "expired",
+    "cancelled",
+    "shadowed",
+];
+/// [`FINISHED_STATES`] as the SQL list the index's condition spells.
+const FINISHED_SQL: &str =
+    "'completed', 'rejected', 'denied', 'stale', 'failed', 'expired', 'cancelled', 'shadowed'";
 /// What replaces an erased value.
 pub const ERASED: &str = "[erased]";
 /// What replaces a run's trigger once its content is pruned.
@@ -501,7 +517,8 @@ impl Store {
     /// finished runs older than `content_days`, finished runs older than `runs_days`, and the
     /// oldest audit entries older than `audit_days` (after recording a prune anchor, with a
     /// checkpoint signed by `signer` when none lies at or after it). `finished` names the
-    /// states a run never leaves; no other run is touched. Appends `retention.swept` when runs
+    /// states a run never leaves, each one of [`FINISHED_STATES`] (any other is refused as
+    /// invalid); no other run is touched. Appends `retention.swept` when runs
     /// or content went and `audit.pruned` when entries went. A held tenant is left alone
     /// (`held` in the report).
     pub async fn sweep_tenant(
@@ -511,6 +528,11 @@ impl Store {
         finished: &[&str],
         batch: u32,
     ) -> Result<SweepReport, StoreError> {
+        if let Some(other) = finished.iter().find(|s| !FINISHED_STATES.contains(s)) {
+            return Err(StoreError::Invalid(format!(
+                "{other:?} is not a state retention knows as finished (one of {FINISHED_SQL})"
+            )));
+        }
         let batch = i64::from(batch.clamp(1, MAX_SWEEP_BATCH));
         let settings = self.retention(scope).await?;
         let mut report = SweepReport::default();
@@ -709,16 +731,7 @@ impl Store {
         batch: i64,
         content: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let extra = if content {
-            " AND content_pruned_at IS NULL"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT id FROM runs WHERE tenant_id = $1 AND updated_at < $2{extra} \
-             AND state IN ({}) ORDER BY updated_at, id LIMIT $3",
-            placeholders(4, finished.len())
-        );
+        let sql = due_runs_sql(content, finished.len());
         let mut query = sqlx::query_scalar(&sql)
             .bind(scope.id())
             .bind(cutoff)
@@ -1053,9 +1066,48 @@ impl Store {
     }
 }
 
+/// The read of a tenant's finished runs last changed before a cutoff (`$1` the tenant, `$2` the
+/// cutoff, `$3` how many, then `finished` states from `$4`), oldest first; with `content`, only
+/// those whose content is still there. It states the retention index's condition.
+fn due_runs_sql(content: bool, finished: usize) -> String {
+    let extra = if content {
+        " AND content_pruned_at IS NULL"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT id FROM runs WHERE tenant_id = $1 AND updated_at < $2{extra} \
+         AND state IN ({FINISHED_SQL}) AND state IN ({}) ORDER BY updated_at, id LIMIT $3",
+        placeholders(4, finished)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_finished_list_in_sql_names_the_finished_states() {
+        let quoted: Vec<String> = FINISHED_STATES.iter().map(|s| format!("'{s}'")).collect();
+        assert_eq!(FINISHED_SQL, quoted.join(", "));
+    }
+
+    #[tokio::test]
+    async fn the_read_of_due_runs_is_served_by_the_partial_retention_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(crate::StoreOptions::new(dir.path().join("steward.db")))
+            .await
+            .unwrap();
+        for content in [true, false] {
+            let plan = store.sqlite_plan(&due_runs_sql(content, 2), 5).await;
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("USING INDEX runs_by_updated")),
+                "{plan:?}"
+            );
+        }
+        store.close().await;
+    }
 
     #[test]
     fn bounds_keep_content_within_runs_within_audit() {

@@ -632,6 +632,19 @@ impl Store {
     pub(crate) fn reader(&self) -> &AnyPool {
         &self.inner.reader
     }
+
+    /// The steps of SQLite's plan for `sql`, its `params` placeholders each bound to 0.
+    #[cfg(test)]
+    pub(crate) async fn sqlite_plan(&self, sql: &str, params: usize) -> Vec<String> {
+        use sqlx::Row;
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&explain);
+        for _ in 0..params {
+            query = query.bind(0_i64);
+        }
+        let rows = query.fetch_all(self.reader()).await.unwrap();
+        rows.iter().map(|row| row.get::<String, _>(3)).collect()
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use steward_persistence::{
 use crate::support::{TestDb, audit, scope, step};
 
 const DAY_MS: i64 = 86_400_000;
-const FINISHED: &[&str] = &["done", "failed"];
+const FINISHED: &[&str] = &["completed", "failed"];
 
 fn settings(content: u32, runs: u32, audit: u32) -> RetentionSettings {
     RetentionSettings {
@@ -31,7 +31,7 @@ async fn signer(db: &TestDb) -> CheckpointSigner {
         .unwrap()
 }
 
-/// A run of `tenant` that ends `done` (with a decided approval by `decider`).
+/// A run of `tenant` that ends `completed` (with a decided approval by `decider`).
 async fn finished_run(db: &TestDb, tenant: &str, decider: &str) -> RunId {
     let sc = scope(tenant);
     let run = db.intake(tenant).await;
@@ -45,7 +45,7 @@ async fn finished_run(db: &TestDb, tenant: &str, decider: &str) -> RunId {
         policy: json!({"decision": "allow_with_approval"}),
     });
     db.store.append_step(&sc, ask).await.unwrap();
-    let mut decided = step(run, 2, "done");
+    let mut decided = step(run, 2, "completed");
     decided.body = json!({"decision": {"user": {"id": decider, "name": "Ana Example"}}});
     db.store
         .decide_approval(&sc, approval, Decision::Approve, decider, decided)
@@ -450,8 +450,43 @@ async fn emails_are_erased_case_insensitively_from_triggers() {
     assert_eq!(record.trigger["caller"], steward_persistence::ERASED);
 }
 
+/// Retention's read of due runs is served by an index that holds only runs in the states it
+/// knows as finished; a sweep naming another state is refused and removes nothing.
+async fn a_sweep_naming_a_state_retention_does_not_know_is_refused() {
+    let db = TestDb::new().await;
+    let signer = signer(&db).await;
+    let acme = scope("us-acme");
+    let run = db.intake("us-acme").await;
+    db.store
+        .append_step(&acme, step(run, 1, "done"))
+        .await
+        .unwrap();
+    db.store
+        .set_retention(&acme, settings(5, 10, 400), "admin")
+        .await
+        .unwrap();
+    db.clock.advance_millis(40 * DAY_MS);
+    let err = db
+        .store
+        .sweep_tenant(&acme, &signer, &["completed", "done"], 10)
+        .await;
+    assert!(
+        matches!(&err, Err(StoreError::Invalid(m)) if m.contains("\"done\"")),
+        "{err:?}"
+    );
+    assert!(db.store.run(&acme, run).await.unwrap().is_some());
+    assert_eq!(db.store.steps(&acme, run).await.unwrap().len(), 2);
+    for state in steward_persistence::FINISHED_STATES {
+        db.store
+            .sweep_tenant(&acme, &signer, &[state], 10)
+            .await
+            .unwrap();
+    }
+}
+
 crate::support::conformance!(
     settings_are_bounded_audited_and_read_back,
+    a_sweep_naming_a_state_retention_does_not_know_is_refused,
     the_sweep_removes_exactly_what_is_due,
     a_pruned_chain_verifies_in_the_store_and_as_a_bundle,
     deleting_above_the_anchor_is_refused_even_to_a_superuser,
