@@ -5,13 +5,14 @@
 
 use serde_json::json;
 use sqlx::Executor;
-use steward_core::{ApprovalId, RunId};
+use steward_core::{ApprovalId, FixedClock, RunId};
 use steward_persistence::evidence::bundle::{BundleWriter, VerifyOptions, verify_bundle};
 use steward_persistence::{
-    CheckpointSigner, Decision, MasterKey, NewApproval, RetentionSettings, StoreError, Subject,
+    Backend, CheckpointSigner, Decision, MasterKey, NewApproval, RetentionSettings, StoreError,
+    Subject,
 };
 
-use crate::support::{TestDb, audit, scope, step};
+use crate::support::{T0_SECS, TestDb, audit, migrated_through, open_at, scope, step};
 
 const DAY_MS: i64 = 86_400_000;
 const FINISHED: &[&str] = &["completed", "failed"];
@@ -484,8 +485,130 @@ async fn a_sweep_naming_a_state_retention_does_not_know_is_refused() {
     }
 }
 
+/// The schema version before the report and retention indexes were partial.
+const BEFORE_PARTIAL_INDEXES: i64 = 16;
+
+/// A database that held runs and steps before the report and retention indexes were made
+/// partial is upgraded as the store opens: the indexes are built again from the rows already
+/// there, and hold exactly the finished runs and the step kinds the reports read.
+async fn the_partial_indexes_are_built_from_the_rows_already_there() {
+    use sqlx::Connection;
+    let (place, mut owner) = migrated_through(BEFORE_PARTIAL_INDEXES).await;
+    let mut tx = owner.begin().await.unwrap();
+    if crate::support::backend() == Backend::Postgres {
+        tx.execute("SELECT set_config('steward.tenant', 'us-acme', true)")
+            .await
+            .unwrap();
+    }
+    let runs = [
+        (RunId::new(), "completed"),
+        (RunId::new(), "awaiting_approval"),
+        (RunId::new(), "failed"),
+    ];
+    tx.execute(
+        "INSERT INTO tenants (id, region, name, settings, created_at, updated_at) \
+         VALUES ('us-acme', 'us', 'Acme', '{}', 0, 0)",
+    )
+    .await
+    .unwrap();
+    for (i, (run, state)) in runs.iter().enumerate() {
+        let kinds = match i {
+            0 => ["received", "triaged"],
+            1 => ["received", "awaiting_approval"],
+            _ => ["received", "finished"],
+        };
+        tx.execute(
+            format!(
+                "INSERT INTO runs (tenant_id, id, source, delivery_id, incident_by, \
+                 incident_value, trigger_body, state, steps, last_error, created_at, updated_at) \
+                 VALUES ('us-acme', '{run}', NULL, NULL, 'number', 'INC0010001', '{{}}', \
+                 '{state}', 2, NULL, 1, 1)"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+        for (seq, kind) in kinds.iter().enumerate() {
+            tx.execute(
+                format!(
+                    "INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) \
+                     VALUES ('us-acme', '{run}', {seq}, '{kind}', '{{}}', 1)"
+                )
+                .as_str(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    owner.close().await.unwrap();
+
+    let clock = FixedClock::at_secs(T0_SECS);
+    let store = open_at(&place, &clock, true).await;
+    let db = TestDb {
+        store,
+        clock,
+        place,
+    };
+    let mut raw = db.raw().await;
+    let finished = steward_persistence::FINISHED_STATES
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let reported = "'write_intended', 'policy_decided', 'triaged', 'parked', 'finished'";
+    match db.backend() {
+        Backend::Sqlite => {
+            let defs: Vec<String> = sqlx::query_scalar(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' \
+                 AND name IN ('runs_by_updated', 'run_steps_by_tenant_kind')",
+            )
+            .fetch_all(&mut raw)
+            .await
+            .unwrap();
+            assert_eq!(defs.len(), 2, "{defs:?}");
+            for def in &defs {
+                assert!(def.contains("WHERE"), "{def}");
+            }
+            // `INDEXED BY` reads through the named index, or fails if it cannot serve the
+            // query: the counts are what each index holds.
+            let in_runs: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM runs INDEXED BY runs_by_updated WHERE state IN ({finished})"
+            ))
+            .fetch_one(&mut raw)
+            .await
+            .unwrap();
+            assert_eq!(in_runs, 2);
+            let in_steps: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM run_steps INDEXED BY run_steps_by_tenant_kind \
+                 WHERE kind IN ({reported})"
+            ))
+            .fetch_one(&mut raw)
+            .await
+            .unwrap();
+            assert_eq!(in_steps, 2);
+        }
+        Backend::Postgres => {
+            let defs: Vec<(String, bool)> = sqlx::query_as(
+                "SELECT pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE c.relname IN ('runs_by_updated', 'run_steps_by_tenant_kind')",
+            )
+            .fetch_all(&mut raw)
+            .await
+            .unwrap();
+            assert_eq!(defs.len(), 2, "{defs:?}");
+            for (def, valid) in &defs {
+                assert!(*valid && def.contains(" WHERE "), "{def}");
+            }
+        }
+    }
+    raw.close().await.unwrap();
+}
+
 crate::support::conformance!(
     settings_are_bounded_audited_and_read_back,
+    the_partial_indexes_are_built_from_the_rows_already_there,
     a_sweep_naming_a_state_retention_does_not_know_is_refused,
     the_sweep_removes_exactly_what_is_due,
     a_pruned_chain_verifies_in_the_store_and_as_a_bundle,
