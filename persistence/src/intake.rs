@@ -308,15 +308,15 @@ pub(crate) fn keys_distinct<'a>(
 /// `($1, $2, …), (…)`: placeholders for `rows` rows of `cols` values each.
 pub(crate) fn value_rows(rows: usize, cols: usize) -> String {
     let mut sql = String::new();
-    push_placeholders(&mut sql, 0, rows, cols);
+    push_placeholders(&mut sql, true, 0, rows, cols);
     sql
 }
 
-/// Appends placeholders for `rows` rows of `cols` values each to `sql`, numbered on from
-/// `after` (`$after+1` first).
-fn push_placeholders(sql: &mut String, after: usize, rows: usize, cols: usize) {
+/// Appends placeholders for `rows` rows of `cols` values each to `sql`: numbered on from
+/// `after` (`$after+1` first), or, when not `numbered`, each a plain `?`.
+fn push_placeholders(sql: &mut String, numbered: bool, after: usize, rows: usize, cols: usize) {
     use std::fmt::Write as _;
-    sql.reserve(rows * cols * 7);
+    sql.reserve(rows * cols * if numbered { 7 } else { 3 });
     let mut n = after;
     for row in 0..rows {
         if row > 0 {
@@ -327,28 +327,49 @@ fn push_placeholders(sql: &mut String, after: usize, rows: usize, cols: usize) {
             if col > 0 {
                 sql.push_str(", ");
             }
-            n += 1;
-            let _ = write!(sql, "${n}");
+            if numbered {
+                n += 1;
+                let _ = write!(sql, "${n}");
+            } else {
+                sql.push('?');
+            }
         }
         sql.push(')');
     }
 }
 
-/// Statements sent to the database as one, their placeholders numbered on across all of them
-/// (`$1` … `$n`). SQLite runs such a script in one hand-off to its connection's thread, where
-/// each statement sent alone would cost a hand-off and a wake-up of its own.
+/// Statements sent to the database as one, their values bound in order across all of them.
+/// SQLite runs such a script in one hand-off to its connection's thread, where each statement
+/// sent alone would cost a hand-off and a wake-up of its own.
 pub(crate) struct Script<'q> {
     sql: String,
     args: sqlx::any::AnyArguments<'q>,
     params: usize,
+    /// `$1` … `$n` (PostgreSQL) rather than `?` (SQLite).
+    numbered: bool,
 }
 
 impl<'q> Script<'q> {
-    pub(crate) fn new() -> Self {
+    /// A script for PostgreSQL: its placeholders numbered on across its statements (`$1` …
+    /// `$n`), the only form PostgreSQL takes.
+    pub(crate) fn numbered() -> Self {
+        Self::new(true)
+    }
+
+    /// A script for SQLite: each placeholder a plain `?`, taking the next value. SQLite finds
+    /// a numbered placeholder's name by walking the statement's list of names, so binding a
+    /// statement's n numbered values costs in proportion to n², which a batch of a few
+    /// hundred runs (thousands of values) feels; a `?` has no name to look up.
+    pub(crate) fn positional() -> Self {
+        Self::new(false)
+    }
+
+    fn new(numbered: bool) -> Self {
         Self {
             sql: String::new(),
             args: sqlx::any::AnyArguments::default(),
             params: 0,
+            numbered,
         }
     }
 
@@ -357,10 +378,10 @@ impl<'q> Script<'q> {
         self.sql.push_str(sql);
     }
 
-    /// Appends `(…), (…)`: placeholders for `rows` rows of `cols` values each, numbered on
-    /// from the script's last. Their values are bound next, in order.
+    /// Appends `(…), (…)`: placeholders for `rows` rows of `cols` values each, after the
+    /// script's last. Their values are bound next, in order.
     pub(crate) fn rows(&mut self, rows: usize, cols: usize) {
-        push_placeholders(&mut self.sql, self.params, rows, cols);
+        push_placeholders(&mut self.sql, self.numbered, self.params, rows, cols);
         self.params += rows * cols;
     }
 
@@ -592,7 +613,7 @@ impl Store {
             // data-modifying `WITH` clauses, the audit entries by the statement itself. The
             // steps' references to their runs are checked as the statement ends, when the
             // runs are in.
-            let mut script = Script::new();
+            let mut script = Script::numbered();
             script.push("WITH new_runs AS (");
             push_runs(&mut script, runs, live)?;
             script.push("), first_steps AS (");
@@ -601,13 +622,13 @@ impl Store {
             crate::audit::push_entries(&mut script, &entries)?;
             return script.execute(tx).await.map_err(run_exists);
         }
-        let mut script = Script::new();
+        let mut script = Script::positional();
         push_runs(&mut script, runs, live)?;
         script.execute(tx).await.map_err(run_exists)?;
-        let mut script = Script::new();
+        let mut script = Script::positional();
         push_first_steps(&mut script, runs, live)?;
         script.execute(tx).await?;
-        let mut script = Script::new();
+        let mut script = Script::positional();
         crate::audit::push_entries(&mut script, &entries)?;
         script.execute(tx).await?;
         Ok(())
@@ -747,7 +768,7 @@ fn script_of<'q>(
     all: &[usize],
     entries: &'q [crate::AuditEntry],
 ) -> Result<Script<'q>, StoreError> {
-    let mut script = Script::new();
+    let mut script = Script::positional();
     script.push(&format!("SAVEPOINT {SCRIPT}; "));
     // The runs before the deliveries that name them: a delivery inserted first would leave
     // its deferred reference to `runs` pending, and each run's insert would then look up the
@@ -1166,5 +1187,47 @@ mod tests {
     fn value_rows_number_every_placeholder_once() {
         assert_eq!(value_rows(1, 1), "($1)");
         assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+
+    #[test]
+    fn scripts_number_on_across_statements_or_take_values_in_order() {
+        let mut numbered = Script::numbered();
+        let mut positional = Script::positional();
+        for script in [&mut numbered, &mut positional] {
+            script.push("A ");
+            script.rows(1, 2);
+            script.push("; B ");
+            script.rows(2, 1);
+        }
+        assert_eq!(numbered.sql, "A ($1, $2); B ($3), ($4)");
+        assert_eq!(positional.sql, "A (?, ?); B (?), (?)");
+    }
+
+    #[tokio::test]
+    async fn a_positional_script_binds_its_values_in_order_across_statements() {
+        let (_dir, store) = store().await;
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("CREATE TEMP TABLE pairs (a BIGINT, b TEXT)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let mut script = Script::positional();
+        script.push("INSERT INTO pairs (a, b) VALUES ");
+        script.rows(2, 2);
+        script.push("; INSERT INTO pairs (a, b) VALUES ");
+        script.rows(1, 2);
+        for (a, b) in [(1_i64, "one"), (2, "two"), (3, "three")] {
+            script.bind(a).unwrap();
+            script.bind(b).unwrap();
+        }
+        script.execute(&mut tx).await.unwrap();
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT a, b FROM pairs ORDER BY a")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            [(1, "one".into()), (2, "two".into()), (3, "three".into())]
+        );
     }
 }
