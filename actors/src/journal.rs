@@ -493,6 +493,7 @@ impl RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn the_terminal_states_are_the_ones_retention_knows_as_finished() {
@@ -502,7 +503,6 @@ mod tests {
         finished.sort_unstable();
         assert_eq!(terminal, finished);
     }
-    use std::collections::BTreeMap;
 
     fn incident() -> Incident {
         Incident {
