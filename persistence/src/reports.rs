@@ -723,19 +723,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_reads_by_step_kind_are_served_by_the_partial_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(crate::StoreOptions::new(dir.path().join("steward.db")))
-            .await
-            .unwrap();
         for (sql, params) in [(writebacks_sql(), 3), (sealed_steps_sql(), 9)] {
-            let plan = store.sqlite_plan(&sql, params).await;
+            let plan = Store::sqlite_plan(&sql, params).await;
             assert!(
                 plan.iter()
                     .any(|step| step.contains("USING INDEX run_steps_by_tenant_kind")),
                 "{plan:?}"
             );
         }
-        store.close().await;
     }
 
     #[test]

@@ -633,16 +633,22 @@ impl Store {
         &self.inner.reader
     }
 
-    /// The steps of SQLite's plan for `sql`, its `params` placeholders each bound to 0.
+    /// The steps of SQLite's plan for `sql` on a fresh store of the current schema, its
+    /// `params` placeholders each bound to 0.
     #[cfg(test)]
-    pub(crate) async fn sqlite_plan(&self, sql: &str, params: usize) -> Vec<String> {
+    pub(crate) async fn sqlite_plan(sql: &str, params: usize) -> Vec<String> {
         use sqlx::Row;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreOptions::new(dir.path().join("steward.db")))
+            .await
+            .unwrap();
         let explain = format!("EXPLAIN QUERY PLAN {sql}");
         let mut query = sqlx::query(&explain);
         for _ in 0..params {
             query = query.bind(0_i64);
         }
-        let rows = query.fetch_all(self.reader()).await.unwrap();
+        let rows = query.fetch_all(store.reader()).await.unwrap();
+        store.close().await;
         rows.iter().map(|row| row.get::<String, _>(3)).collect()
     }
 }
