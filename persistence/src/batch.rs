@@ -81,6 +81,44 @@ pub(crate) enum Job {
     Step(Box<StepJob>),
 }
 
+/// How the intake batches of a store were written since it opened: each write of a batch
+/// counts once, under the way that wrote it (a batch undone by another writer's deadlock and
+/// written again counts twice). Redeliveries, unregistered tenants and runs that fail
+/// for a reason of their own send a batch down the longer ways.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IntakePaths {
+    /// Fresh batches written at the first try: one script on SQLite, one statement per
+    /// tenant on PostgreSQL.
+    pub first_try: u64,
+    /// Batches written together with a few statements for the whole batch.
+    pub together: u64,
+    /// Batches written one run at a time, each under a savepoint of its own.
+    pub one_by_one: u64,
+}
+
+/// The counters behind [`IntakePaths`].
+#[derive(Debug, Default)]
+pub(crate) struct PathCounters {
+    first_try: std::sync::atomic::AtomicU64,
+    together: std::sync::atomic::AtomicU64,
+    one_by_one: std::sync::atomic::AtomicU64,
+}
+
+impl PathCounters {
+    fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn read(&self) -> IntakePaths {
+        use std::sync::atomic::Ordering::Relaxed;
+        IntakePaths {
+            first_try: self.first_try.load(Relaxed),
+            together: self.together.load(Relaxed),
+            one_by_one: self.one_by_one.load(Relaxed),
+        }
+    }
+}
+
 /// How many times a batch is written when another writer's deadlock or serialization failure
 /// undid it.
 const ATTEMPTS: u32 = 2;
@@ -196,6 +234,11 @@ fn lost_to_another_writer(error: &StoreError) -> bool {
 }
 
 impl Store {
+    /// How this store's intake batches were written since it opened.
+    pub fn intake_paths(&self) -> IntakePaths {
+        self.path_counters().read()
+    }
+
     /// A batcher's loop: takes the first pending job, drains up to [`MAX_BATCH`], writes them
     /// in one transaction, and repeats until every queue handle is gone and the queue is
     /// empty.
@@ -444,10 +487,11 @@ impl Store {
         Ok(results)
     }
 
-    /// Writes `jobs` inside `tx`. When no two claim the same delivery or change: on SQLite
-    /// first with one script ([`Store::intake_script`]), kept when every key is fresh and
-    /// every tenant known; then together, with a few statements for the whole batch, when
-    /// there are several. Otherwise, or when writing them together failed (which is then
+    /// Writes `jobs` inside `tx`. When no two claim the same delivery or change: first with
+    /// one script on SQLite ([`Store::intake_script`]) or one statement per tenant on
+    /// PostgreSQL ([`Store::intake_by_tenant`]), kept when every key is fresh and every tenant
+    /// known; then together, with a few statements for the whole batch, when there are
+    /// several. Otherwise, or when writing them together failed (which is then
     /// undone first), one at a time, each under its own savepoint. The error is the
     /// transaction's, which can no longer be trusted.
     async fn write_jobs(
@@ -463,13 +507,34 @@ impl Store {
             && !runs.is_empty()
             && let Some(results) = self.intake_script(tx, &runs).await?
         {
+            PathCounters::count(&self.path_counters().first_try);
             return Ok(results);
+        }
+        // PostgreSQL's first try runs under a savepoint: a failed statement aborts the
+        // transaction back to it.
+        if distinct && self.is_postgres() && !runs.is_empty() {
+            savepoint(tx, &format!("SAVEPOINT {TOGETHER}")).await?;
+            match self.intake_by_tenant(tx, &runs).await {
+                Ok(Some(results)) => {
+                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
+                    PathCounters::count(&self.path_counters().first_try);
+                    return Ok(results);
+                }
+                tried => {
+                    if let Err(e) = tried {
+                        tracing::debug!(error = %e, "an intake batch's statements failed");
+                    }
+                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {TOGETHER}")).await?;
+                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
+                }
+            }
         }
         if runs.len() > 1 && distinct {
             savepoint(tx, &format!("SAVEPOINT {TOGETHER}")).await?;
             match self.intake_together(tx, &runs).await {
                 Ok(results) => {
                     savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
+                    PathCounters::count(&self.path_counters().together);
                     return Ok(results);
                 }
                 Err(e) => {
@@ -484,6 +549,9 @@ impl Store {
             }
         }
         // One by one in tenant order, as the batch written together locks its tenants.
+        if !jobs.is_empty() {
+            PathCounters::count(&self.path_counters().one_by_one);
+        }
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|i| jobs[*i].scope.id());
         let mut results: Vec<Option<Result<IntakeOutcome, StoreError>>> =

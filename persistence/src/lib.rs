@@ -98,6 +98,7 @@ pub use audit::{
     AuditDraft, AuditEntry, BOUND_PREFIX, ChainBreak, GENESIS_HASH, VerifyReport,
     bound_body_matches, entry_hash, verify_entries,
 };
+pub use batch::IntakePaths;
 pub use catchup::{CatchupWatermark, Covered, MAX_WATERMARK_IDS};
 pub use controls::{MeterAsk, MeterCharge, MeterUsage, PauseChange, Reservation, WritePause};
 pub use crashes::{CrashRecord, NewCrash};

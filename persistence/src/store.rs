@@ -175,6 +175,8 @@ struct Inner {
     meters_pruned: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// SQLite's background checkpoints; unset on PostgreSQL.
     checkpointer: std::sync::OnceLock<crate::checkpoint::Checkpointer>,
+    /// How the intake batches were written since the store opened.
+    intake_paths: crate::batch::PathCounters,
 }
 
 /// The pragmas every SQLite connection runs with; readers add `query_only`.
@@ -323,6 +325,7 @@ impl Store {
             listen_url: std::sync::OnceLock::new(),
             meters_pruned: std::sync::Mutex::new(std::collections::HashMap::new()),
             checkpointer: std::sync::OnceLock::new(),
+            intake_paths: crate::batch::PathCounters::default(),
         };
         let batcher = Store {
             inner: Arc::new(inner),
@@ -402,6 +405,11 @@ impl Store {
     /// What intake read of each webhook source and its secrets lately.
     pub(crate) fn source_cache(&self) -> &crate::sources::SourceCache {
         &self.inner.sources
+    }
+
+    /// How the intake batches were written since the store opened.
+    pub(crate) fn path_counters(&self) -> &crate::batch::PathCounters {
+        &self.inner.intake_paths
     }
 
     /// When this process last removed each tenant's expired meter windows.

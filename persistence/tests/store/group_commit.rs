@@ -668,6 +668,65 @@ async fn reservations_in_one_batch_are_answered_in_turn_as_if_taken_one_by_one()
     assert_eq!(found, [("a", 5, 2), ("b", 3, 2)]);
 }
 
+async fn fresh_batches_are_written_at_the_first_try_and_a_redelivery_takes_the_longer_way() {
+    let db = TestDb::new().await;
+    for tenant in &TENANTS[2..] {
+        register(&db.store, tenant).await;
+    }
+    let fresh = |from: usize| {
+        (from..from + 40)
+            .map(|i| {
+                let delivery = format!("msg_{i}");
+                (TENANTS[i % TENANTS.len()], new_run(Some(&delivery)))
+            })
+            .collect::<Vec<_>>()
+    };
+    let held = hold_writes(&db).await;
+    let set = spawn_intakes(&db.store, fresh(0));
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    let mut first = None;
+    for (tenant, run, outcome) in finish(set).await {
+        assert_eq!(created(&outcome), run.id, "{tenant}");
+        if run.delivery_id.as_deref() == Some("msg_3") {
+            first = Some(run.id);
+        }
+    }
+    let first = first.expect("msg_3 was among the first deliveries");
+    let paths = db.store.intake_paths();
+    assert!(paths.first_try >= 1, "{paths:?}");
+    assert_eq!((paths.together, paths.one_by_one), (0, 0), "{paths:?}");
+
+    // The same again with a redelivery of msg_3 (tenant TENANTS[3]) among fresh deliveries:
+    // the batch holding it cannot be written at the first try.
+    let mut runs = fresh(40);
+    runs.push((TENANTS[3], new_run(Some("msg_3"))));
+    let held = hold_writes(&db).await;
+    let set = spawn_intakes(&db.store, runs);
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    for (tenant, run, outcome) in finish(set).await {
+        if run.delivery_id.as_deref() == Some("msg_3") {
+            assert_eq!(
+                outcome.unwrap(),
+                IntakeOutcome::Duplicate(first),
+                "{tenant}"
+            );
+        } else {
+            assert_eq!(created(&outcome), run.id, "{tenant}");
+        }
+    }
+    let later = db.store.intake_paths();
+    assert!(
+        later.together + later.one_by_one >= 1,
+        "the redelivery's batch went the longer way: {later:?}"
+    );
+    for tenant in TENANTS {
+        let report = db.store.verify_audit(&scope(tenant)).await.unwrap();
+        assert_eq!((report.entries, report.first_bad), (16, None), "{tenant}");
+    }
+}
+
 crate::support::conformance!(
     two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains,
     the_same_delivery_many_times_in_one_batch_creates_one_run,
@@ -678,4 +737,5 @@ crate::support::conformance!(
     intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock,
     reservations_in_one_batch_are_answered_in_turn_as_if_taken_one_by_one,
     steps_of_one_run_handed_over_together_land_in_order,
+    fresh_batches_are_written_at_the_first_try_and_a_redelivery_takes_the_longer_way,
 );
