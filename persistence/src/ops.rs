@@ -280,16 +280,38 @@ impl Store {
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let rows: Vec<AuditRow> = {
             let mut tx = self.read_as(scope).await?;
-            sqlx::query_as(
-                "SELECT tenant_id, seq, at, kind, run_id, actor, body, prev_hash, hash \
-                 FROM audit_log WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq LIMIT $3",
-            )
-            .bind(scope.id())
-            .bind(run.to_string())
-            .bind(MAX_RUN_AUDIT)
-            .fetch_all(&mut *tx)
-            .await?
+            sqlx::query_as(RUN_AUDIT_SQL)
+                .bind(scope.id())
+                .bind(run.to_string())
+                .bind(MAX_RUN_AUDIT)
+                .fetch_all(&mut *tx)
+                .await?
         };
         self.open_audit_rows(rows).await
+    }
+}
+
+/// A run's audit entries in chain order. `audit_log_by_run` (run, tenant, seq) serves it
+/// whole: the run's few entries, already in order, never the tenant's whole chain.
+const RUN_AUDIT_SQL: &str = "SELECT tenant_id, seq, at, kind, run_id, actor, body, prev_hash, \
+     hash FROM audit_log WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq LIMIT $3";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_runs_audit_entries_are_read_through_the_index_on_the_run_in_order() {
+        let plan = Store::sqlite_plan(RUN_AUDIT_SQL, 3).await;
+        assert!(
+            plan.iter().any(
+                |step| step.contains("USING INDEX audit_log_by_run (run_id=? AND tenant_id=?)")
+            ),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "no sort: {plan:?}"
+        );
     }
 }

@@ -369,7 +369,7 @@ async fn a_runs_deliveries_are_found_by_index() {
                 .await
                 .unwrap();
             let def: String = found[0].get(0);
-            assert!(def.contains("(tenant_id, run_id)"), "{def}");
+            assert!(def.contains("(run_id, tenant_id)"), "{def}");
         }
     }
 }
