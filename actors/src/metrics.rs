@@ -505,7 +505,7 @@ impl Metrics {
 
     async fn refresh_runs(&self, store: &Store, tenants: &[String]) {
         let counts = self
-            .time_query("run_state_counts", store.run_state_counts(states::TERMINAL))
+            .time_query("run_state_counts", store.run_state_counts(UNFINISHED))
             .await;
         let gauges = &self.inner.runs_unfinished;
         gauges.clear();

@@ -30,7 +30,7 @@ async fn unfinished_runs_and_pending_approvals_are_counted_per_tenant() {
 
     let mut counts: Vec<(String, String, i64)> = db
         .store
-        .run_state_counts(&["completed", "triaging"])
+        .run_state_counts(&["fetching", "awaiting_approval", "completed"])
         .await
         .unwrap()
         .into_iter()
@@ -42,9 +42,14 @@ async fn unfinished_runs_and_pending_approvals_are_counted_per_tenant() {
         ("us-acme", "awaiting_approval", 1),
     ]
     .map(|(t, s, n)| (t.to_owned(), s.to_owned(), n));
-    assert_eq!(counts, expected, "terminal states are left out");
-    let all = db.store.run_state_counts(&[]).await.unwrap();
+    assert_eq!(counts, expected, "states not named are left out");
+    let all = db
+        .store
+        .run_state_counts(&["fetching", "awaiting_approval", "triaging"])
+        .await
+        .unwrap();
     assert_eq!(all.iter().map(|(_, _, n)| n).sum::<i64>(), 3);
+    assert!(db.store.run_state_counts(&[]).await.unwrap().is_empty());
 
     let oldest = db.store.oldest_pending_approvals().await.unwrap();
     assert_eq!(oldest.len(), 1, "{oldest:?}");
