@@ -727,17 +727,8 @@ impl Store {
         {
             return Ok(None);
         }
-        // Whatever else fails before the script runs (a tenant's data key destroyed as it is
-        // offboarded, a chain head that does not read) is some run's own failure, which the
-        // longer path names alone; nothing is written yet. A database error is the
-        // transaction's.
-        let entries = match self.intake_entries(tx, runs, &all, heads).await {
-            Ok(entries) => entries,
-            Err(e @ StoreError::Db(_)) => return Err(e),
-            Err(e) => {
-                tracing::debug!(error = %e, "an intake script was not tried");
-                return Ok(None);
-            }
+        let Some(entries) = self.first_try_entries(tx, runs, &all, heads).await? else {
+            return Ok(None);
         };
         let script = match script_of(runs, &all, &entries, false) {
             Ok(script) => script,
@@ -752,11 +743,28 @@ impl Store {
             sqlx::query(&undo).execute(&mut **tx).await?;
             return Ok(None);
         }
-        Ok(Some(
-            runs.iter()
-                .map(|(_, valid)| Ok(IntakeOutcome::Created(valid.run.id)))
-                .collect(),
-        ))
+        Ok(Some(all_created(runs)))
+    }
+
+    /// The audit entries of the runs `live` of `runs` for a first try, or `None` when one of
+    /// them cannot be written for a reason of its own (a tenant's data key destroyed as it is
+    /// offboarded, a chain head that does not read), which the longer path names alone;
+    /// nothing is written yet. A database error is the transaction's.
+    async fn first_try_entries(
+        &self,
+        tx: &mut WriteTx,
+        runs: &[(&TenantScope, &ValidRun)],
+        live: &[usize],
+        heads: HashMap<String, Option<(i64, String)>>,
+    ) -> Result<Option<Vec<crate::AuditEntry>>, StoreError> {
+        match self.intake_entries(tx, runs, live, heads).await {
+            Ok(entries) => Ok(Some(entries)),
+            Err(e @ StoreError::Db(_)) => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "an intake batch's first try was not made");
+                Ok(None)
+            }
+        }
     }
 
     /// PostgreSQL's intake of a batch of fresh runs in three round trips per tenant, where
@@ -779,13 +787,8 @@ impl Store {
             if heads.is_empty() {
                 return Ok(None);
             }
-            let entries = match self.intake_entries(tx, runs, &group, heads).await {
-                Ok(entries) => entries,
-                Err(e @ StoreError::Db(_)) => return Err(e),
-                Err(e) => {
-                    tracing::debug!(error = %e, "a tenant's intake statement was not tried");
-                    return Ok(None);
-                }
+            let Some(entries) = self.first_try_entries(tx, runs, &group, heads).await? else {
+                return Ok(None);
             };
             let statement = match script_of(runs, &group, &entries, true) {
                 Ok(statement) => statement,
@@ -795,16 +798,23 @@ impl Store {
                 }
             };
             if let Err(e) = statement.execute(tx).await {
-                tracing::debug!(error = %e, runs = group.len(), "a tenant's intake statement failed");
+                tracing::debug!(
+                    error = %e,
+                    runs = group.len(),
+                    "a tenant's intake statement failed"
+                );
                 return Ok(None);
             }
         }
-        Ok(Some(
-            runs.iter()
-                .map(|(_, valid)| Ok(IntakeOutcome::Created(valid.run.id)))
-                .collect(),
-        ))
+        Ok(Some(all_created(runs)))
     }
+}
+
+/// Every run of `runs` answered `Created`.
+fn all_created(runs: &[(&TenantScope, &ValidRun)]) -> Vec<JobResult> {
+    runs.iter()
+        .map(|(_, valid)| Ok(IntakeOutcome::Created(valid.run.id)))
+        .collect()
 }
 
 /// The runs of a batch by tenant, in tenant order: the indexes into `runs` of each tenant's.
