@@ -35,7 +35,7 @@ use openapi::Routes;
 pub use hardening::{RateLimit, RateLimits, ServerLimits, harden};
 pub use oidc::{Oidc, OidcSettings};
 pub use ops_auth::{OpsAuth, OpsSettings, Role};
-pub use state::{ApiLimits, AppState};
+pub use state::{ApiLimits, AppParts, AppState};
 pub use tenancy::TenancySettings;
 
 /// The whole API.

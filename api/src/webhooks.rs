@@ -298,6 +298,6 @@ fn new_run(
 /// Starts the run in the background, from what intake wrote (`fresh`): intake never waits
 /// for the actor system.
 pub(crate) fn start(state: &AppState, tenant: TenantId, run_id: RunId, fresh: FreshRun) {
-    let steward = state.steward.clone();
-    tokio::spawn(async move { steward.start_fresh(&tenant, run_id, fresh).await });
+    let state = state.clone();
+    tokio::spawn(async move { state.steward.start_fresh(&tenant, run_id, fresh).await });
 }

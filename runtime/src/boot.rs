@@ -13,7 +13,9 @@ use steward_actors::settings::{TenantSettings, secret_names};
 use steward_actors::{Metrics, Steward, StewardOptions};
 use steward_adapters::http::HttpSettings;
 use steward_adapters::webhook::check_secret;
-use steward_api::{ApiLimits, AppState, OpsAuth, OpsSettings, ServerLimits, TenancySettings};
+use steward_api::{
+    ApiLimits, AppParts, AppState, OpsAuth, OpsSettings, ServerLimits, TenancySettings,
+};
 use steward_core::{Clock, Region, SignatureScheme, SourceName, SystemClock, TenantId};
 use steward_persistence::{
     Authenticator, MasterKey, PgOptions, Store, StoreOptions, TenantRecord, TenantScope,
@@ -295,7 +297,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             options,
         )
     });
-    let state = AppState {
+    let state = AppState::new(AppParts {
         steward: steward.clone(),
         store: store.clone(),
         master_key,
@@ -303,7 +305,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         ops,
         tenancy,
         metrics: opts.metrics.then(|| metrics.clone()),
-    };
+    });
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
