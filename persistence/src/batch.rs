@@ -514,38 +514,31 @@ impl Store {
         // transaction back to it.
         if distinct && self.is_postgres() && !runs.is_empty() {
             savepoint(tx, &format!("SAVEPOINT {TOGETHER}")).await?;
-            match self.intake_by_tenant(tx, &runs).await {
-                Ok(Some(results)) => {
-                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
-                    PathCounters::count(&self.path_counters().first_try);
-                    return Ok(results);
-                }
-                tried => {
-                    if let Err(e) = tried {
-                        tracing::debug!(error = %e, "an intake batch's statements failed");
-                    }
-                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {TOGETHER}")).await?;
-                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
-                }
+            let tried = self.intake_by_tenant(tx, &runs).await;
+            if let Err(e) = &tried {
+                tracing::debug!(error = %e, "an intake batch's statements failed");
+            }
+            let written = tried.ok().flatten();
+            end_together(tx, written.is_some()).await?;
+            if let Some(results) = written {
+                PathCounters::count(&self.path_counters().first_try);
+                return Ok(results);
             }
         }
         if runs.len() > 1 && distinct {
             savepoint(tx, &format!("SAVEPOINT {TOGETHER}")).await?;
-            match self.intake_together(tx, &runs).await {
-                Ok(results) => {
-                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
-                    PathCounters::count(&self.path_counters().together);
-                    return Ok(results);
-                }
-                Err(e) => {
-                    tracing::debug!(
-                        error = %e,
-                        runs = runs.len(),
-                        "an intake batch could not be written together; writing its runs one by one"
-                    );
-                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {TOGETHER}")).await?;
-                    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await?;
-                }
+            let tried = self.intake_together(tx, &runs).await;
+            if let Err(e) = &tried {
+                tracing::debug!(
+                    error = %e,
+                    runs = runs.len(),
+                    "an intake batch could not be written together; writing its runs one by one"
+                );
+            }
+            end_together(tx, tried.is_ok()).await?;
+            if let Ok(results) = tried {
+                PathCounters::count(&self.path_counters().together);
+                return Ok(results);
             }
         }
         // One by one in tenant order, as the batch written together locks its tenants.
@@ -586,6 +579,15 @@ impl Store {
 async fn savepoint(tx: &mut WriteTx, sql: &str) -> Result<(), StoreError> {
     sqlx::query(sql).execute(&mut **tx).await?;
     Ok(())
+}
+
+/// Ends the savepoint a batch written together was tried under: released, keeping what was
+/// written under it, when `keep`; else undone to it first.
+async fn end_together(tx: &mut WriteTx, keep: bool) -> Result<(), StoreError> {
+    if !keep {
+        savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {TOGETHER}")).await?;
+    }
+    savepoint(tx, &format!("RELEASE SAVEPOINT {TOGETHER}")).await
 }
 
 /// Sends one answer; a caller that stopped waiting is no longer interested in it.
