@@ -15,6 +15,7 @@
 //! process that cached the key holds it until the entry expires.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -86,11 +87,11 @@ pub(crate) fn is_sealed(stored: &str) -> bool {
 pub(crate) fn seal(key: &DataKey, tenant: &str, column: Column, row: &str, plain: &str) -> String {
     let ad = content_ad(tenant, column, row, key.version);
     let sealed = envelope::seal(key.key.expose_secret(), &ad, plain.as_bytes());
-    format!(
-        "{SEALED_PREFIX}{}:{}",
-        key.version,
-        STANDARD_NO_PAD.encode(sealed)
-    )
+    // The prefix, at most 20 digits of version and a colon, then the base64 written in place.
+    let mut text = String::with_capacity(SEALED_PREFIX.len() + 21 + sealed.len().div_ceil(3) * 4);
+    let _ = write!(text, "{SEALED_PREFIX}{}:", key.version);
+    STANDARD_NO_PAD.encode_string(sealed, &mut text);
+    text
 }
 
 /// The data key version a sealed value names, and its envelope bytes.

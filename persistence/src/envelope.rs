@@ -2,7 +2,7 @@
 //! `0x01 || nonce (24 bytes) || XChaCha20-Poly1305 ciphertext and tag`, with associated data
 //! that names exactly which row the value belongs to.
 
-use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, Payload};
 use chacha20poly1305::{Key, KeyInit, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use rand::rngs::OsRng;
@@ -52,22 +52,24 @@ pub(crate) fn random_key() -> SecretBox<[u8; 32]> {
 
 /// Seals `plaintext` under `key` with a fresh random nonce.
 pub(crate) fn seal(key: &[u8; 32], ad: &str, plaintext: &[u8]) -> Vec<u8> {
+    // Encrypted where it lies in the output, which is allocated once.
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.push(FORMAT_V1);
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
     let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
-    let payload = Payload {
-        msg: plaintext,
-        aad: ad.as_bytes(),
-    };
     // Encryption fails only for inputs beyond the cipher's limit (256 GiB), far above any
     // value the vault accepts.
-    let ciphertext = cipher
-        .encrypt(XNonce::from_slice(&nonce), payload)
+    let tag = cipher
+        .encrypt_in_place_detached(
+            XNonce::from_slice(&nonce),
+            ad.as_bytes(),
+            &mut out[1 + NONCE_LEN..],
+        )
         .expect("plaintext within XChaCha20-Poly1305 limits");
-    let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
-    out.push(FORMAT_V1);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ciphertext);
+    out.extend_from_slice(&tag);
     out
 }
 
@@ -105,6 +107,26 @@ mod tests {
             open(&KEY, "ad", &sealed).unwrap().expose_secret(),
             b"hunter2"
         );
+    }
+
+    #[test]
+    fn a_sealed_value_is_the_aead_encryption_of_its_plaintext_under_its_nonce() {
+        // Sealing encrypts in place; the bytes after the nonce are exactly what the AEAD's
+        // one-shot encryption gives (ciphertext, then tag), for an empty value and a long one.
+        for plain in [&b""[..], &[0x5a; 3000][..]] {
+            let sealed = seal(&KEY, "steward/v1/x|t|1", plain);
+            let (nonce, rest) = sealed[1..].split_at(NONCE_LEN);
+            let expected = XChaCha20Poly1305::new(Key::from_slice(&KEY))
+                .encrypt(
+                    XNonce::from_slice(nonce),
+                    Payload {
+                        msg: plain,
+                        aad: b"steward/v1/x|t|1",
+                    },
+                )
+                .unwrap();
+            assert_eq!(rest, expected.as_slice());
+        }
     }
 
     #[test]
