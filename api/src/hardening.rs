@@ -139,30 +139,12 @@ pub fn harden(router: Router, store: Store, ops: Arc<OpsAuth>, limits: &ServerLi
     let guard = Arc::new(Guard::new(&limits.rate, store, ops));
     // Outermost first.
     let guarded = tower::ServiceBuilder::new()
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static(HSTS),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(API_CSP),
-        ))
+        .layer(always(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(always(header::REFERRER_POLICY, "no-referrer"))
+        .layer(always(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(always(header::STRICT_TRANSPORT_SECURITY, HSTS))
+        .layer(unless_set(header::CACHE_CONTROL, "no-store"))
+        .layer(unless_set(header::CONTENT_SECURITY_POLICY, API_CSP))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
@@ -171,6 +153,19 @@ pub fn harden(router: Router, store: Store, ops: Arc<OpsAuth>, limits: &ServerLi
         .layer(middleware::from_fn_with_state(guard, rate_limit))
         .service(router.fallback(not_found));
     Router::new().fallback_service(guarded)
+}
+
+/// A header every answer carries with this value, whatever the handler set.
+fn always(name: header::HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+}
+
+/// A header every answer carries, with this value unless the handler set its own.
+fn unless_set(
+    name: header::HeaderName,
+    value: &'static str,
+) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
 
 async fn not_found() -> ApiError {
