@@ -19,6 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use sqlx::Executor as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -138,7 +139,7 @@ impl IntakeQueue {
         let (senders, workers): (Vec<_>, Vec<_>) = (0..batchers.max(1))
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-                (sender, tokio::spawn(store.clone().run_batcher(receiver)))
+                (sender, spawn_batcher(store.clone(), receiver))
             })
             .unzip();
         Self {
@@ -170,6 +171,25 @@ impl IntakeQueue {
             }
         }
     }
+}
+
+/// Starts a batcher on a thread of its own, driving a runtime of its own. A batch is a chain
+/// of statements, each a hand-off to the database connection and back; on the service's
+/// shared runtime every hand-back would wait behind whatever else is ready to run (requests,
+/// run actors), so a batch of a few hundred statements would take that wait a few hundred
+/// times, and the batcher, which every durable write waits for, would set the pace of the
+/// whole process.
+fn spawn_batcher(store: Store, receiver: mpsc::Receiver<Job>) -> JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("steward-batcher")
+            .build();
+        match runtime {
+            Ok(runtime) => runtime.block_on(store.run_batcher(receiver)),
+            Err(e) => tracing::error!(error = %e, "the intake batcher's runtime did not start"),
+        }
+    })
 }
 
 impl Job {
@@ -347,6 +367,9 @@ impl Store {
         steps: &[StepJob],
     ) -> Result<Vec<Vec<Result<(), StoreError>>>, StoreError> {
         let mut results = Vec::with_capacity(steps.len());
+        // Whether a step's savepoint is still held: released together with the next step's
+        // start, in one statement, or at the end.
+        let mut held = false;
         for job in steps {
             let mut answers: Vec<Result<(), StoreError>> = Vec::with_capacity(job.steps.len());
             for step in &job.steps {
@@ -357,16 +380,24 @@ impl Store {
                     ))));
                     continue;
                 }
-                savepoint(tx, &format!("SAVEPOINT {STEP}")).await?;
+                let start = if held {
+                    format!("RELEASE SAVEPOINT {STEP}; SAVEPOINT {STEP}")
+                } else {
+                    format!("SAVEPOINT {STEP}")
+                };
+                tx.execute(start.as_str()).await?;
+                held = true;
                 self.set_tenant(tx, job.scope.id()).await?;
                 let result = self.step_in(tx, &job.scope, step, job.fence.as_ref()).await;
                 if result.is_err() {
                     savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
                 }
-                savepoint(tx, &format!("RELEASE SAVEPOINT {STEP}")).await?;
                 answers.push(result);
             }
             results.push(answers);
+        }
+        if held {
+            savepoint(tx, &format!("RELEASE SAVEPOINT {STEP}")).await?;
         }
         Ok(results)
     }

@@ -519,48 +519,44 @@ impl Store {
             &body,
         );
 
-        // The journal must be exactly as long as the writer expects.
-        let steps: Option<i64> =
-            sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
-                .bind(scope.id())
-                .bind(step.run_id.to_string())
-                .fetch_optional(&mut **tx)
-                .await?;
-        let steps = steps.ok_or_else(|| StoreError::NotFound(format!("run {}", step.run_id)))?;
-        if steps != i64::from(step.expected_seq) {
-            return Err(StoreError::Conflict(format!(
-                "run {} has {steps} steps; the write expected {}",
-                step.run_id, step.expected_seq
-            )));
-        }
-
-        insert_step(
-            tx,
-            scope,
-            step.run_id,
-            step.expected_seq,
-            &step.kind,
-            &body,
-            now,
-        )
-        .await?;
+        // The journal must be exactly as long as the writer expects: the run's row is
+        // updated only when it is, and the step inserted after it. A step that was not
+        // written is then told apart (no such run, or a journal of another length); the
+        // caller undoes whatever of it was written.
         let last_error = step.last_error.as_deref().map(|err| {
-            let row = last_error_row(&run, steps + 1);
+            let row = last_error_row(&run, i64::from(step.expected_seq) + 1);
             content::seal(&key, scope.id(), Column::RunLastError, &row, err)
         });
-        sqlx::query(
-            "UPDATE runs SET state = $1, steps = $2, last_error = $3, updated_at = $4, \
-             fetched_number = COALESCE($5, fetched_number) WHERE tenant_id = $6 AND id = $7",
-        )
-        .bind(&step.new_state)
-        .bind(steps + 1)
-        .bind(last_error)
-        .bind(now)
-        .bind(fetched_number(&step.kind, &step.body))
-        .bind(scope.id())
-        .bind(step.run_id.to_string())
-        .execute(&mut **tx)
-        .await?;
+        let written = StepWriteRows {
+            scope,
+            step,
+            run: &run,
+            body: &body,
+            last_error: last_error.as_deref(),
+            now,
+        };
+        let result = if self.is_postgres() {
+            written.apart(tx).await
+        } else {
+            written.together(tx).await
+        };
+        match result {
+            Ok(true) => {}
+            Ok(false) => return Err(why_not_appended(tx, scope, step).await),
+            Err(e) => {
+                let e = codec::conflict_on_duplicate(e, || {
+                    format!("run {} already has step {}", step.run_id, step.expected_seq)
+                });
+                // On SQLite a run that is not there fails the step's reference to it.
+                if matches!(e, StoreError::Db(_)) && !self.is_postgres() {
+                    let why = why_not_appended(tx, scope, step).await;
+                    if matches!(why, StoreError::NotFound(_)) {
+                        return Err(why);
+                    }
+                }
+                return Err(e);
+            }
+        }
 
         if let Some(approval) = &step.new_approval {
             self.insert_approval(tx, scope, step.run_id, approval)
@@ -586,5 +582,114 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// A journal step's writes to `runs` and `run_steps`, its body and last error sealed.
+struct StepWriteRows<'a> {
+    scope: &'a TenantScope,
+    step: &'a StepWrite,
+    run: &'a str,
+    body: &'a str,
+    last_error: Option<&'a str>,
+    now: i64,
+}
+
+/// The update of a run's row for a step, when the journal is as long as the step expects.
+const STEP_UPDATE: &str = "UPDATE runs SET state = ?, steps = ?, last_error = ?, updated_at = ?, \
+     fetched_number = COALESCE(?, fetched_number) WHERE tenant_id = ? AND id = ? AND steps = ?";
+
+/// The insert of a journal step.
+const STEP_INSERT: &str =
+    "INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) VALUES (?, ?, ?, ?, ?, ?)";
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+impl StepWriteRows<'_> {
+    /// The run's row updated, then the step inserted, each a statement of its own (the form
+    /// PostgreSQL takes): false, with nothing inserted, when the update found no run whose
+    /// journal is as long as the step expects.
+    async fn apart(&self, tx: &mut WriteTx) -> Result<bool, sqlx::Error> {
+        let update = numbered(STEP_UPDATE);
+        let updated = self
+            .bind_update(sqlx::query(&update))
+            .execute(&mut **tx)
+            .await?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let insert = numbered(STEP_INSERT);
+        self.bind_insert(sqlx::query(&insert))
+            .execute(&mut **tx)
+            .await?;
+        Ok(true)
+    }
+
+    /// Both statements in one hand-off to SQLite's connection. The step is inserted even when
+    /// the update found no run to update: false (the update changed nothing) leaves that row
+    /// for the caller to undo with the step's savepoint.
+    async fn together(&self, tx: &mut WriteTx) -> Result<bool, sqlx::Error> {
+        let sql = format!("{STEP_UPDATE}; {STEP_INSERT}");
+        let query = self.bind_insert(self.bind_update(sqlx::query(&sql)));
+        Ok(query.execute(&mut **tx).await?.rows_affected() == 2)
+    }
+
+    fn bind_update<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        let expected = i64::from(self.step.expected_seq);
+        query
+            .bind(self.step.new_state.as_str())
+            .bind(expected + 1)
+            .bind(self.last_error)
+            .bind(self.now)
+            .bind(fetched_number(&self.step.kind, &self.step.body))
+            .bind(self.scope.id())
+            .bind(self.run)
+            .bind(expected)
+    }
+
+    fn bind_insert<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        query
+            .bind(self.scope.id())
+            .bind(self.run)
+            .bind(i64::from(self.step.expected_seq))
+            .bind(self.step.kind.as_str())
+            .bind(self.body)
+            .bind(self.now)
+    }
+}
+
+/// `sql` with its `?` placeholders numbered `$1` … `$n`, for PostgreSQL (the statements it is
+/// used on hold no `?` other than their placeholders).
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Why a step was not appended: its run is not there, or its journal is not as long as the
+/// step expects.
+async fn why_not_appended(tx: &mut WriteTx, scope: &TenantScope, step: &StepWrite) -> StoreError {
+    let steps: Result<Option<i64>, _> =
+        sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
+            .bind(scope.id())
+            .bind(step.run_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await;
+    match steps {
+        Err(e) => StoreError::Db(e),
+        Ok(None) => StoreError::NotFound(format!("run {}", step.run_id)),
+        Ok(Some(steps)) => StoreError::Conflict(format!(
+            "run {} has {steps} steps; the write expected {}",
+            step.run_id, step.expected_seq
+        )),
     }
 }
