@@ -597,17 +597,28 @@ impl Store {
             None => None,
         };
         self.lock_chain(tx, scope).await?;
-        let head: Option<(i64, String)> = sqlx::query_as(
-            "SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(scope.id())
-        .fetch_optional(&mut **tx)
-        .await?;
-        let mut head = ChainHead::read(head)?;
+        let mut head = chain_head(tx, scope).await?;
         let entry = head.next(scope, draft, body, key.as_deref(), self.now());
         insert_entry(tx, &entry).await?;
         Ok(entry.seq)
     }
+}
+
+/// Chain heads by tenant id, as a batch's appends move them along.
+pub(crate) type ChainHeads = std::collections::HashMap<String, ChainHead>;
+
+/// The head of the scope's tenant's chain as `tx` sees it (the genesis when it has no entry).
+pub(crate) async fn chain_head(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+) -> Result<ChainHead, StoreError> {
+    let head: Option<(i64, String)> = sqlx::query_as(
+        "SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(scope.id())
+    .fetch_optional(&mut **tx)
+    .await?;
+    ChainHead::read(head)
 }
 
 /// Checks `draft`'s kind and actor and encodes its body: what an append can refuse before it

@@ -370,6 +370,9 @@ impl Store {
         // Whether a step's savepoint is still held: released together with the next step's
         // start, in one statement, or at the end.
         let mut held = false;
+        // SQLite: each tenant's audit chain head, read once and moved along by the steps.
+        let mut heads = crate::audit::ChainHeads::new();
+        let postgres = self.is_postgres();
         for job in steps {
             let mut answers: Vec<Result<(), StoreError>> = Vec::with_capacity(job.steps.len());
             for step in &job.steps {
@@ -388,9 +391,12 @@ impl Store {
                 tx.execute(start.as_str()).await?;
                 held = true;
                 self.set_tenant(tx, job.scope.id()).await?;
-                let result = self.step_in(tx, &job.scope, step, job.fence.as_ref()).await;
+                let batch_heads = (!postgres).then_some(&mut heads);
+                let fence = job.fence.as_ref();
+                let result = self.step_in(tx, &job.scope, step, fence, batch_heads).await;
                 if result.is_err() {
                     savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
+                    heads.remove(job.scope.id());
                 }
                 answers.push(result);
             }

@@ -396,6 +396,15 @@ impl<'q> Script<'q> {
             .map_err(|e| StoreError::Corrupt(format!("a value could not be bound: {e}")))
     }
 
+    /// Runs every statement of the script in `tx`, in order, and returns how many rows they
+    /// changed in all; the first that fails stops it.
+    pub(crate) async fn rows_affected(self, tx: &mut WriteTx) -> Result<u64, sqlx::Error> {
+        sqlx::query_with(&self.sql, self.args)
+            .execute(&mut **tx)
+            .await
+            .map(|done| done.rows_affected())
+    }
+
     /// Runs every statement of the script in `tx`, in order; the first that fails stops it.
     pub(crate) async fn execute(self, tx: &mut WriteTx) -> Result<(), sqlx::Error> {
         sqlx::query_with(&self.sql, self.args)

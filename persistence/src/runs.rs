@@ -7,11 +7,13 @@ use sqlx::FromRow;
 use steward_core::{ApprovalId, IncidentRef, RunId, SourceName, TenantId};
 
 use crate::approvals::NewApproval;
+use crate::audit::ChainHeads;
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
 use crate::content::{self, Column};
+use crate::intake::Script;
 use crate::store::WriteTx;
 use crate::timers::NewTimer;
-use crate::{AuditDraft, Store, StoreError, TenantScope};
+use crate::{AuditDraft, AuditEntry, Store, StoreError, TenantScope};
 
 /// The most runs one `list_runs` call returns.
 const MAX_LIST: u32 = 200;
@@ -387,7 +389,8 @@ impl Store {
         let written = async {
             let mut tx = self.begin_write_as(scope).await?;
             for step in &steps {
-                self.step_in(&mut tx, scope, step, fence.as_ref()).await?;
+                self.step_in(&mut tx, scope, step, fence.as_ref(), None)
+                    .await?;
             }
             tx.commit().await?;
             Ok::<_, StoreError>(())
@@ -439,7 +442,8 @@ impl Store {
             return self.submit_step(scope, step, fence).await;
         }
         let mut tx = self.begin_write_as(scope).await?;
-        self.step_in(&mut tx, scope, &step, fence.as_ref()).await?;
+        self.step_in(&mut tx, scope, &step, fence.as_ref(), None)
+            .await?;
         tx.commit().await?;
         if !step.timers.is_empty() {
             self.timers_changed();
@@ -455,12 +459,13 @@ impl Store {
         scope: &TenantScope,
         step: &StepWrite,
         fence: Option<&Fence>,
+        heads: Option<&mut ChainHeads>,
     ) -> Result<(), StoreError> {
         if let Some(fence) = fence {
             self.check_fence(tx, scope, &fence.node, fence.token)
                 .await?;
         }
-        self.append_step_in(tx, scope, step).await
+        self.append_step_with(tx, scope, step, heads).await
     }
 
     /// Every run, of every tenant, whose state is not one of `terminal_states`, oldest first
@@ -496,6 +501,21 @@ impl Store {
         scope: &TenantScope,
         step: &StepWrite,
     ) -> Result<(), StoreError> {
+        self.append_step_with(tx, scope, step, None).await
+    }
+
+    /// [`Store::append_step_in`], within a batch when `heads` is given: on SQLite the step's
+    /// audit entries then continue the batch's own copy of the tenant's chain head (read
+    /// once, the first time the batch needs it) and are inserted with the step in one
+    /// hand-off to the connection, and the copy moves along once the whole step is written.
+    /// The caller forgets a tenant's head when it undoes one of its steps.
+    async fn append_step_with(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        step: &StepWrite,
+        mut heads: Option<&mut ChainHeads>,
+    ) -> Result<(), StoreError> {
         check_state(&step.new_state)?;
         if let Some(err) = &step.last_error {
             codec::check_len(err, "last error", 16 * 1024)?;
@@ -527,6 +547,24 @@ impl Store {
             let row = last_error_row(&run, i64::from(step.expected_seq) + 1);
             content::seal(&key, scope.id(), Column::RunLastError, &row, err)
         });
+        // The audit entries written with the step, and the chain's head after them.
+        let mut entries = Vec::new();
+        let mut head_after = None;
+        if let Some(heads) = heads.as_mut()
+            && !self.is_postgres()
+            && !step.audit.is_empty()
+        {
+            let mut head = match heads.get(scope.id()) {
+                Some(head) => head.clone(),
+                None => crate::audit::chain_head(tx, scope).await?,
+            };
+            for draft in &step.audit {
+                let body = crate::audit::draft_body(draft)?;
+                let sealed_with = draft.run_id.map(|_| key.as_ref());
+                entries.push(head.next(scope, draft, body, sealed_with, now));
+            }
+            head_after = Some(head);
+        }
         let written = StepWriteRows {
             scope,
             step,
@@ -538,7 +576,9 @@ impl Store {
         let result = if self.is_postgres() {
             written.apart(tx).await
         } else {
-            written.together(tx).await
+            let expected = 2 + entries.len() as u64;
+            let script = written.together(&entries)?;
+            script.rows_affected(tx).await.map(|n| n == expected)
         };
         match result {
             Ok(true) => {}
@@ -571,8 +611,10 @@ impl Store {
         for timer in &step.timers {
             self.set_timer_in(tx, scope, step.run_id, timer).await?;
         }
-        for draft in &step.audit {
-            self.append_audit_in(tx, scope, draft).await?;
+        if head_after.is_none() {
+            for draft in &step.audit {
+                self.append_audit_in(tx, scope, draft).await?;
+            }
         }
         let mut charges: Vec<_> = step.charges.iter().collect();
         charges
@@ -580,6 +622,9 @@ impl Store {
         for charge in charges {
             crate::controls::charge_in(tx, scope, &charge.meter, charge.window_start, charge.delta)
                 .await?;
+        }
+        if let (Some(heads), Some(head)) = (heads, head_after) {
+            heads.insert(scope.id().to_owned(), head);
         }
         Ok(())
     }
@@ -625,13 +670,35 @@ impl StepWriteRows<'_> {
         Ok(true)
     }
 
-    /// Both statements in one hand-off to SQLite's connection. The step is inserted even when
-    /// the update found no run to update: false (the update changed nothing) leaves that row
-    /// for the caller to undo with the step's savepoint.
-    async fn together(&self, tx: &mut WriteTx) -> Result<bool, sqlx::Error> {
-        let sql = format!("{STEP_UPDATE}; {STEP_INSERT}");
-        let query = self.bind_insert(self.bind_update(sqlx::query(&sql)));
-        Ok(query.execute(&mut **tx).await?.rows_affected() == 2)
+    /// The update, the insert of the step and of `entries` (its audit entries, when any), as
+    /// one script: one hand-off to SQLite's connection. The step is inserted even when the
+    /// update found no run to update: the script then changes fewer rows than it has
+    /// statements' rows, and the caller undoes what it wrote with the step's savepoint.
+    fn together<'q>(&'q self, entries: &'q [AuditEntry]) -> Result<Script<'q>, StoreError> {
+        let expected = i64::from(self.step.expected_seq);
+        let mut script = Script::positional();
+        script.push(STEP_UPDATE);
+        script.bind(self.step.new_state.as_str())?;
+        script.bind(expected + 1)?;
+        script.bind(self.last_error)?;
+        script.bind(self.now)?;
+        script.bind(fetched_number(&self.step.kind, &self.step.body))?;
+        script.bind(self.scope.id())?;
+        script.bind(self.run)?;
+        script.bind(expected)?;
+        script.push("; ");
+        script.push(STEP_INSERT);
+        script.bind(self.scope.id())?;
+        script.bind(self.run)?;
+        script.bind(expected)?;
+        script.bind(self.step.kind.as_str())?;
+        script.bind(self.body)?;
+        script.bind(self.now)?;
+        if !entries.is_empty() {
+            script.push("; ");
+            crate::audit::push_entries(&mut script, entries)?;
+        }
+        Ok(script)
     }
 
     fn bind_update<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {

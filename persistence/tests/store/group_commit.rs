@@ -502,6 +502,61 @@ async fn steps_of_one_run_handed_over_together_land_in_order() {
     );
 }
 
+/// A step undone inside a batch after its rows and audit entry were written (its run's
+/// journal had moved on) takes its entry back with it: the tenant's next steps in the same
+/// batch continue the chain from the entry before it, and the chain verifies.
+async fn a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenant() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let [first, second, moved, last] = [
+        db.intake("us-acme").await,
+        db.intake("us-acme").await,
+        db.intake("us-acme").await,
+        db.intake("us-acme").await,
+    ];
+    let held = hold_writes(&db).await;
+    let mut set = JoinSet::new();
+    // Handed over one after another, so that the batches write them in this order (the
+    // first may be a batch of its own, waiting for the writer).
+    for (label, write) in [
+        ("first", step(first, 1, "triaging")),
+        ("second", step(second, 1, "triaging")),
+        ("moved", step(moved, 3, "triaging")),
+        ("last", step(last, 1, "triaging")),
+        ("moved-again", step(moved, 1, "triaging")),
+    ] {
+        let (store, acme) = (db.store.clone(), acme.clone());
+        set.spawn(async move { (label, store.append_step(&acme, write).await) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+        .await
+        .expect("every step is answered")
+    {
+        let (label, result) = joined.expect("a step task panicked");
+        answers.insert(label, result.map_err(|e| e.to_string()));
+    }
+    for label in ["first", "second", "last", "moved-again"] {
+        assert!(answers[label].is_ok(), "{label}: {answers:?}");
+    }
+    let conflict = answers["moved"]
+        .as_ref()
+        .expect_err("the stale step is refused");
+    assert!(conflict.contains("has 1 steps"), "{conflict}");
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!((report.entries, report.first_bad), (4 + 4, None));
+    let entries = db.store.audit_entries(&acme, 0, 100).await.unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<_>>(),
+        "no gap where the undone entry was"
+    );
+}
+
 async fn intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock() {
     let db = TestDb::new().await;
     for tenant in &TENANTS[2..] {
@@ -737,5 +792,6 @@ crate::support::conformance!(
     intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock,
     reservations_in_one_batch_are_answered_in_turn_as_if_taken_one_by_one,
     steps_of_one_run_handed_over_together_land_in_order,
+    a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenant,
     fresh_batches_are_written_at_the_first_try_and_a_redelivery_takes_the_longer_way,
 );
