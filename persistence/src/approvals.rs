@@ -151,8 +151,7 @@ impl Store {
             Decision::Approve => "approved",
             Decision::Reject => "rejected",
         };
-        self.close_approval(scope, id, status, Some(by), &step)
-            .await
+        self.close_approval(scope, id, status, Some(by), step).await
     }
 
     /// Marks a pending approval expired (no one decided in time) and appends the run's step,
@@ -164,19 +163,59 @@ impl Store {
         id: ApprovalId,
         step: StepWrite,
     ) -> Result<DecideOutcome, StoreError> {
-        self.close_approval(scope, id, "expired", None, &step).await
+        self.close_approval(scope, id, "expired", None, step).await
     }
 
     async fn close_approval(
         &self,
         scope: &TenantScope,
         id: ApprovalId,
+        status: &'static str,
+        by: Option<&str>,
+        step: StepWrite,
+    ) -> Result<DecideOutcome, StoreError> {
+        self.content_key(scope).await?;
+        let sets_timers = !step.timers.is_empty();
+        // On SQLite the decision shares a batch's commit, as journal steps do: a transaction
+        // of its own would hold the one writer connection, and the batcher behind it, for a
+        // commit of its own.
+        let outcome = if self.is_postgres() {
+            let mut tx = self.begin_write_as(scope).await?;
+            let outcome = self
+                .close_approval_in(&mut tx, scope, id, status, by, &step)
+                .await?;
+            if matches!(outcome, DecideOutcome::Decided(_)) {
+                tx.commit().await?;
+            }
+            outcome
+        } else {
+            let job = crate::batch::DecideJob {
+                scope: scope.clone(),
+                id,
+                status,
+                by: by.map(str::to_owned),
+                step,
+            };
+            self.submit_decision(job).await?
+        };
+        if matches!(outcome, DecideOutcome::Decided(_)) && sets_timers {
+            self.timers_changed();
+        }
+        Ok(outcome)
+    }
+
+    /// [`Store::decide_approval`]'s writes inside `tx`, in which the scope's tenant is set:
+    /// `Decided` only when the approval was pending and the step was appended. Nothing is
+    /// written for the other outcomes; an error may leave writes for the caller to undo.
+    pub(crate) async fn close_approval_in(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        id: ApprovalId,
         status: &str,
         by: Option<&str>,
         step: &StepWrite,
     ) -> Result<DecideOutcome, StoreError> {
-        self.content_key(scope).await?;
-        let mut tx = self.begin_write_as(scope).await?;
         let done = sqlx::query(
             "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3 \
              WHERE tenant_id = $4 AND id = $5 AND status = 'pending'",
@@ -186,9 +225,9 @@ impl Store {
         .bind(self.now())
         .bind(scope.id())
         .bind(id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        let record = approval_in(&mut tx, scope, id).await?;
+        let record = approval_in(tx, scope, id).await?;
         let Some(record) = record else {
             return Ok(DecideOutcome::NotFound);
         };
@@ -202,11 +241,7 @@ impl Store {
                 record.run_id, step.run_id
             )));
         }
-        self.append_step_in(&mut tx, scope, step).await?;
-        tx.commit().await?;
-        if !step.timers.is_empty() {
-            self.timers_changed();
-        }
+        self.append_step_in(tx, scope, step).await?;
         Ok(DecideOutcome::Decided(record))
     }
 

@@ -27,7 +27,7 @@ use crate::controls::{MeterAsk, Reservation};
 use crate::intake::{IntakeOutcome, ValidRun, keys_distinct};
 use crate::runs::Fence;
 use crate::store::WriteTx;
-use crate::{StepWrite, Store, StoreError, TenantScope};
+use crate::{DecideOutcome, StepWrite, Store, StoreError, TenantScope};
 
 /// The most runs one transaction writes.
 const MAX_BATCH: usize = 256;
@@ -73,6 +73,25 @@ pub(crate) struct StepJob {
     pub(crate) reply: oneshot::Sender<Vec<Result<(), StoreError>>>,
 }
 
+/// An approval's decision (or expiry) and the step its run records for it, as
+/// [`Store::decide_approval`] writes them.
+pub(crate) struct DecideJob {
+    pub(crate) scope: TenantScope,
+    pub(crate) id: steward_core::ApprovalId,
+    pub(crate) status: &'static str,
+    pub(crate) by: Option<String>,
+    pub(crate) step: StepWrite,
+}
+
+/// A decision waiting to be written, and where to send what became of it.
+type Decision = (
+    DecideJob,
+    oneshot::Sender<Result<DecideOutcome, StoreError>>,
+);
+
+/// The savepoint each decision of a batch is written under.
+const DECIDE: &str = "decide_job";
+
 /// What the batcher writes: new runs, the budget reservations each run takes as it starts, and
 /// the steps runs record as they go. All are many small writes that would each cost a commit
 /// of their own.
@@ -80,6 +99,7 @@ pub(crate) enum Job {
     Intake(Box<IntakeJob>),
     Reserve(ReserveJob),
     Step(Box<StepJob>),
+    Decide(Box<Decision>),
 }
 
 /// How the intake batches of a store were written since it opened: each write of a batch
@@ -199,6 +219,7 @@ impl Job {
             Job::Intake(job) => job.scope.id(),
             Job::Reserve(job) => job.scope.id(),
             Job::Step(job) => job.scope.id(),
+            Job::Decide(job) => job.0.scope.id(),
         }
     }
 }
@@ -226,6 +247,7 @@ struct Batch {
     runs: Vec<IntakeJob>,
     reservations: Vec<ReserveJob>,
     steps: Vec<StepJob>,
+    decisions: Vec<Decision>,
 }
 
 /// What became of each job of a committed batch, in the batch's order.
@@ -233,6 +255,7 @@ struct Written {
     runs: Vec<Result<IntakeOutcome, StoreError>>,
     reservations: Vec<Result<Reservation, StoreError>>,
     steps: Vec<Vec<Result<(), StoreError>>>,
+    decisions: Vec<Result<DecideOutcome, StoreError>>,
 }
 
 /// Why a batch failed as a whole: before its commit, when the database undid all of it, or at
@@ -271,6 +294,7 @@ impl Store {
                     Job::Intake(job) => batch.runs.push(*job),
                     Job::Reserve(job) => batch.reservations.push(job),
                     Job::Step(job) => batch.steps.push(*job),
+                    Job::Decide(job) => batch.decisions.push(*job),
                 }
             }
             self.write_batch(batch).await;
@@ -297,16 +321,19 @@ impl Store {
             runs,
             reservations,
             steps,
+            decisions,
         } = batch;
         let Written {
             runs: run_results,
             reservations: reservation_results,
             steps: step_results,
+            decisions: decision_results,
         } = match written {
             Ok(written) => written,
             Err(e) => {
                 fail_all(runs.into_iter().map(|job| job.reply), &e);
                 fail_all(reservations.into_iter().map(|job| job.reply), &e);
+                fail_all(decisions.into_iter().map(|(_, reply)| reply), &e);
                 if !steps.is_empty() {
                     tracing::warn!(error = %e, "a batch of journal steps failed as a whole");
                 }
@@ -327,6 +354,9 @@ impl Store {
         for (job, results) in steps.into_iter().zip(step_results) {
             let _ = job.reply.send(results);
         }
+        for ((_, reply), result) in decisions.into_iter().zip(decision_results) {
+            answer(reply, result);
+        }
     }
 
     /// One attempt at a batch: every job written in one transaction, which is committed.
@@ -344,6 +374,10 @@ impl Store {
             .write_steps(&mut tx, &batch.steps)
             .await
             .map_err(BatchError::Undone)?;
+        let decisions = self
+            .write_decisions(&mut tx, &batch.decisions)
+            .await
+            .map_err(BatchError::Undone)?;
         tx.commit()
             .await
             .map_err(|e| BatchError::Commit(StoreError::Db(e)))?;
@@ -351,6 +385,7 @@ impl Store {
             runs,
             reservations,
             steps,
+            decisions,
         })
     }
 
@@ -404,6 +439,32 @@ impl Store {
         }
         if held {
             savepoint(tx, &format!("RELEASE SAVEPOINT {STEP}")).await?;
+        }
+        Ok(results)
+    }
+
+    /// Writes `decisions` inside `tx` in the order they came, each under a savepoint of its
+    /// own (its tenant named first, for PostgreSQL's row-level security): one that fails is
+    /// undone and answered alone, as is one that finds its approval gone or decided already
+    /// (nothing of it was written). The error is the transaction's.
+    async fn write_decisions(
+        &self,
+        tx: &mut WriteTx,
+        decisions: &[Decision],
+    ) -> Result<Vec<Result<DecideOutcome, StoreError>>, StoreError> {
+        let mut results = Vec::with_capacity(decisions.len());
+        for (job, _) in decisions {
+            savepoint(tx, &format!("SAVEPOINT {DECIDE}")).await?;
+            self.set_tenant(tx, job.scope.id()).await?;
+            let (scope, by) = (&job.scope, job.by.as_deref());
+            let result = self
+                .close_approval_in(tx, scope, job.id, job.status, by, &job.step)
+                .await;
+            if !matches!(result, Ok(DecideOutcome::Decided(_))) {
+                savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {DECIDE}")).await?;
+            }
+            savepoint(tx, &format!("RELEASE SAVEPOINT {DECIDE}")).await?;
+            results.push(result);
         }
         Ok(results)
     }

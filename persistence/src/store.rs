@@ -498,6 +498,16 @@ impl Store {
             .await
     }
 
+    /// Hands an approval's decision and its run's step to the batcher and waits for the answer
+    /// it sends after the commit that covers it.
+    pub(crate) async fn submit_decision(
+        &self,
+        job: crate::batch::DecideJob,
+    ) -> Result<crate::DecideOutcome, StoreError> {
+        self.ask_batcher(|reply| Job::Decide(Box::new((job, reply))))
+            .await
+    }
+
     /// Hands a journal step to the batcher and waits for the answer it sends after the commit
     /// that covers it; wakes the timer loop when the step set timers.
     pub(crate) async fn submit_step(

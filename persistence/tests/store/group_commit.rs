@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection, Executor};
-use steward_core::RunId;
+use steward_core::{ApprovalId, RunId};
 use steward_persistence::{
-    Backend, IntakeOutcome, MeterAsk, NewRun, Reservation, Store, StoreError,
+    Backend, DecideOutcome, Decision, IntakeOutcome, MeterAsk, NewApproval, NewRun, Reservation,
+    Store, StoreError,
 };
 use tokio::task::JoinSet;
 
@@ -557,6 +558,83 @@ async fn a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenan
     );
 }
 
+/// Decisions held behind a write ride in one batch, each under a savepoint of its own: of
+/// four clicks on one approval exactly one decides it and the others see that decision; a
+/// decision whose step names another run is refused and undone alone, and one on an
+/// approval that does not exist is NotFound; the chain verifies.
+async fn decisions_held_behind_a_write_are_decided_once_in_one_batch() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let run = db.intake("us-acme").await;
+        let approval = ApprovalId::new();
+        let mut ask = step(run, 1, "awaiting_approval");
+        ask.new_approval = Some(NewApproval {
+            id: approval,
+            diff_hash: "sha256:abc".into(),
+            record_version: "7".into(),
+            policy: serde_json::json!({}),
+        });
+        db.store.append_step(&acme, ask).await.unwrap();
+        waiting.push((run, approval));
+    }
+    let [(run, approval), (other_run, other_approval)] = [waiting[0], waiting[1]];
+    let held = hold_writes(&db).await;
+    let mut set = JoinSet::new();
+    let mut decide = |label: &'static str, id, write| {
+        let (store, acme) = (db.store.clone(), acme.clone());
+        set.spawn(async move {
+            let by = format!("U-{label}");
+            let outcome = store
+                .decide_approval(&acme, id, Decision::Approve, &by, write)
+                .await;
+            (label, outcome)
+        });
+    };
+    for label in ["a", "b", "c", "d"] {
+        decide(label, approval, step(run, 2, "approved"));
+    }
+    decide("wrong-run", other_approval, step(run, 2, "approved"));
+    decide("unknown", ApprovalId::new(), step(other_run, 2, "approved"));
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+
+    let mut decided = Vec::new();
+    let mut seen = Vec::new();
+    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+        .await
+        .expect("every decision is answered")
+    {
+        match joined.expect("a decision task panicked") {
+            (_, Ok(DecideOutcome::Decided(record))) => decided.push(record),
+            (_, Ok(DecideOutcome::AlreadyDecided(record))) => seen.push(record),
+            ("wrong-run", Err(StoreError::Invalid(_))) => {}
+            ("unknown", Ok(DecideOutcome::NotFound)) => {}
+            (label, other) => panic!("{label}: {other:?}"),
+        }
+    }
+    assert_eq!((decided.len(), seen.len()), (1, 3), "{decided:?} {seen:?}");
+    assert!(
+        seen.iter().all(|r| r == &decided[0]),
+        "the others see the decision"
+    );
+    let stored = db.store.run(&acme, run).await.unwrap().unwrap();
+    assert_eq!((stored.steps, stored.state.as_str()), (3, "approved"));
+    let untouched = db
+        .store
+        .approval(&acme, other_approval)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        untouched.status, "pending",
+        "the refused decision was undone"
+    );
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!((report.entries, report.first_bad), (2 + 2 + 1, None));
+}
+
 async fn intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock() {
     let db = TestDb::new().await;
     for tenant in &TENANTS[2..] {
@@ -793,5 +871,6 @@ crate::support::conformance!(
     reservations_in_one_batch_are_answered_in_turn_as_if_taken_one_by_one,
     steps_of_one_run_handed_over_together_land_in_order,
     a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenant,
+    decisions_held_behind_a_write_are_decided_once_in_one_batch,
     fresh_batches_are_written_at_the_first_try_and_a_redelivery_takes_the_longer_way,
 );
