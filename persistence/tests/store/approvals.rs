@@ -1,29 +1,14 @@
 //! Approvals: opened by a step, decided once (field case S1), durable across restarts.
 
 use serde_json::json;
-use steward_core::{ApprovalId, RunId};
+use steward_core::ApprovalId;
 use steward_persistence::{ApprovalMessage, DecideOutcome, Decision, NewApproval, StoreError};
 
 use crate::support::{TestDb, scope, step};
 
-/// A run waiting on a fresh approval: (run, approval).
-async fn waiting(db: &TestDb, tenant: &str) -> (RunId, ApprovalId) {
-    let run = db.intake(tenant).await;
-    let approval = ApprovalId::new();
-    let mut ask = step(run, 1, "awaiting_approval");
-    ask.new_approval = Some(NewApproval {
-        id: approval,
-        diff_hash: "sha256:abc".into(),
-        record_version: "7".into(),
-        policy: json!({"decision": "allow_with_approval"}),
-    });
-    db.store.append_step(&scope(tenant), ask).await.unwrap();
-    (run, approval)
-}
-
 async fn a_step_opens_a_pending_approval() {
     let db = TestDb::new().await;
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     let record = db
         .store
         .approval(&scope("us-acme"), id)
@@ -45,7 +30,7 @@ async fn a_step_opens_a_pending_approval() {
 async fn an_approval_id_used_twice_is_a_conflict() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     let mut again = step(run, 2, "awaiting_approval");
     again.new_approval = Some(NewApproval {
         id,
@@ -61,7 +46,7 @@ async fn an_approval_id_used_twice_is_a_conflict() {
 async fn the_message_location_is_recorded_and_may_be_replaced() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (_, id) = waiting(&db, "us-acme").await;
+    let (_, id) = db.waiting("us-acme").await;
     db.store
         .set_approval_message(&acme, id, "C123", "1700000000.000100")
         .await
@@ -88,7 +73,7 @@ async fn the_message_location_is_recorded_and_may_be_replaced() {
 async fn a_step_notes_the_message_of_its_approval_with_it() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     let mut posted = step(run, 2, "awaiting_approval");
     posted.approval_message = Some(ApprovalMessage {
         approval_id: ApprovalId::new(),
@@ -123,7 +108,7 @@ async fn a_step_notes_the_message_of_its_approval_with_it() {
 async fn a_decision_records_who_and_when_and_appends_the_step() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     db.clock.advance_millis(5_000);
     let outcome = db
         .store
@@ -152,7 +137,7 @@ async fn two_concurrent_decisions_give_exactly_one_decided() {
     let db = TestDb::new().await;
     let other = db.second_process().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     let (a, b) = tokio::join!(
         db.store
             .decide_approval(&acme, id, Decision::Approve, "U1", step(run, 2, "approved")),
@@ -183,7 +168,7 @@ async fn two_concurrent_decisions_give_exactly_one_decided() {
 async fn a_second_click_is_already_decided_and_writes_nothing() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     db.store
         .decide_approval(&acme, id, Decision::Reject, "U1", step(run, 2, "rejected"))
         .await
@@ -237,7 +222,7 @@ async fn deciding_an_unknown_approval_is_not_found() {
 async fn a_decision_whose_step_cannot_be_written_is_rolled_back() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     let stale = db
         .store
         .decide_approval(&acme, id, Decision::Approve, "U1", step(run, 1, "x"))
@@ -263,7 +248,7 @@ async fn a_decision_whose_step_cannot_be_written_is_rolled_back() {
 async fn an_approval_pending_across_a_restart_can_be_decided_once_after_it() {
     let mut db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     db.restart().await;
     let first = db
         .store
@@ -280,7 +265,7 @@ async fn an_approval_pending_across_a_restart_can_be_decided_once_after_it() {
 async fn an_expired_approval_can_no_longer_be_decided() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let (run, id) = waiting(&db, "us-acme").await;
+    let (run, id) = db.waiting("us-acme").await;
     let DecideOutcome::Decided(record) = db
         .store
         .expire_approval(&acme, id, step(run, 2, "expired"))

@@ -6,8 +6,8 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Connection, Executor};
 use steward_core::{ApprovalId, RunId};
 use steward_persistence::{
-    Backend, DecideOutcome, Decision, IntakeOutcome, MeterAsk, NewApproval, NewRun, Reservation,
-    Store, StoreError,
+    Backend, DecideOutcome, Decision, IntakeOutcome, MeterAsk, NewRun, Reservation, Store,
+    StoreError,
 };
 use tokio::task::JoinSet;
 
@@ -565,21 +565,8 @@ async fn a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenan
 async fn decisions_held_behind_a_write_are_decided_once_in_one_batch() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let mut waiting = Vec::new();
-    for _ in 0..2 {
-        let run = db.intake("us-acme").await;
-        let approval = ApprovalId::new();
-        let mut ask = step(run, 1, "awaiting_approval");
-        ask.new_approval = Some(NewApproval {
-            id: approval,
-            diff_hash: "sha256:abc".into(),
-            record_version: "7".into(),
-            policy: serde_json::json!({}),
-        });
-        db.store.append_step(&acme, ask).await.unwrap();
-        waiting.push((run, approval));
-    }
-    let [(run, approval), (other_run, other_approval)] = [waiting[0], waiting[1]];
+    let (run, approval) = db.waiting("us-acme").await;
+    let (other_run, other_approval) = db.waiting("us-acme").await;
     let held = hold_writes(&db).await;
     let mut set = JoinSet::new();
     let mut decide = |label: &'static str, id, write| {

@@ -18,10 +18,10 @@ use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
-use steward_core::{FixedClock, IncidentRef, RunId, SourceName, TenantId};
+use steward_core::{ApprovalId, FixedClock, IncidentRef, RunId, SourceName, TenantId};
 use steward_persistence::{
-    AuditDraft, Authenticator, Backend, IntakeOutcome, NewRun, POSTGRES_ROLES, PgOptions,
-    StepWrite, Store, StoreOptions, TenantRecord, TenantScope,
+    AuditDraft, Authenticator, Backend, IntakeOutcome, NewApproval, NewRun, POSTGRES_ROLES,
+    PgOptions, StepWrite, Store, StoreOptions, TenantRecord, TenantScope,
 };
 use tempfile::TempDir;
 
@@ -310,6 +310,22 @@ impl TestDb {
             IntakeOutcome::Created(id) => id,
             other => panic!("expected a new run, got {other:?}"),
         }
+    }
+
+    /// Records a run through intake and a step that opens a fresh approval for it, so the run
+    /// waits on that approval: (run, approval).
+    pub(crate) async fn waiting(&self, tenant: &str) -> (RunId, ApprovalId) {
+        let run = self.intake(tenant).await;
+        let approval = ApprovalId::new();
+        let mut ask = step(run, 1, "awaiting_approval");
+        ask.new_approval = Some(NewApproval {
+            id: approval,
+            diff_hash: "sha256:abc".into(),
+            record_version: "7".into(),
+            policy: json!({"decision": "allow_with_approval"}),
+        });
+        self.store.append_step(&scope(tenant), ask).await.unwrap();
+        (run, approval)
     }
 }
 
