@@ -203,7 +203,6 @@ fn spawn_batcher(store: Store, receiver: mpsc::Receiver<Job>) -> JoinHandle<()> 
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .thread_name("steward-batcher")
             .build();
         match runtime {
             Ok(runtime) => runtime.block_on(store.run_batcher(receiver)),
