@@ -6,6 +6,7 @@ use sqlx::FromRow;
 use steward_core::{ApprovalId, RunId};
 
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
+use crate::intake::Script;
 use crate::store::WriteTx;
 use crate::{StepWrite, Store, StoreError, TenantScope};
 
@@ -253,27 +254,42 @@ impl Store {
         run: RunId,
         approval: &NewApproval,
     ) -> Result<(), StoreError> {
-        codec::check_text(&approval.diff_hash, "diff hash", 128)?;
-        codec::check_len(&approval.record_version, "record version", 64)?;
-        let policy = codec::json_text(&approval.policy, "approval policy", MAX_DOCUMENT_BYTES)?;
-        sqlx::query(
-            "INSERT INTO approvals (tenant_id, id, run_id, diff_hash, record_version, policy, \
-             status, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
-        )
-        .bind(scope.id())
-        .bind(approval.id.to_string())
-        .bind(run.to_string())
-        .bind(&approval.diff_hash)
-        .bind(&approval.record_version)
-        .bind(policy)
-        .bind(self.now())
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| {
-            codec::conflict_on_duplicate(e, || format!("approval {} already exists", approval.id))
-        })?;
-        Ok(())
+        let mut script = Script::numbered();
+        push_approval(&mut script, scope, run, approval, self.now())?;
+        script
+            .execute(tx)
+            .await
+            .map_err(|e| approval_conflict(e, approval))
     }
+}
+
+/// Checks a new approval and appends its insert to `script`.
+pub(crate) fn push_approval<'q>(
+    script: &mut Script<'q>,
+    scope: &'q TenantScope,
+    run: RunId,
+    approval: &'q NewApproval,
+    now: i64,
+) -> Result<(), StoreError> {
+    codec::check_text(&approval.diff_hash, "diff hash", 128)?;
+    codec::check_len(&approval.record_version, "record version", 64)?;
+    let policy = codec::json_text(&approval.policy, "approval policy", MAX_DOCUMENT_BYTES)?;
+    script.statement(
+        "INSERT INTO approvals (tenant_id, id, run_id, diff_hash, record_version, policy, \
+         status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+    );
+    script.bind(scope.id())?;
+    script.bind(approval.id.to_string())?;
+    script.bind(run.to_string())?;
+    script.bind(approval.diff_hash.as_str())?;
+    script.bind(approval.record_version.as_str())?;
+    script.bind(policy)?;
+    script.bind(now)
+}
+
+/// A failed insert of `approval`: Conflict when an approval with its id exists.
+pub(crate) fn approval_conflict(err: sqlx::Error, approval: &NewApproval) -> StoreError {
+    codec::conflict_on_duplicate(err, || format!("approval {} already exists", approval.id))
 }
 
 async fn approval_in(
@@ -296,20 +312,29 @@ pub(crate) async fn set_message_in(
     scope: &TenantScope,
     message: &crate::ApprovalMessage,
 ) -> Result<(), StoreError> {
-    let done = sqlx::query(
-        "UPDATE approvals SET channel = $1, message_ts = $2 WHERE tenant_id = $3 AND id = $4",
-    )
-    .bind(&message.channel)
-    .bind(&message.ts)
-    .bind(scope.id())
-    .bind(message.approval_id.to_string())
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 0 {
+    let mut script = Script::numbered();
+    push_message(&mut script, scope, message)?;
+    if script.rows_affected(tx).await? == 0 {
         return Err(StoreError::NotFound(format!(
             "approval {}",
             message.approval_id
         )));
     }
     Ok(())
+}
+
+/// Appends to `script` the update noting where the message showing an approval was posted: it
+/// changes one row, or none when the scope's tenant has no such approval.
+pub(crate) fn push_message<'q>(
+    script: &mut Script<'q>,
+    scope: &'q TenantScope,
+    message: &'q crate::ApprovalMessage,
+) -> Result<(), StoreError> {
+    script.statement(
+        "UPDATE approvals SET channel = ?, message_ts = ? WHERE tenant_id = ? AND id = ?",
+    );
+    script.bind(message.channel.as_str())?;
+    script.bind(message.ts.as_str())?;
+    script.bind(scope.id())?;
+    script.bind(message.approval_id.to_string())
 }

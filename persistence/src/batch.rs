@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::controls::{MeterAsk, Reservation};
 use crate::intake::{IntakeOutcome, ValidRun, keys_distinct};
-use crate::runs::Fence;
+use crate::runs::{Fence, InBatch};
 use crate::store::WriteTx;
 use crate::{DecideOutcome, StepWrite, Store, StoreError, TenantScope};
 
@@ -46,6 +46,12 @@ const RESERVE: &str = "reserve_job";
 
 /// The savepoint each journal step of a batch is written under.
 const STEP: &str = "step_job";
+
+/// Starts a step's savepoint.
+const STEP_START: &str = "SAVEPOINT step_job";
+
+/// Releases the savepoint of the step before, keeping what it wrote, and starts the next's.
+const STEP_NEXT: &str = "RELEASE SAVEPOINT step_job; SAVEPOINT step_job";
 
 /// One validated run waiting to be written, and where to send what became of it.
 pub(crate) struct IntakeJob {
@@ -404,8 +410,12 @@ impl Store {
         // Whether a step's savepoint is still held: released together with the next step's
         // start, in one statement, or at the end.
         let mut held = false;
-        // SQLite: each tenant's audit chain head, read once and moved along by the steps.
-        let mut heads = crate::audit::ChainHeads::new();
+        // SQLite: each tenant's audit chain head, read once and moved along by the steps, and
+        // each step's savepoint started with its first write.
+        let mut batch = InBatch {
+            heads: crate::audit::ChainHeads::new(),
+            opening: None,
+        };
         let postgres = self.is_postgres();
         for job in steps {
             let mut answers: Vec<Result<(), StoreError>> = Vec::with_capacity(job.steps.len());
@@ -417,20 +427,26 @@ impl Store {
                     ))));
                     continue;
                 }
-                let start = if held {
-                    format!("RELEASE SAVEPOINT {STEP}; SAVEPOINT {STEP}")
+                let start = if held { STEP_NEXT } else { STEP_START };
+                if postgres {
+                    tx.execute(start).await?;
                 } else {
-                    format!("SAVEPOINT {STEP}")
-                };
-                tx.execute(start.as_str()).await?;
-                held = true;
+                    batch.opening = Some(start);
+                }
                 self.set_tenant(tx, job.scope.id()).await?;
-                let batch_heads = (!postgres).then_some(&mut heads);
                 let fence = job.fence.as_ref();
-                let result = self.step_in(tx, &job.scope, step, fence, batch_heads).await;
+                let result = self
+                    .step_in(tx, &job.scope, step, fence, Some(&mut batch))
+                    .await;
+                // A step that failed before its first write left its savepoint unstarted,
+                // and the one before it (if any) still held: there is nothing to undo.
+                let started = batch.opening.take().is_none();
+                held |= started;
                 if result.is_err() {
-                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
-                    heads.remove(job.scope.id());
+                    if started {
+                        savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
+                    }
+                    batch.heads.remove(job.scope.id());
                 }
                 answers.push(result);
             }

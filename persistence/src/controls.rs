@@ -34,7 +34,7 @@ use sqlx::{Executor, FromRow};
 use steward_core::TenantId;
 
 use crate::codec;
-use crate::intake::value_rows;
+use crate::intake::{Script, value_rows};
 use crate::store::WriteTx;
 use crate::{AuditDraft, Authenticator, Store, StoreError, TenantScope};
 
@@ -505,21 +505,35 @@ pub(crate) async fn charge_in(
     window_start: i64,
     delta: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
-         VALUES ($1, $2, $3, $4, 0) ON CONFLICT (tenant_id, meter, window_start) \
-         DO UPDATE SET used = CASE \
-         WHEN budget_meters.used > 9223372036854775807 - $4 THEN 9223372036854775807 \
-         WHEN budget_meters.used + $5 < 0 THEN 0 ELSE budget_meters.used + $5 END",
-    )
-    .bind(scope.id())
-    .bind(meter)
-    .bind(window_start)
-    .bind(delta.max(0))
-    .bind(delta)
-    .execute(&mut **tx)
-    .await?;
+    let mut script = Script::numbered();
+    push_charge(&mut script, scope, meter, window_start, delta)?;
+    script.execute(tx).await?;
     Ok(())
+}
+
+/// Appends to `script` the upsert that adds `delta` to a meter's window, kept between zero and
+/// `i64::MAX`. It changes one row.
+pub(crate) fn push_charge<'q>(
+    script: &mut Script<'q>,
+    scope: &'q TenantScope,
+    meter: &'q str,
+    window_start: i64,
+    delta: i64,
+) -> Result<(), StoreError> {
+    script.statement(
+        "INSERT INTO budget_meters (tenant_id, meter, window_start, used, refused) \
+         VALUES (?, ?, ?, ?, 0) ON CONFLICT (tenant_id, meter, window_start) \
+         DO UPDATE SET used = CASE \
+         WHEN budget_meters.used > 9223372036854775807 - ? THEN 9223372036854775807 \
+         WHEN budget_meters.used + ? < 0 THEN 0 ELSE budget_meters.used + ? END",
+    );
+    script.bind(scope.id())?;
+    script.bind(meter)?;
+    script.bind(window_start)?;
+    script.bind(delta.max(0))?;
+    script.bind(delta.max(0))?;
+    script.bind(delta)?;
+    script.bind(delta)
 }
 
 async fn tenant_paused(tx: &mut WriteTx, scope: &TenantScope) -> Result<bool, StoreError> {

@@ -378,6 +378,26 @@ impl<'q> Script<'q> {
         self.sql.push_str(sql);
     }
 
+    /// Appends one statement written with plain `?` placeholders (and no other `?`), numbered
+    /// on from the script's last when the script is numbered. Its values are bound next, in
+    /// order.
+    pub(crate) fn statement(&mut self, sql: &str) {
+        use std::fmt::Write as _;
+        if !self.numbered {
+            self.params += sql.matches('?').count();
+            self.sql.push_str(sql);
+            return;
+        }
+        self.sql.reserve(sql.len() + 16);
+        for (i, part) in sql.split('?').enumerate() {
+            if i > 0 {
+                self.params += 1;
+                let _ = write!(self.sql, "${}", self.params);
+            }
+            self.sql.push_str(part);
+        }
+    }
+
     /// Appends `(…), (…)`: placeholders for `rows` rows of `cols` values each, after the
     /// script's last. Their values are bound next, in order.
     pub(crate) fn rows(&mut self, rows: usize, cols: usize) {
@@ -1358,6 +1378,13 @@ mod tests {
         }
         assert_eq!(numbered.sql, "A ($1, $2); B ($3), ($4)");
         assert_eq!(positional.sql, "A (?, ?); B (?), (?)");
+        for script in [&mut numbered, &mut positional] {
+            script.push("; ");
+            script.statement("C ? = ?, ?");
+            script.rows(1, 1);
+        }
+        assert_eq!(numbered.sql, "A ($1, $2); B ($3), ($4); C $5 = $6, $7($8)");
+        assert_eq!(positional.sql, "A (?, ?); B (?), (?); C ? = ?, ?(?)");
     }
 
     #[tokio::test]

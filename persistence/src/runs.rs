@@ -3,7 +3,7 @@
 //! same transaction as the run's new state, any approval it opens and its audit entries.
 
 use serde::Serialize;
-use sqlx::FromRow;
+use sqlx::{Executor, FromRow};
 use steward_core::{ApprovalId, IncidentRef, RunId, SourceName, TenantId};
 
 use crate::approvals::NewApproval;
@@ -13,6 +13,7 @@ use crate::content::{self, Column};
 use crate::intake::Script;
 use crate::store::WriteTx;
 use crate::timers::NewTimer;
+use crate::vault::DataKey;
 use crate::{AuditDraft, AuditEntry, Store, StoreError, TenantScope};
 
 /// The most runs one `list_runs` call returns.
@@ -213,20 +214,42 @@ pub(crate) async fn insert_step(
     body: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let run_text = run.to_string();
+    let mut script = Script::numbered();
+    push_step_insert(
+        &mut script,
+        scope,
+        &run_text,
+        i64::from(seq),
+        kind,
+        body,
+        at,
+    )?;
+    script.execute(tx).await.map_err(|e| {
+        codec::conflict_on_duplicate(e, || format!("run {run} already has step {seq}"))
+    })
+}
+
+/// Appends to `script` the insert of journal row `seq` of a run.
+fn push_step_insert<'q>(
+    script: &mut Script<'q>,
+    scope: &'q TenantScope,
+    run: &'q str,
+    seq: i64,
+    kind: &'q str,
+    body: &'q str,
+    at: i64,
+) -> Result<(), StoreError> {
+    script.statement(
         "INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(scope.id())
-    .bind(run.to_string())
-    .bind(i64::from(seq))
-    .bind(kind)
-    .bind(body)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| codec::conflict_on_duplicate(e, || format!("run {run} already has step {seq}")))?;
-    Ok(())
+         VALUES (?, ?, ?, ?, ?, ?)",
+    );
+    script.bind(scope.id())?;
+    script.bind(run)?;
+    script.bind(seq)?;
+    script.bind(kind)?;
+    script.bind(body)?;
+    script.bind(at)
 }
 
 impl Store {
@@ -452,20 +475,20 @@ impl Store {
     }
 
     /// A step inside `tx`, in which the scope's tenant is set: the fence checked first when
-    /// there is one, then [`Store::append_step_in`].
+    /// there is one, then [`Store::append_step_in`], within a batch when `batch` is given.
     pub(crate) async fn step_in(
         &self,
         tx: &mut WriteTx,
         scope: &TenantScope,
         step: &StepWrite,
         fence: Option<&Fence>,
-        heads: Option<&mut ChainHeads>,
+        batch: Option<&mut InBatch>,
     ) -> Result<(), StoreError> {
         if let Some(fence) = fence {
             self.check_fence(tx, scope, &fence.node, fence.token)
                 .await?;
         }
-        self.append_step_with(tx, scope, step, heads).await
+        self.append_step_with(tx, scope, step, batch).await
     }
 
     /// Every run, of every tenant, whose state is not one of `terminal_states`, oldest first
@@ -504,18 +527,21 @@ impl Store {
         self.append_step_with(tx, scope, step, None).await
     }
 
-    /// [`Store::append_step_in`], within a batch when `heads` is given: on SQLite the step's
-    /// audit entries then continue the batch's own copy of the tenant's chain head (read
-    /// once, the first time the batch needs it) and are inserted with the step in one
-    /// hand-off to the connection, and the copy moves along once the whole step is written.
-    /// The caller forgets a tenant's head when it undoes one of its steps.
+    /// [`Store::append_step_in`], within a batch when `batch` is given. On SQLite a step's
+    /// rows go to the connection in one script (one hand-off); within a batch the script
+    /// opens with the batch's statement that starts the step's savepoint, and the step's
+    /// audit entries continue the batch's own copy of the tenant's chain head (read once, the
+    /// first time the batch needs it) and go in the script too; the copy moves along once
+    /// the whole step is written. The caller forgets a tenant's head when it undoes one of
+    /// its steps. PostgreSQL writes each row apart and makes no use of `batch`.
     async fn append_step_with(
         &self,
         tx: &mut WriteTx,
         scope: &TenantScope,
         step: &StepWrite,
-        mut heads: Option<&mut ChainHeads>,
+        batch: Option<&mut InBatch>,
     ) -> Result<(), StoreError> {
+        let mut batch = batch.filter(|_| !self.is_postgres());
         check_state(&step.new_state)?;
         if let Some(err) = &step.last_error {
             codec::check_len(err, "last error", 16 * 1024)?;
@@ -550,11 +576,10 @@ impl Store {
         // The audit entries written with the step, and the chain's head after them.
         let mut entries = Vec::new();
         let mut head_after = None;
-        if let Some(heads) = heads.as_mut()
-            && !self.is_postgres()
+        if let Some(batch) = batch.as_mut()
             && !step.audit.is_empty()
         {
-            let mut head = match heads.get(scope.id()) {
+            let mut head = match batch.heads.get(scope.id()) {
                 Some(head) => head.clone(),
                 None => crate::audit::chain_head(tx, scope).await?,
             };
@@ -573,31 +598,75 @@ impl Store {
             last_error: last_error.as_deref(),
             now,
         };
-        let result = if self.is_postgres() {
-            written.apart(tx).await
+        if self.is_postgres() {
+            match written.apart(tx).await {
+                Ok(true) => {}
+                Ok(false) => return Err(why_not_appended(tx, scope, step, false).await),
+                Err(StoreError::Db(e)) => return Err(written.conflict(e)),
+                Err(e) => return Err(e),
+            }
+            self.step_extras_apart(tx, scope, step).await?;
         } else {
-            let expected = 2 + entries.len() as u64;
-            let script = written.together(&entries)?;
-            script.rows_affected(tx).await.map(|n| n == expected)
-        };
-        match result {
-            Ok(true) => {}
-            Ok(false) => return Err(why_not_appended(tx, scope, step).await),
-            Err(e) => {
-                let e = codec::conflict_on_duplicate(e, || {
-                    format!("run {} already has step {}", step.run_id, step.expected_seq)
-                });
-                // On SQLite a run that is not there fails the step's reference to it.
-                if matches!(e, StoreError::Db(_)) && !self.is_postgres() {
-                    let why = why_not_appended(tx, scope, step).await;
-                    if matches!(why, StoreError::NotFound(_)) {
-                        return Err(why);
-                    }
+            // SQLite: the step's rows in one script, the timers it ends cleared first. Within a
+            // batch the statements that start the step's savepoint go with its first write.
+            let opening = batch.as_ref().and_then(|b| b.opening);
+            let mut script = Script::positional();
+            if let Some(sql) = opening.filter(|_| !step.clears_timers) {
+                // A statement other than an INSERT, UPDATE or DELETE reports the rows the last
+                // of those changed as its own (SQLite's `changes()`), which the script's count
+                // would take in: a delete of nothing first sets that count to zero.
+                script.push("DELETE FROM timers WHERE 0; ");
+                script.push(sql);
+                script.push("; ");
+            }
+            let expected = written.push_all(&mut script, &key, &entries)?;
+            // From here on the savepoint is started: a step refused before this point wrote
+            // nothing, and leaves the batch nothing to undo.
+            if let Some(batch) = batch.as_mut() {
+                batch.opening = None;
+            }
+            if step.clears_timers {
+                if let Some(sql) = opening {
+                    tx.execute(sql).await?;
                 }
-                return Err(e);
+                crate::timers::clear_timers_in(tx, scope, step.run_id).await?;
+            }
+            match script.rows_affected(tx).await {
+                Ok(n) if n == expected => {}
+                Ok(_) => return Err(why_not_appended(tx, scope, step, true).await),
+                Err(e) => {
+                    let e = written.conflict(e);
+                    // A run that is not there fails the step's reference to it.
+                    if matches!(e, StoreError::Db(_)) {
+                        let why = why_not_appended(tx, scope, step, false).await;
+                        if matches!(why, StoreError::NotFound(_)) {
+                            return Err(why);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+            if head_after.is_none() {
+                for draft in &step.audit {
+                    self.append_audit_in(tx, scope, draft).await?;
+                }
             }
         }
+        if let (Some(batch), Some(head)) = (batch, head_after) {
+            batch.heads.insert(scope.id().to_owned(), head);
+        }
+        Ok(())
+    }
 
+    /// The rows a step writes besides its own, each a statement of its own (PostgreSQL's
+    /// form): its approval, its message, its timers cleared and set, its audit entries and
+    /// its charges (in meter order, so two writers charge the same meters in one order).
+    async fn step_extras_apart(
+        &self,
+        tx: &mut WriteTx,
+        scope: &TenantScope,
+        step: &StepWrite,
+    ) -> Result<(), StoreError> {
         if let Some(approval) = &step.new_approval {
             self.insert_approval(tx, scope, step.run_id, approval)
                 .await?;
@@ -611,23 +680,32 @@ impl Store {
         for timer in &step.timers {
             self.set_timer_in(tx, scope, step.run_id, timer).await?;
         }
-        if head_after.is_none() {
-            for draft in &step.audit {
-                self.append_audit_in(tx, scope, draft).await?;
-            }
+        for draft in &step.audit {
+            self.append_audit_in(tx, scope, draft).await?;
         }
-        let mut charges: Vec<_> = step.charges.iter().collect();
-        charges
-            .sort_unstable_by(|a, b| (&a.meter, a.window_start).cmp(&(&b.meter, b.window_start)));
-        for charge in charges {
+        for charge in sorted_charges(step) {
             crate::controls::charge_in(tx, scope, &charge.meter, charge.window_start, charge.delta)
                 .await?;
         }
-        if let (Some(heads), Some(head)) = (heads, head_after) {
-            heads.insert(scope.id().to_owned(), head);
-        }
         Ok(())
     }
+}
+
+/// What a group-commit batch on SQLite hands each step it writes.
+pub(crate) struct InBatch {
+    /// Each tenant's audit chain head as the batch's steps have moved it.
+    pub(crate) heads: ChainHeads,
+    /// The statements that start the step's savepoint, sent with the step's first write;
+    /// cleared when they are, so still here when the step was refused before writing
+    /// anything.
+    pub(crate) opening: Option<&'static str>,
+}
+
+/// A step's charges in meter order.
+fn sorted_charges(step: &StepWrite) -> Vec<&crate::MeterCharge> {
+    let mut charges: Vec<_> = step.charges.iter().collect();
+    charges.sort_unstable_by(|a, b| (&a.meter, a.window_start).cmp(&(&b.meter, b.window_start)));
+    charges
 }
 
 /// A journal step's writes to `runs` and `run_steps`, its body and last error sealed.
@@ -640,44 +718,76 @@ struct StepWriteRows<'a> {
     now: i64,
 }
 
-/// The update of a run's row for a step, when the journal is as long as the step expects.
-const STEP_UPDATE: &str = "UPDATE runs SET state = ?, steps = ?, last_error = ?, updated_at = ?, \
-     fetched_number = COALESCE(?, fetched_number) WHERE tenant_id = ? AND id = ? AND steps = ?";
-
-/// The insert of a journal step.
-const STEP_INSERT: &str =
-    "INSERT INTO run_steps (tenant_id, run_id, seq, kind, body, at) VALUES (?, ?, ?, ?, ?, ?)";
-
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
-impl StepWriteRows<'_> {
+impl<'a> StepWriteRows<'a> {
     /// The run's row updated, then the step inserted, each a statement of its own (the form
     /// PostgreSQL takes): false, with nothing inserted, when the update found no run whose
     /// journal is as long as the step expects.
-    async fn apart(&self, tx: &mut WriteTx) -> Result<bool, sqlx::Error> {
-        let update = numbered(STEP_UPDATE);
-        let updated = self
-            .bind_update(sqlx::query(&update))
-            .execute(&mut **tx)
-            .await?;
-        if updated.rows_affected() != 1 {
+    async fn apart(&self, tx: &mut WriteTx) -> Result<bool, StoreError> {
+        let mut update = Script::numbered();
+        self.push_update(&mut update)?;
+        if update.rows_affected(tx).await? != 1 {
             return Ok(false);
         }
-        let insert = numbered(STEP_INSERT);
-        self.bind_insert(sqlx::query(&insert))
-            .execute(&mut **tx)
-            .await?;
+        let mut insert = Script::numbered();
+        self.push_insert(&mut insert)?;
+        insert.execute(tx).await?;
         Ok(true)
     }
 
-    /// The update, the insert of the step and of `entries` (its audit entries, when any), as
-    /// one script: one hand-off to SQLite's connection. The step is inserted even when the
-    /// update found no run to update: the script then changes fewer rows than it has
-    /// statements' rows, and the caller undoes what it wrote with the step's savepoint.
-    fn together<'q>(&'q self, entries: &'q [AuditEntry]) -> Result<Script<'q>, StoreError> {
+    /// Appends every row of the step to `script` (one hand-off to SQLite's connection): the
+    /// update of its run, its insert, `entries` (its audit entries, when the caller computed
+    /// them), its approval, its message, its timers (their payloads sealed with `key`) and
+    /// its charges. Returns how many rows the script changes when all of it is written. The
+    /// step is inserted even when the update found no run to update: the script then changes
+    /// fewer rows, and the caller undoes what it wrote with the step's savepoint.
+    fn push_all(
+        &self,
+        script: &mut Script<'a>,
+        key: &DataKey,
+        entries: &'a [AuditEntry],
+    ) -> Result<u64, StoreError> {
+        let step = self.step;
+        let mut rows = 2;
+        self.push_update(script)?;
+        script.push("; ");
+        self.push_insert(script)?;
+        if !entries.is_empty() {
+            script.push("; ");
+            crate::audit::push_entries(script, entries)?;
+            rows += entries.len() as u64;
+        }
+        if let Some(approval) = &step.new_approval {
+            script.push("; ");
+            crate::approvals::push_approval(script, self.scope, step.run_id, approval, self.now)?;
+            rows += 1;
+        }
+        if let Some(message) = &step.approval_message {
+            script.push("; ");
+            crate::approvals::push_message(script, self.scope, message)?;
+            rows += 1;
+        }
+        for timer in &step.timers {
+            script.push("; ");
+            crate::timers::push_checked_timer(script, key, self.scope, self.run, timer, self.now)?;
+            rows += 1;
+        }
+        for charge in sorted_charges(step) {
+            script.push("; ");
+            let (meter, window, delta) = (&charge.meter, charge.window_start, charge.delta);
+            crate::controls::push_charge(script, self.scope, meter, window, delta)?;
+            rows += 1;
+        }
+        Ok(rows)
+    }
+
+    /// The update of the run's row, when its journal is as long as the step expects.
+    fn push_update(&self, script: &mut Script<'a>) -> Result<(), StoreError> {
         let expected = i64::from(self.step.expected_seq);
-        let mut script = Script::positional();
-        script.push(STEP_UPDATE);
+        script.statement(
+            "UPDATE runs SET state = ?, steps = ?, last_error = ?, updated_at = ?, \
+             fetched_number = COALESCE(?, fetched_number) \
+             WHERE tenant_id = ? AND id = ? AND steps = ?",
+        );
         script.bind(self.step.new_state.as_str())?;
         script.bind(expected + 1)?;
         script.bind(self.last_error)?;
@@ -685,76 +795,58 @@ impl StepWriteRows<'_> {
         script.bind(fetched_number(&self.step.kind, &self.step.body))?;
         script.bind(self.scope.id())?;
         script.bind(self.run)?;
-        script.bind(expected)?;
-        script.push("; ");
-        script.push(STEP_INSERT);
-        script.bind(self.scope.id())?;
-        script.bind(self.run)?;
-        script.bind(expected)?;
-        script.bind(self.step.kind.as_str())?;
-        script.bind(self.body)?;
-        script.bind(self.now)?;
-        if !entries.is_empty() {
-            script.push("; ");
-            crate::audit::push_entries(&mut script, entries)?;
-        }
-        Ok(script)
+        script.bind(expected)
     }
 
-    fn bind_update<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
-        let expected = i64::from(self.step.expected_seq);
-        query
-            .bind(self.step.new_state.as_str())
-            .bind(expected + 1)
-            .bind(self.last_error)
-            .bind(self.now)
-            .bind(fetched_number(&self.step.kind, &self.step.body))
-            .bind(self.scope.id())
-            .bind(self.run)
-            .bind(expected)
+    fn push_insert(&self, script: &mut Script<'a>) -> Result<(), StoreError> {
+        let seq = i64::from(self.step.expected_seq);
+        let kind = self.step.kind.as_str();
+        push_step_insert(script, self.scope, self.run, seq, kind, self.body, self.now)
     }
 
-    fn bind_insert<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
-        query
-            .bind(self.scope.id())
-            .bind(self.run)
-            .bind(i64::from(self.step.expected_seq))
-            .bind(self.step.kind.as_str())
-            .bind(self.body)
-            .bind(self.now)
-    }
-}
-
-/// `sql` with its `?` placeholders numbered `$1` … `$n`, for PostgreSQL (the statements it is
-/// used on hold no `?` other than their placeholders).
-fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
+    /// A failed write of the step's rows: Conflict when one of them is there already.
+    fn conflict(&self, err: sqlx::Error) -> StoreError {
+        let approval = self.step.new_approval.as_ref();
+        let on_approvals = matches!(
+            &err,
+            sqlx::Error::Database(db) if db.message().contains("approvals")
+        );
+        match approval {
+            Some(approval) if on_approvals => crate::approvals::approval_conflict(err, approval),
+            _ => codec::conflict_on_duplicate(err, || {
+                format!(
+                    "run {} already has step {}",
+                    self.step.run_id, self.step.expected_seq
+                )
+            }),
         }
     }
-    out
 }
 
 /// Why a step was not appended: its run is not there, or its journal is not as long as the
-/// step expects.
-async fn why_not_appended(tx: &mut WriteTx, scope: &TenantScope, step: &StepWrite) -> StoreError {
+/// step expects. After a step's script (`in_script`), a journal one longer than the step
+/// expects means the step's own rows were written, and the row missing is the approval its
+/// message names: the only other statement of the script that can change no row.
+async fn why_not_appended(
+    tx: &mut WriteTx,
+    scope: &TenantScope,
+    step: &StepWrite,
+    in_script: bool,
+) -> StoreError {
     let steps: Result<Option<i64>, _> =
         sqlx::query_scalar("SELECT steps FROM runs WHERE tenant_id = $1 AND id = $2")
             .bind(scope.id())
             .bind(step.run_id.to_string())
             .fetch_optional(&mut **tx)
             .await;
-    match steps {
-        Err(e) => StoreError::Db(e),
-        Ok(None) => StoreError::NotFound(format!("run {}", step.run_id)),
-        Ok(Some(steps)) => StoreError::Conflict(format!(
+    let written = i64::from(step.expected_seq) + 1;
+    match (steps, &step.approval_message) {
+        (Err(e), _) => StoreError::Db(e),
+        (Ok(None), _) => StoreError::NotFound(format!("run {}", step.run_id)),
+        (Ok(Some(steps)), Some(message)) if in_script && steps == written => {
+            StoreError::NotFound(format!("approval {}", message.approval_id))
+        }
+        (Ok(Some(steps)), _) => StoreError::Conflict(format!(
             "run {} has {steps} steps; the write expected {}",
             step.run_id, step.expected_seq
         )),

@@ -14,7 +14,9 @@ use steward_core::{RunId, TenantId};
 
 use crate::codec;
 use crate::content::{self, Column};
+use crate::intake::Script;
 use crate::store::WriteTx;
+use crate::vault::DataKey;
 use crate::{Store, StoreError, TenantScope};
 
 /// How long a claimed timer stays with the claimant before it is handed out again.
@@ -286,24 +288,51 @@ impl Store {
         payload: &str,
     ) -> Result<(), StoreError> {
         let key = self.content_key_in(tx, scope).await?;
-        let at = timer_row(&run_id.to_string(), &timer.kind, timer.due_at);
-        let payload = content::seal(&key, scope.id(), Column::TimerPayload, &at, payload);
-        sqlx::query(
-            "INSERT INTO timers (tenant_id, run_id, kind, due_at, payload, claimed_at, \
-             created_at) VALUES ($1, $2, $3, $4, $5, NULL, $6) \
-             ON CONFLICT (tenant_id, run_id, kind) DO UPDATE \
-             SET due_at = excluded.due_at, payload = excluded.payload, claimed_at = NULL",
-        )
-        .bind(scope.id())
-        .bind(run_id.to_string())
-        .bind(&timer.kind)
-        .bind(timer.due_at)
-        .bind(payload)
-        .bind(self.now())
-        .execute(&mut **tx)
-        .await?;
+        let run = run_id.to_string();
+        let mut script = Script::numbered();
+        push_timer(&mut script, &key, scope, &run, timer, payload, self.now())?;
+        script.execute(tx).await?;
         Ok(())
     }
+}
+
+/// Checks a timer and appends to `script` the upsert that sets (or moves) it, unclaimed, its
+/// payload sealed with `key`. It changes one row.
+pub(crate) fn push_checked_timer<'q>(
+    script: &mut Script<'q>,
+    key: &DataKey,
+    scope: &'q TenantScope,
+    run: &'q str,
+    timer: &'q NewTimer,
+    now: i64,
+) -> Result<(), StoreError> {
+    let payload = timer_columns(timer)?;
+    push_timer(script, key, scope, run, timer, &payload, now)
+}
+
+fn push_timer<'q>(
+    script: &mut Script<'q>,
+    key: &DataKey,
+    scope: &'q TenantScope,
+    run: &'q str,
+    timer: &'q NewTimer,
+    payload: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let at = timer_row(run, &timer.kind, timer.due_at);
+    let payload = content::seal(key, scope.id(), Column::TimerPayload, &at, payload);
+    script.statement(
+        "INSERT INTO timers (tenant_id, run_id, kind, due_at, payload, claimed_at, \
+         created_at) VALUES (?, ?, ?, ?, ?, NULL, ?) \
+         ON CONFLICT (tenant_id, run_id, kind) DO UPDATE \
+         SET due_at = excluded.due_at, payload = excluded.payload, claimed_at = NULL",
+    );
+    script.bind(scope.id())?;
+    script.bind(run)?;
+    script.bind(timer.kind.as_str())?;
+    script.bind(timer.due_at)?;
+    script.bind(payload)?;
+    script.bind(now)
 }
 
 /// Removes every timer of the run inside `tx` (for [`Store::clear_timers`], and for a step

@@ -40,6 +40,7 @@ async fn an_approval_id_used_twice_is_a_conflict() {
     });
     let err = db.store.append_step(&acme, again).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains(&format!("approval {id}")), "{err}");
     assert_eq!(db.store.run(&acme, run).await.unwrap().unwrap().steps, 2);
 }
 
@@ -75,13 +76,17 @@ async fn a_step_notes_the_message_of_its_approval_with_it() {
     let acme = scope("us-acme");
     let (run, id) = db.waiting("us-acme").await;
     let mut posted = step(run, 2, "awaiting_approval");
+    let unknown = ApprovalId::new();
     posted.approval_message = Some(ApprovalMessage {
-        approval_id: ApprovalId::new(),
+        approval_id: unknown,
         channel: "C123".into(),
         ts: "1700000000.000100".into(),
     });
     let err = db.store.append_step(&acme, posted.clone()).await;
-    assert!(matches!(err, Err(StoreError::NotFound(_))), "{err:?}");
+    assert!(
+        matches!(&err, Err(StoreError::NotFound(what)) if *what == format!("approval {unknown}")),
+        "{err:?}"
+    );
     posted.approval_message = Some(ApprovalMessage {
         approval_id: id,
         channel: "C123".into(),

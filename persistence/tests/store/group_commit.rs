@@ -1,13 +1,16 @@
 //! Group commit of intake: concurrent intakes share one transaction and one commit, and each
 //! is still answered as if it had its own.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use serde_json::json;
 
 use sqlx::{AnyConnection, Connection, Executor};
 use steward_core::{ApprovalId, RunId};
 use steward_persistence::{
-    Backend, DecideOutcome, Decision, IntakeOutcome, MeterAsk, NewRun, Reservation, Store,
-    StoreError,
+    ApprovalMessage, Backend, DecideOutcome, Decision, IntakeOutcome, MeterAsk, MeterCharge,
+    NewApproval, NewRun, NewTimer, Reservation, Store, StoreError, TimerRecord,
 };
 use tokio::task::JoinSet;
 
@@ -78,6 +81,19 @@ fn created(outcome: &Result<IntakeOutcome, StoreError>) -> RunId {
 }
 
 const TENANTS: [&str; 5] = ["us-acme", "eu-beta", "us-gamma", "eu-delta", "us-omega"];
+
+/// Every answer of the labelled tasks of `set`, by label, once all are in.
+async fn by_label<T: 'static>(mut set: JoinSet<(&'static str, T)>) -> BTreeMap<&'static str, T> {
+    let mut answers = BTreeMap::new();
+    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+        .await
+        .expect("every task is answered")
+    {
+        let (label, answer) = joined.expect("a task panicked");
+        answers.insert(label, answer);
+    }
+    answers
+}
 
 async fn two_hundred_concurrent_intakes_over_five_tenants_all_land_with_valid_chains() {
     let db = TestDb::new().await;
@@ -412,11 +428,7 @@ async fn steps_held_behind_a_write_land_together_and_a_failing_one_is_undone_alo
 async fn steps_of_one_run_handed_over_together_land_in_order() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let [both, stale, half] = [
-        db.intake("us-acme").await,
-        db.intake("us-acme").await,
-        db.intake("us-acme").await,
-    ];
+    let [both, stale, half] = db.intakes("us-acme").await;
     db.store
         .append_step(&acme, step(stale, 1, "cancelled"))
         .await
@@ -445,12 +457,8 @@ async fn steps_of_one_run_handed_over_together_land_in_order() {
     }
     tokio::time::sleep(HOLD).await;
     release(held).await;
-    let mut answers = std::collections::BTreeMap::new();
-    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
-        .await
-        .expect("every step is answered")
-    {
-        let (label, results) = joined.expect("a task panicked");
+    let mut answers = BTreeMap::new();
+    for (label, results) in by_label(set).await {
         let kinds: Vec<&str> = results
             .iter()
             .map(|r| match r {
@@ -509,12 +517,7 @@ async fn steps_of_one_run_handed_over_together_land_in_order() {
 async fn a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenant() {
     let db = TestDb::new().await;
     let acme = scope("us-acme");
-    let [first, second, moved, last] = [
-        db.intake("us-acme").await,
-        db.intake("us-acme").await,
-        db.intake("us-acme").await,
-        db.intake("us-acme").await,
-    ];
+    let [first, second, moved, last] = db.intakes("us-acme").await;
     let held = hold_writes(&db).await;
     let mut set = JoinSet::new();
     // Handed over one after another, so that the batches write them in this order (the
@@ -532,14 +535,11 @@ async fn a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenan
     }
     tokio::time::sleep(HOLD).await;
     release(held).await;
-    let mut answers = std::collections::BTreeMap::new();
-    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+    let answers: BTreeMap<_, _> = by_label(set)
         .await
-        .expect("every step is answered")
-    {
-        let (label, result) = joined.expect("a step task panicked");
-        answers.insert(label, result.map_err(|e| e.to_string()));
-    }
+        .into_iter()
+        .map(|(label, result)| (label, result.map_err(|e| e.to_string())))
+        .collect();
     for label in ["first", "second", "last", "moved-again"] {
         assert!(answers[label].is_ok(), "{label}: {answers:?}");
     }
@@ -620,6 +620,151 @@ async fn decisions_held_behind_a_write_are_decided_once_in_one_batch() {
     );
     let report = db.store.verify_audit(&acme).await.unwrap();
     assert_eq!((report.entries, report.first_bad), (2 + 2 + 1, None));
+}
+
+/// A step's other rows (its approval, its message, its timers set and cleared, its charges)
+/// ride in its batch with it: on SQLite in its one script. A step whose approval's id is
+/// taken, or whose message names an approval its tenant does not have, is undone alone with
+/// every row of it, and the error names the approval; one with a malformed timer is refused
+/// before anything of it is written.
+async fn a_steps_other_rows_land_with_it_in_a_batch_or_not_at_all() {
+    let db = TestDb::new().await;
+    let acme = scope("us-acme");
+    let [asks, taken_by, ending, refused] = db.intakes("us-acme").await;
+    let (posts, approval) = db.waiting("us-acme").await;
+    let (lost, _) = db.waiting("us-acme").await;
+    db.store
+        .set_timer(
+            &acme,
+            ending,
+            "reminder",
+            T0_SECS * 1000 + 60_000,
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    let timer = |kind: &str| NewTimer {
+        kind: kind.into(),
+        due_at: T0_SECS * 1000 + 3_600_000,
+        payload: json!({"kind": kind}),
+    };
+    let charge = |delta| MeterCharge {
+        meter: "llm.tokens.day".into(),
+        window_start: 0,
+        delta,
+    };
+    let fresh = ApprovalId::new();
+    let new_approval = |id| NewApproval {
+        id,
+        diff_hash: "sha256:def".into(),
+        record_version: "3".into(),
+        policy: json!({"decision": "allow_with_approval"}),
+    };
+    let message = |approval_id| ApprovalMessage {
+        approval_id,
+        channel: "C123".into(),
+        ts: "1700000000.000100".into(),
+    };
+
+    let mut ask = step(asks, 1, "awaiting_approval");
+    ask.new_approval = Some(new_approval(fresh));
+    ask.timers = vec![timer("reminder"), timer("expire")];
+    ask.charges = vec![charge(5)];
+    let mut posted = step(posts, 2, "awaiting_approval");
+    posted.approval_message = Some(message(approval));
+    let mut taken = step(taken_by, 1, "awaiting_approval");
+    taken.new_approval = Some(new_approval(approval));
+    taken.timers = vec![timer("reminder")];
+    taken.charges = vec![charge(7)];
+    let unknown = ApprovalId::new();
+    let mut astray = step(lost, 2, "awaiting_approval");
+    astray.approval_message = Some(message(unknown));
+    astray.timers = vec![timer("reminder")];
+    let mut ends = step(ending, 1, "completed");
+    ends.clears_timers = true;
+    let mut malformed = step(refused, 1, "awaiting_approval");
+    malformed.timers = vec![timer("reminder"), timer("bad\nkind")];
+    malformed.charges = vec![charge(11)];
+
+    let held = hold_writes(&db).await;
+    let mut set = JoinSet::new();
+    for (label, write) in [
+        ("ask", ask),
+        ("posted", posted),
+        ("taken", taken),
+        ("astray", astray),
+        ("ends", ends),
+        ("malformed", malformed),
+    ] {
+        let (store, acme) = (db.store.clone(), acme.clone());
+        set.spawn(async move { (label, store.append_step(&acme, write).await) });
+    }
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    let answers = by_label(set).await;
+    for label in ["ask", "posted", "ends"] {
+        assert!(answers[label].is_ok(), "{label}: {answers:?}");
+    }
+    let taken_err = answers["taken"].as_ref().unwrap_err();
+    assert!(
+        matches!(taken_err, StoreError::Conflict(what) if what.contains(&approval.to_string())),
+        "{taken_err:?}"
+    );
+    let malformed_err = answers["malformed"].as_ref().unwrap_err();
+    assert!(
+        matches!(malformed_err, StoreError::Invalid(_)),
+        "{malformed_err:?}"
+    );
+    let astray_err = answers["astray"].as_ref().unwrap_err();
+    assert!(
+        matches!(astray_err, StoreError::NotFound(what) if *what == format!("approval {unknown}")),
+        "{astray_err:?}"
+    );
+
+    let kinds = |timers: Vec<TimerRecord>| -> Vec<String> {
+        let mut kinds: Vec<String> = timers.into_iter().map(|t| t.kind).collect();
+        kinds.sort();
+        kinds
+    };
+    let asked = db.store.approval(&acme, fresh).await.unwrap().unwrap();
+    assert_eq!((asked.run_id, asked.status.as_str()), (asks, "pending"));
+    assert_eq!(
+        kinds(db.store.timers(&acme, asks).await.unwrap()),
+        ["expire", "reminder"]
+    );
+    let noted = db.store.approval(&acme, approval).await.unwrap().unwrap();
+    assert_eq!(
+        (noted.run_id, noted.channel.as_deref()),
+        (posts, Some("C123")),
+        "the taken id's approval is the first run's, its message noted"
+    );
+    for undone in [taken_by, lost, refused] {
+        assert!(db.store.timers(&acme, undone).await.unwrap().is_empty());
+    }
+    assert!(db.store.timers(&acme, ending).await.unwrap().is_empty());
+    let usage = db.store.budget_usage(&acme, 0).await.unwrap();
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| (u.meter.as_str(), u.used))
+            .collect::<Vec<_>>(),
+        [("llm.tokens.day", 5)],
+        "the undone step charged nothing"
+    );
+    let journals = [
+        (asks, 2),
+        (posts, 3),
+        (taken_by, 1),
+        (lost, 2),
+        (ending, 2),
+        (refused, 1),
+    ];
+    for (run, steps) in journals {
+        let stored = db.store.run(&acme, run).await.unwrap().unwrap();
+        assert_eq!(stored.steps, steps, "{run}");
+    }
+    let report = db.store.verify_audit(&acme).await.unwrap();
+    assert_eq!((report.entries, report.first_bad), (6 + 2 + 3, None));
 }
 
 async fn intakes_and_reservations_from_many_tasks_over_five_tenants_never_deadlock() {
@@ -859,5 +1004,6 @@ crate::support::conformance!(
     steps_of_one_run_handed_over_together_land_in_order,
     a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenant,
     decisions_held_behind_a_write_are_decided_once_in_one_batch,
+    a_steps_other_rows_land_with_it_in_a_batch_or_not_at_all,
     fresh_batches_are_written_at_the_first_try_and_a_redelivery_takes_the_longer_way,
 );

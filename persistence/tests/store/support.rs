@@ -314,6 +314,15 @@ impl TestDb {
 
     /// Records a run through intake and a step that opens a fresh approval for it, so the run
     /// waits on that approval: (run, approval).
+    /// `N` runs of `tenant`, taken in one after another.
+    pub(crate) async fn intakes<const N: usize>(&self, tenant: &str) -> [RunId; N] {
+        let mut runs = Vec::with_capacity(N);
+        for _ in 0..N {
+            runs.push(self.intake(tenant).await);
+        }
+        runs.try_into().expect("N runs")
+    }
+
     pub(crate) async fn waiting(&self, tenant: &str) -> (RunId, ApprovalId) {
         let run = self.intake(tenant).await;
         let approval = ApprovalId::new();
