@@ -7,6 +7,7 @@ use steward_core::{ApprovalId, RunId};
 
 use crate::codec::{self, MAX_DOCUMENT_BYTES};
 use crate::intake::Script;
+use crate::runs::InBatch;
 use crate::store::WriteTx;
 use crate::{StepWrite, Store, StoreError, TenantScope};
 
@@ -180,23 +181,21 @@ impl Store {
         // On SQLite the decision shares a batch's commit, as journal steps do: a transaction
         // of its own would hold the one writer connection, and the batcher behind it, for a
         // commit of its own.
+        let job = crate::batch::DecideJob {
+            scope: scope.clone(),
+            id,
+            status,
+            by: by.map(str::to_owned),
+            step,
+        };
         let outcome = if self.is_postgres() {
             let mut tx = self.begin_write_as(scope).await?;
-            let outcome = self
-                .close_approval_in(&mut tx, scope, id, status, by, &step)
-                .await?;
+            let outcome = self.close_approval_in(&mut tx, &job, None).await?;
             if matches!(outcome, DecideOutcome::Decided(_)) {
                 tx.commit().await?;
             }
             outcome
         } else {
-            let job = crate::batch::DecideJob {
-                scope: scope.clone(),
-                id,
-                status,
-                by: by.map(str::to_owned),
-                step,
-            };
             self.submit_decision(job).await?
         };
         if matches!(outcome, DecideOutcome::Decided(_)) && sets_timers {
@@ -205,18 +204,18 @@ impl Store {
         Ok(outcome)
     }
 
-    /// [`Store::decide_approval`]'s writes inside `tx`, in which the scope's tenant is set:
-    /// `Decided` only when the approval was pending and the step was appended. Nothing is
+    /// [`Store::decide_approval`]'s writes inside `tx`, in which the scope's tenant is set
+    /// (within a batch when `batch` is given, as for a step): `Decided` only when the
+    /// approval was pending and the step was appended. Nothing is
     /// written for the other outcomes; an error may leave writes for the caller to undo.
     pub(crate) async fn close_approval_in(
         &self,
         tx: &mut WriteTx,
-        scope: &TenantScope,
-        id: ApprovalId,
-        status: &str,
-        by: Option<&str>,
-        step: &StepWrite,
+        job: &crate::batch::DecideJob,
+        batch: Option<&mut InBatch>,
     ) -> Result<DecideOutcome, StoreError> {
+        let (scope, id, step) = (&job.scope, job.id, &job.step);
+        let (status, by) = (job.status, job.by.as_deref());
         let done = sqlx::query(
             "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3 \
              WHERE tenant_id = $4 AND id = $5 AND status = 'pending'",
@@ -242,7 +241,7 @@ impl Store {
                 record.run_id, step.run_id
             )));
         }
-        self.append_step_in(tx, scope, step).await?;
+        self.append_step_in(tx, scope, step, batch).await?;
         Ok(DecideOutcome::Decided(record))
     }
 

@@ -375,12 +375,16 @@ impl Store {
             .take_reservations(&mut tx, &batch.reservations)
             .await
             .map_err(BatchError::Undone)?;
+        let mut in_batch = self
+            .chains_of(&mut tx, batch)
+            .await
+            .map_err(BatchError::Undone)?;
         let steps = self
-            .write_steps(&mut tx, &batch.steps)
+            .write_steps(&mut tx, &batch.steps, &mut in_batch)
             .await
             .map_err(BatchError::Undone)?;
         let decisions = self
-            .write_decisions(&mut tx, &batch.decisions)
+            .write_decisions(&mut tx, &batch.decisions, &mut in_batch)
             .await
             .map_err(BatchError::Undone)?;
         tx.commit()
@@ -394,6 +398,37 @@ impl Store {
         })
     }
 
+    /// What the batch's steps and decisions are written with: on SQLite, the heads of the
+    /// audit chains of their tenants, read with one statement when there are two tenants or
+    /// more (a lone tenant's is read as its first step needs it, which costs the same).
+    /// Intake's runs, written before, have moved the heads already.
+    async fn chains_of(&self, tx: &mut WriteTx, batch: &Batch) -> Result<InBatch, StoreError> {
+        let mut in_batch = InBatch {
+            heads: crate::audit::ChainHeads::new(),
+            opening: None,
+        };
+        if self.is_postgres() {
+            return Ok(in_batch);
+        }
+        let steps = batch
+            .steps
+            .iter()
+            .filter(|job| job.steps.iter().any(|s| !s.audit.is_empty()));
+        let mut tenants: Vec<&str> = steps.map(|job| job.scope.id()).collect();
+        tenants.extend(batch.decisions.iter().map(|(job, _)| job.scope.id()));
+        tenants.sort_unstable();
+        tenants.dedup();
+        if tenants.len() < 2 {
+            return Ok(in_batch);
+        }
+        for (tenant, head) in crate::intake::tenant_chain_heads(tx, tenants, false).await? {
+            in_batch
+                .heads
+                .insert(tenant, crate::audit::ChainHead::read(head)?);
+        }
+        Ok(in_batch)
+    }
+
     /// Writes `steps` inside `tx` in the order they came, each step under its own savepoint
     /// (its tenant named first, for PostgreSQL's row-level security): a step that fails, a
     /// journal that moved on (Conflict) or a lost lease (Fenced), is undone and answered
@@ -405,17 +440,12 @@ impl Store {
         &self,
         tx: &mut WriteTx,
         steps: &[StepJob],
+        batch: &mut InBatch,
     ) -> Result<Vec<Vec<Result<(), StoreError>>>, StoreError> {
         let mut results = Vec::with_capacity(steps.len());
         // Whether a step's savepoint is still held: released together with the next step's
         // start, in one statement, or at the end.
         let mut held = false;
-        // SQLite: each tenant's audit chain head, read once and moved along by the steps, and
-        // each step's savepoint started with its first write.
-        let mut batch = InBatch {
-            heads: crate::audit::ChainHeads::new(),
-            opening: None,
-        };
         let postgres = self.is_postgres();
         for job in steps {
             let mut answers: Vec<Result<(), StoreError>> = Vec::with_capacity(job.steps.len());
@@ -436,7 +466,7 @@ impl Store {
                 self.set_tenant(tx, job.scope.id()).await?;
                 let fence = job.fence.as_ref();
                 let result = self
-                    .step_in(tx, &job.scope, step, fence, Some(&mut batch))
+                    .step_in(tx, &job.scope, step, fence, Some(&mut *batch))
                     .await;
                 // A step that failed before its first write left its savepoint unstarted,
                 // and the one before it (if any) still held: there is nothing to undo.
@@ -466,17 +496,16 @@ impl Store {
         &self,
         tx: &mut WriteTx,
         decisions: &[Decision],
+        batch: &mut InBatch,
     ) -> Result<Vec<Result<DecideOutcome, StoreError>>, StoreError> {
         let mut results = Vec::with_capacity(decisions.len());
         for (job, _) in decisions {
             savepoint(tx, &format!("SAVEPOINT {DECIDE}")).await?;
             self.set_tenant(tx, job.scope.id()).await?;
-            let (scope, by) = (&job.scope, job.by.as_deref());
-            let result = self
-                .close_approval_in(tx, scope, job.id, job.status, by, &job.step)
-                .await;
+            let result = self.close_approval_in(tx, job, Some(batch)).await;
             if !matches!(result, Ok(DecideOutcome::Decided(_))) {
                 savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {DECIDE}")).await?;
+                batch.heads.remove(job.scope.id());
             }
             savepoint(tx, &format!("RELEASE SAVEPOINT {DECIDE}")).await?;
             results.push(result);

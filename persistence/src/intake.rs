@@ -434,6 +434,39 @@ impl<'q> Script<'q> {
     }
 }
 
+/// The head of each of `tenants`' chains (ids, in any order, repeats allowed), read with one
+/// statement: `None` for a chain with no entry yet. A tenant that is not registered has no
+/// row. With `lock` (PostgreSQL only), the tenants' rows are locked as they are read, which
+/// orders the chains' appends against other writers.
+pub(crate) async fn tenant_chain_heads(
+    tx: &mut WriteTx,
+    mut tenants: Vec<&str>,
+    lock: bool,
+) -> Result<HashMap<String, Option<(i64, String)>>, StoreError> {
+    tenants.sort_unstable();
+    tenants.dedup();
+    // Each head is found by its own index seek (newest seq of the tenant), as a single
+    // append finds it; a grouped or correlated MAX would walk every entry of the tenants.
+    let sql = format!(
+        "SELECT t.id, \
+         (SELECT a.seq FROM audit_log a WHERE a.tenant_id = t.id ORDER BY a.seq DESC LIMIT 1), \
+         (SELECT a.hash FROM audit_log a WHERE a.tenant_id = t.id ORDER BY a.seq DESC LIMIT 1) \
+         FROM tenants t WHERE t.id IN ({}){}",
+        value_rows(1, tenants.len()).trim_matches(['(', ')']),
+        if lock { " FOR NO KEY UPDATE OF t" } else { "" }
+    );
+    let mut query = sqlx::query_as::<_, (String, Option<i64>, Option<String>)>(&sql);
+    for tenant in &tenants {
+        query = query.bind(*tenant);
+    }
+    Ok(query
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(tenant, seq, hash)| (tenant, seq.zip(hash)))
+        .collect())
+}
+
 /// A claim of one key in `deliveries` by one run of a batch.
 struct Claim<'a> {
     job: usize,
@@ -670,29 +703,8 @@ impl Store {
         live: &[usize],
         lock: bool,
     ) -> Result<HashMap<String, Option<(i64, String)>>, StoreError> {
-        let mut tenants: Vec<&str> = live.iter().map(|&i| runs[i].0.id()).collect();
-        tenants.sort_unstable();
-        tenants.dedup();
-        // Each head is found by its own index seek (newest seq of the tenant), as a single
-        // append finds it; a grouped or correlated MAX would walk every entry of the tenants.
-        let sql = format!(
-            "SELECT t.id, \
-             (SELECT a.seq FROM audit_log a WHERE a.tenant_id = t.id ORDER BY a.seq DESC LIMIT 1), \
-             (SELECT a.hash FROM audit_log a WHERE a.tenant_id = t.id ORDER BY a.seq DESC LIMIT 1) \
-             FROM tenants t WHERE t.id IN ({}){}",
-            value_rows(1, tenants.len()).trim_matches(['(', ')']),
-            if lock { " FOR NO KEY UPDATE OF t" } else { "" }
-        );
-        let mut query = sqlx::query_as::<_, (String, Option<i64>, Option<String>)>(&sql);
-        for tenant in &tenants {
-            query = query.bind(*tenant);
-        }
-        Ok(query
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|(tenant, seq, hash)| (tenant, seq.zip(hash)))
-            .collect())
+        let tenants = live.iter().map(|&i| runs[i].0.id()).collect();
+        tenant_chain_heads(tx, tenants, lock).await
     }
 
     /// The audit entries of the runs `live` of `runs`, in their order, each tenant's chain

@@ -488,7 +488,7 @@ impl Store {
             self.check_fence(tx, scope, &fence.node, fence.token)
                 .await?;
         }
-        self.append_step_with(tx, scope, step, batch).await
+        self.append_step_in(tx, scope, step, batch).await
     }
 
     /// Every run, of every tenant, whose state is not one of `terminal_states`, oldest first
@@ -517,24 +517,15 @@ impl Store {
             .collect()
     }
 
-    /// [`Store::append_step`] inside a caller's transaction.
+    /// [`Store::append_step`] inside a caller's transaction, within a batch when `batch` is
+    /// given. On SQLite a step's rows go to the connection in one script (one hand-off);
+    /// within a batch the script opens with the batch's statements that start the step's
+    /// savepoint (when it has them), and the step's audit entries continue the batch's own
+    /// copy of the tenant's chain head (read ahead for the batch's tenants, or the first time
+    /// a step needs it) and go in the script too; the copy moves along once the whole step is
+    /// written. The caller forgets a tenant's head when it undoes one of its steps.
+    /// PostgreSQL writes each row apart and makes no use of `batch`.
     pub(crate) async fn append_step_in(
-        &self,
-        tx: &mut WriteTx,
-        scope: &TenantScope,
-        step: &StepWrite,
-    ) -> Result<(), StoreError> {
-        self.append_step_with(tx, scope, step, None).await
-    }
-
-    /// [`Store::append_step_in`], within a batch when `batch` is given. On SQLite a step's
-    /// rows go to the connection in one script (one hand-off); within a batch the script
-    /// opens with the batch's statement that starts the step's savepoint, and the step's
-    /// audit entries continue the batch's own copy of the tenant's chain head (read once, the
-    /// first time the batch needs it) and go in the script too; the copy moves along once
-    /// the whole step is written. The caller forgets a tenant's head when it undoes one of
-    /// its steps. PostgreSQL writes each row apart and makes no use of `batch`.
-    async fn append_step_with(
         &self,
         tx: &mut WriteTx,
         scope: &TenantScope,

@@ -622,6 +622,80 @@ async fn decisions_held_behind_a_write_are_decided_once_in_one_batch() {
     assert_eq!((report.entries, report.first_bad), (2 + 2 + 1, None));
 }
 
+/// Steps and decisions of several tenants in one batch continue each tenant's chain from
+/// heads the batch reads together: a refused decision (its step names another run) takes
+/// nothing of its own with it, and the tenant's next writes continue the chain after it.
+async fn steps_and_decisions_of_several_tenants_in_a_batch_keep_every_chain_whole() {
+    let db = TestDb::new().await;
+    let tenants = ["us-acme", "eu-beta"];
+    let mut waits = Vec::new();
+    for tenant in tenants {
+        let [running] = db.intakes(tenant).await;
+        let (waiting, approval) = db.waiting(tenant).await;
+        let (other, _) = db.waiting(tenant).await;
+        waits.push((tenant, running, waiting, approval, other));
+    }
+    let held = hold_writes(&db).await;
+    let mut set = JoinSet::new();
+    // Handed over one after another, so that the batch writes them in this order.
+    for kind in ["refused", "stepped", "decided"] {
+        for &(tenant, running, waiting, approval, other) in &waits {
+            let (store, scope) = (db.store.clone(), scope(tenant));
+            set.spawn(async move {
+                let outcome = match kind {
+                    "refused" => {
+                        let write = step(other, 2, "rejected");
+                        store
+                            .decide_approval(&scope, approval, Decision::Reject, "U1", write)
+                            .await
+                            .map(|o| format!("{o:?}"))
+                    }
+                    "stepped" => store
+                        .append_step(&scope, step(running, 1, "triaging"))
+                        .await
+                        .map(|()| "stepped".to_owned()),
+                    _ => {
+                        let write = step(waiting, 2, "approved");
+                        store
+                            .decide_approval(&scope, approval, Decision::Approve, "U1", write)
+                            .await
+                            .map(|o| format!("{o:?}"))
+                    }
+                };
+                (tenant, kind, outcome)
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(HOLD).await;
+    release(held).await;
+    let mut answers = Vec::new();
+    while let Some(joined) = tokio::time::timeout(PATIENCE, set.join_next())
+        .await
+        .expect("every write is answered")
+    {
+        answers.push(joined.expect("a task panicked"));
+    }
+    assert_eq!(answers.len(), 6);
+    for (tenant, kind, outcome) in answers {
+        match (kind, &outcome) {
+            ("refused", Err(StoreError::Invalid(_))) => {}
+            ("stepped", Ok(_)) => {}
+            ("decided", Ok(o)) if o.starts_with("Decided") => {}
+            _ => panic!("{tenant} {kind}: {outcome:?}"),
+        }
+    }
+    for tenant in tenants {
+        let report = db.store.verify_audit(&scope(tenant)).await.unwrap();
+        // Three runs taken in, two approvals asked, one step and one decision.
+        assert_eq!(
+            (report.entries, report.first_bad),
+            (3 + 2 + 2, None),
+            "{tenant}"
+        );
+    }
+}
+
 /// A step's other rows (its approval, its message, its timers set and cleared, its charges)
 /// ride in its batch with it: on SQLite in its one script. A step whose approval's id is
 /// taken, or whose message names an approval its tenant does not have, is undone alone with
@@ -1005,5 +1079,6 @@ crate::support::conformance!(
     a_step_undone_in_a_batch_leaves_the_chain_to_the_next_step_of_its_tenant,
     decisions_held_behind_a_write_are_decided_once_in_one_batch,
     a_steps_other_rows_land_with_it_in_a_batch_or_not_at_all,
+    steps_and_decisions_of_several_tenants_in_a_batch_keep_every_chain_whole,
     fresh_batches_are_written_at_the_first_try_and_a_redelivery_takes_the_longer_way,
 );
