@@ -215,23 +215,30 @@ impl Store {
         batch: Option<&mut InBatch>,
     ) -> Result<DecideOutcome, StoreError> {
         let (scope, id, step) = (&job.scope, job.id, &job.step);
-        let (status, by) = (job.status, job.by.as_deref());
-        let done = sqlx::query(
-            "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3 \
-             WHERE tenant_id = $4 AND id = $5 AND status = 'pending'",
-        )
-        .bind(status)
-        .bind(by)
-        .bind(self.now())
-        .bind(scope.id())
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
+        let mut batch = batch.filter(|_| !self.is_postgres());
+        let mut script = Script::numbered();
+        // Within a batch on SQLite, the statements that start the decision's savepoint go
+        // with its first write.
+        if let Some(opening) = batch.as_mut().and_then(|b| b.opening.take()) {
+            script.push(crate::runs::ZERO_CHANGES);
+            script.push(opening);
+            script.push("; ");
+        }
+        script.statement(
+            "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ? \
+             WHERE tenant_id = ? AND id = ? AND status = 'pending'",
+        );
+        script.bind(job.status)?;
+        script.bind(job.by.as_deref())?;
+        script.bind(self.now())?;
+        script.bind(scope.id())?;
+        script.bind(id.to_string())?;
+        let decided = script.rows_affected(tx).await?;
         let record = approval_in(tx, scope, id).await?;
         let Some(record) = record else {
             return Ok(DecideOutcome::NotFound);
         };
-        if done.rows_affected() == 0 {
+        if decided == 0 {
             return Ok(DecideOutcome::AlreadyDecided(record));
         }
 

@@ -98,6 +98,12 @@ type Decision = (
 /// The savepoint each decision of a batch is written under.
 const DECIDE: &str = "decide_job";
 
+/// Starts a decision's savepoint.
+const DECIDE_START: &str = "SAVEPOINT decide_job";
+
+/// Releases the savepoint of the decision before, keeping what it wrote, and starts the next's.
+const DECIDE_NEXT: &str = "RELEASE SAVEPOINT decide_job; SAVEPOINT decide_job";
+
 /// What the batcher writes: new runs, the budget reservations each run takes as it starts, and
 /// the steps runs record as they go. All are many small writes that would each cost a commit
 /// of their own.
@@ -444,7 +450,7 @@ impl Store {
     ) -> Result<Vec<Vec<Result<(), StoreError>>>, StoreError> {
         let mut results = Vec::with_capacity(steps.len());
         // Whether a step's savepoint is still held: released together with the next step's
-        // start, in one statement, or at the end.
+        // start, in one statement, or by the batch's commit.
         let mut held = false;
         let postgres = self.is_postgres();
         for job in steps {
@@ -482,9 +488,7 @@ impl Store {
             }
             results.push(answers);
         }
-        if held {
-            savepoint(tx, &format!("RELEASE SAVEPOINT {STEP}")).await?;
-        }
+        // The last step's savepoint, if held, is released by the batch's commit.
         Ok(results)
     }
 
@@ -499,15 +503,26 @@ impl Store {
         batch: &mut InBatch,
     ) -> Result<Vec<Result<DecideOutcome, StoreError>>, StoreError> {
         let mut results = Vec::with_capacity(decisions.len());
+        // As for steps: a decision's savepoint is released together with the next one's
+        // start (on SQLite sent with the decision's first write), and the last by the commit.
+        let mut held = false;
         for (job, _) in decisions {
-            savepoint(tx, &format!("SAVEPOINT {DECIDE}")).await?;
+            let start = if held { DECIDE_NEXT } else { DECIDE_START };
+            if self.is_postgres() {
+                tx.execute(start).await?;
+            } else {
+                batch.opening = Some(start);
+            }
             self.set_tenant(tx, job.scope.id()).await?;
-            let result = self.close_approval_in(tx, job, Some(batch)).await;
+            let result = self.close_approval_in(tx, job, Some(&mut *batch)).await;
+            let started = batch.opening.take().is_none();
+            held |= started;
             if !matches!(result, Ok(DecideOutcome::Decided(_))) {
-                savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {DECIDE}")).await?;
+                if started {
+                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {DECIDE}")).await?;
+                }
                 batch.heads.remove(job.scope.id());
             }
-            savepoint(tx, &format!("RELEASE SAVEPOINT {DECIDE}")).await?;
             results.push(result);
         }
         Ok(results)

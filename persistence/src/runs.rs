@@ -603,10 +603,7 @@ impl Store {
             let opening = batch.as_ref().and_then(|b| b.opening);
             let mut script = Script::positional();
             if let Some(sql) = opening.filter(|_| !step.clears_timers) {
-                // A statement other than an INSERT, UPDATE or DELETE reports the rows the last
-                // of those changed as its own (SQLite's `changes()`), which the script's count
-                // would take in: a delete of nothing first sets that count to zero.
-                script.push("DELETE FROM timers WHERE 0; ");
+                script.push(ZERO_CHANGES);
                 script.push(sql);
                 script.push("; ");
             }
@@ -682,12 +679,18 @@ impl Store {
     }
 }
 
-/// What a group-commit batch on SQLite hands each step it writes.
+/// Opens a script whose changed rows are counted, before statements that change none: on
+/// SQLite a statement other than an INSERT, UPDATE or DELETE reports the rows the last of
+/// those changed as its own (`changes()`), which the count would take in, and a delete of
+/// nothing sets that to zero.
+pub(crate) const ZERO_CHANGES: &str = "DELETE FROM timers WHERE 0; ";
+
+/// What a group-commit batch on SQLite hands each step (or decision) it writes.
 pub(crate) struct InBatch {
     /// Each tenant's audit chain head as the batch's steps have moved it.
     pub(crate) heads: ChainHeads,
-    /// The statements that start the step's savepoint, sent with the step's first write;
-    /// cleared when they are, so still here when the step was refused before writing
+    /// The statements that start the step's (or decision's) savepoint, sent with its first
+    /// write; cleared when they are, so still here when it was refused before writing
     /// anything.
     pub(crate) opening: Option<&'static str>,
 }
