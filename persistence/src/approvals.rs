@@ -206,8 +206,8 @@ impl Store {
 
     /// [`Store::decide_approval`]'s writes inside `tx`, in which the scope's tenant is set
     /// (within a batch when `batch` is given, as for a step): `Decided` only when the
-    /// approval was pending and the step was appended. Nothing is
-    /// written for the other outcomes; an error may leave writes for the caller to undo.
+    /// approval was pending and the step was appended. Nothing is written for the other
+    /// outcomes; an error may leave writes for the caller to undo.
     pub(crate) async fn close_approval_in(
         &self,
         tx: &mut WriteTx,
