@@ -480,7 +480,7 @@ impl Store {
                 held |= started;
                 if result.is_err() {
                     if started {
-                        savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {STEP}")).await?;
+                        undo_to(tx, STEP, result.as_ref().err(), postgres).await?;
                     }
                     batch.heads.remove(job.scope.id());
                 }
@@ -519,7 +519,8 @@ impl Store {
             held |= started;
             if !matches!(result, Ok(DecideOutcome::Decided(_))) {
                 if started {
-                    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {DECIDE}")).await?;
+                    let postgres = self.is_postgres();
+                    undo_to(tx, DECIDE, result.as_ref().err(), postgres).await?;
                 }
                 batch.heads.remove(job.scope.id());
             }
@@ -731,6 +732,25 @@ impl Store {
         savepoint(tx, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
         Ok(result)
     }
+}
+
+/// Undoes a step's or decision's writes, back to its savepoint `name`. On SQLite its savepoint
+/// was started by the first statements sent with its first write, so an error of the database
+/// itself (not a refusal the store made of a row) may have stopped those statements before the
+/// savepoint began, and an undo would then reach the savepoint of the write before: the batch
+/// fails as a whole instead.
+async fn undo_to(
+    tx: &mut WriteTx,
+    name: &str,
+    error: Option<&StoreError>,
+    postgres: bool,
+) -> Result<(), StoreError> {
+    if let Some(e @ StoreError::Db(_)) = error
+        && !postgres
+    {
+        return Err(shared_error(e));
+    }
+    savepoint(tx, &format!("ROLLBACK TO SAVEPOINT {name}")).await
 }
 
 async fn savepoint(tx: &mut WriteTx, sql: &str) -> Result<(), StoreError> {

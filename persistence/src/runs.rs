@@ -3,7 +3,7 @@
 //! same transaction as the run's new state, any approval it opens and its audit entries.
 
 use serde::Serialize;
-use sqlx::{Executor, FromRow};
+use sqlx::FromRow;
 use steward_core::{ApprovalId, IncidentRef, RunId, SourceName, TenantId};
 
 use crate::approvals::NewApproval;
@@ -614,10 +614,13 @@ impl Store {
                 batch.opening = None;
             }
             if step.clears_timers {
+                let mut clear = Script::positional();
                 if let Some(sql) = opening {
-                    tx.execute(sql).await?;
+                    clear.push(sql);
+                    clear.push("; ");
                 }
-                crate::timers::clear_timers_in(tx, scope, step.run_id).await?;
+                crate::timers::push_clear_timers(&mut clear, scope, step.run_id)?;
+                clear.execute(tx).await?;
             }
             match script.rows_affected(tx).await {
                 Ok(n) if n == expected => {}

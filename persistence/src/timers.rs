@@ -342,10 +342,18 @@ pub(crate) async fn clear_timers_in(
     scope: &TenantScope,
     run_id: RunId,
 ) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM timers WHERE tenant_id = $1 AND run_id = $2")
-        .bind(scope.id())
-        .bind(run_id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected())
+    let mut script = Script::numbered();
+    push_clear_timers(&mut script, scope, run_id)?;
+    Ok(script.rows_affected(tx).await?)
+}
+
+/// Appends to `script` the delete of every timer of the run.
+pub(crate) fn push_clear_timers<'q>(
+    script: &mut Script<'q>,
+    scope: &'q TenantScope,
+    run_id: RunId,
+) -> Result<(), StoreError> {
+    script.statement("DELETE FROM timers WHERE tenant_id = ? AND run_id = ?");
+    script.bind(scope.id())?;
+    script.bind(run_id.to_string())
 }
